@@ -1,0 +1,279 @@
+"""``csfnet`` command line: thin wrappers over the package functions; defaults come from ``params.yaml``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from csfnet.params import section
+
+EPILOG = "Settings not given on the command line come from params.yaml (or $CSFNET_PARAMS)."
+
+
+def _pick(value: Any, section_name: str, key: str, default: Any = None) -> Any:
+    """Command-line value, else ``params.yaml``'s ``section.key``, else ``default``."""
+    if value is not None:
+        return value
+    found = section(section_name).get(key)
+    return default if found is None or found == "" else found
+
+
+# --- model ---------------------------------------------------------------------------------------------------------
+
+
+def cmd_model_info(args: argparse.Namespace) -> int:
+    from csfnet.model import ALL_CONFIGS, model_summary
+
+    rows = [model_summary(name, imgsz=args.imgsz, nc=args.nc) for name in (args.configs or ALL_CONFIGS)]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    print(f"{'config':<22}{'layers':>8}{'params':>14}{'GFLOPs':>10}   (nc={args.nc}, imgsz={args.imgsz})")
+    for r in rows:
+        print(f"{r['name']:<22}{r['layers']:>8}{r['params']:>14,}{r['gflops']:>10.2f}")
+    return 0
+
+
+# --- data ----------------------------------------------------------------------------------------------------------
+
+
+def cmd_data_synth(args: argparse.Namespace) -> int:
+    from csfnet.data.synth import SynthSpec, generate
+
+    spec = SynthSpec(
+        train_videos=_pick(args.train_videos, "synth", "train_videos", 8),
+        val_videos=_pick(args.val_videos, "synth", "val_videos", 4),
+        frames=_pick(args.frames, "synth", "frames", 50),
+        width=_pick(args.width, "synth", "width", 320),
+        height=_pick(args.height, "synth", "height", 256),
+        seed=_pick(args.seed, "synth", "seed", 0),
+        format=_pick(args.format, "synth", "format", "mot"),
+    )
+    out = generate(args.out, spec, workers=args.workers)
+    print(f"wrote {spec.train_videos} train + {spec.val_videos} val videos to {out}")
+    return 0
+
+
+def cmd_data_extract(args: argparse.Namespace) -> int:
+    from csfnet.data.extract import extract
+
+    report = extract(
+        args.source,
+        args.out,
+        stride=_pick(args.stride, "extract", "stride", 1),
+        fmt=_pick(args.format, "extract", "format", "auto"),
+        names=tuple(_pick(None, "extract", "names", ["uav"])),
+        fix=args.fix or bool(section("extract").get("fix", False)),
+        workers=args.workers,
+    )
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+def cmd_data_stats(args: argparse.Namespace) -> int:
+    from csfnet.data.stats import dataset_stats
+
+    imgsz = args.imgsz or _train_args().get("imgsz", 640)
+    stats = dataset_stats(args.data, imgsz=imgsz, out_dir=args.out)
+    if args.json:
+        print(json.dumps(stats, indent=2))
+    else:
+        for split, s in stats["splits"].items():
+            print(f"{split}: {s['objects']} objects, median {s['source_px']['median']} px at source, "
+                  f"{s['train_px']['median']} px at imgsz {imgsz}; {s['below_stride_share']:.0%} below stride 8")  # fmt: skip
+    if stats["warning"]:
+        print(f"WARNING: {stats['warning']}", file=sys.stderr)
+    return 0
+
+
+# --- training and evaluation -----------------------------------------------------------------------------------------
+
+
+def _train_args(preset: str | None = None) -> dict[str, Any]:
+    from csfnet.params import preset as load_preset
+
+    name = preset or section("train").get("preset", "quick")
+    try:
+        return load_preset(name)
+    except ValueError:
+        return {}
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from csfnet.train import train
+
+    overrides = {"epochs": args.epochs, "imgsz": args.imgsz, "batch": args.batch}
+    result = train(args.data, model=args.model, out=args.out, preset=args.preset, overrides=overrides,
+                   device=args.device, pretrained=args.pretrained, partition=args.partition,
+                   track=not args.no_mlflow)  # fmt: skip
+    print(json.dumps({"best": str(result.best), "resumed": result.resumed, **result.metrics}, indent=2))
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from csfnet.evaluate import evaluate
+    from csfnet.tracking import log_flat_metrics
+    from csfnet.train import resolve_device
+
+    p = section("eval")
+    kwargs = {
+        "imgsz": args.imgsz or _train_args().get("imgsz", 640),
+        "batch": p.get("batch", 16),
+        "conf": p.get("conf", 0.001),
+        "iou": p.get("iou", 0.6),
+        "report_conf": p.get("report_conf", 0.25),
+        "size_bands": p.get("size_bands", [8, 16, 32]),
+        "samples": p.get("samples", 6),
+        "device": resolve_device(_pick(args.device, "train", "device", "")),
+    }
+    with _maybe_run(args, "eval", kwargs, args.data):
+        metrics = evaluate(args.weights, args.data, args.out, **kwargs)
+        if not args.no_mlflow:
+            import mlflow
+
+            log_flat_metrics({k: v for k, v in metrics.items() if k != "per_sequence_recall"})
+            mlflow.log_artifacts(args.out, "eval")
+    print(json.dumps({k: metrics[k] for k in ("map50", "map50_95", "precision", "recall", "latency_ms_per_image")}))
+    return 0
+
+
+def cmd_robustness(args: argparse.Namespace) -> int:
+    from csfnet.robustness import noise_sweep
+    from csfnet.train import resolve_device
+
+    p, e = section("robustness"), section("eval")
+    kwargs = {
+        "sigmas": [float(s) for s in (args.sigmas or p.get("sigmas", [0, 5, 10, 25, 50]))],
+        "imgsz": args.imgsz or _train_args().get("imgsz", 640),
+        "batch": e.get("batch", 16),
+        "conf": e.get("conf", 0.001),
+        "iou": e.get("iou", 0.6),
+        "seed": p.get("seed", 0),
+        "device": resolve_device(_pick(args.device, "train", "device", "")),
+    }
+    with _maybe_run(args, "robustness", kwargs, args.data, final=args.final):
+        rows = noise_sweep(args.weights, args.data, args.out, **kwargs)
+        if not args.no_mlflow:
+            import mlflow
+
+            for row in rows:
+                mlflow.log_metrics({f"noise_{k}": v for k, v in row.items() if k != "sigma"}, step=int(row["sigma"]))
+            mlflow.log_artifacts(args.out, "robustness")
+    for row in rows:
+        print("  ".join(f"{k}={v:.4g}" for k, v in row.items()))
+    return 0
+
+
+class _NullContext:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def _maybe_run(args: argparse.Namespace, stage: str, params: dict, data: str, final: bool = False):
+    if getattr(args, "no_mlflow", False):
+        return _NullContext()
+    from csfnet.tracking import data_hash, stage_run
+
+    tags = {"csfnet.data_hash": data_hash(data), "csfnet.weights": str(Path(args.weights).resolve())}
+    return stage_run(stage, params=params, tags=tags, final=final)
+
+
+# --- parser ----------------------------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="csfnet", description=__doc__, epilog=EPILOG)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    model = sub.add_parser("model", help="model configurations").add_subparsers(dest="action", required=True)
+    info = model.add_parser("info", help="layers, parameters and GFLOPs of every configuration")
+    info.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
+    info.add_argument("--imgsz", type=int, default=640)
+    info.add_argument("--nc", type=int, default=1)
+    info.add_argument("configs", nargs="*", help="configs to show (default: all)")
+    info.set_defaults(func=cmd_model_info)
+
+    data = sub.add_parser("data", help="synthesise, extract and inspect datasets").add_subparsers(
+        dest="action", required=True
+    )
+    synth = data.add_parser("synth", help="generate the synthetic micro-UAV video benchmark", epilog=EPILOG)
+    synth.add_argument("--out", required=True, help="raw dataset folder to create")
+    synth.add_argument("--train-videos", type=int)
+    synth.add_argument("--val-videos", type=int)
+    synth.add_argument("--frames", type=int)
+    synth.add_argument("--width", type=int)
+    synth.add_argument("--height", type=int)
+    synth.add_argument("--seed", type=int)
+    synth.add_argument("--format", choices=["mot", "anti-uav"])
+    synth.add_argument("--workers", type=int, help="processes (default: all cores)")
+    synth.set_defaults(func=cmd_data_synth)
+
+    extract = data.add_parser("extract", help="validate raw videos and write a YOLO dataset", epilog=EPILOG)
+    extract.add_argument("--source", required=True, help="raw root with train/ and val/ (and optionally test/)")
+    extract.add_argument("--out", required=True, help="dataset folder to create")
+    extract.add_argument("--stride", type=int, help="keep every K-th frame")
+    extract.add_argument("--format", choices=["auto", "anti-uav", "mot", "yolo"])
+    extract.add_argument("--fix", action="store_true", help="clip/drop bad boxes, skip unmatched frames (counted)")
+    extract.add_argument("--workers", type=int, help="processes (default: all cores)")
+    extract.set_defaults(func=cmd_data_extract)
+
+    stats = data.add_parser("stats", help="object size distribution and a histogram")
+    stats.add_argument("--data", required=True, help="data.yaml")
+    stats.add_argument("--imgsz", type=int, help="training image size (default: the preset's)")
+    stats.add_argument("--out", help="folder for stats.json and size_histogram.png")
+    stats.add_argument("--json", action="store_true")
+    stats.set_defaults(func=cmd_data_stats)
+
+    train = sub.add_parser("train", help="train a configuration with ultralytics", epilog=EPILOG)
+    train.add_argument("--data", required=True, help="data.yaml")
+    train.add_argument("--model", help="csfnet-n|s|m, an ablation, yolov8n, or a YAML")
+    train.add_argument("--preset", help="preset from params.yaml: quick or paper")
+    train.add_argument("--epochs", type=int)
+    train.add_argument("--imgsz", type=int)
+    train.add_argument("--batch", type=int)
+    train.add_argument("--device", help="'' auto, cpu, 0, or 0,1 for DDP")
+    train.add_argument("--pretrained", help="local YOLOv8 .pt to initialise matching layers")
+    train.add_argument("--partition", help="JSON file with a tuned CSwitch partition")
+    train.add_argument("--out", default="runs/train", help="run folder (gets weights/best.pt)")
+    train.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow")
+    train.set_defaults(func=cmd_train)
+
+    for name, func, default_out, helptext in (
+        ("eval", cmd_eval, "metrics/eval", "mAP, size-band AP/recall, per-sequence recall, latency, plots"),
+        ("robustness", cmd_robustness, "metrics/robustness", "metrics under Gaussian noise of growing sigma"),
+    ):
+        p = sub.add_parser(name, help=helptext, epilog=EPILOG)
+        p.add_argument("--weights", required=True, help="trained .pt")
+        p.add_argument("--data", required=True, help="data.yaml (its val split is used)")
+        p.add_argument("--imgsz", type=int)
+        p.add_argument("--device")
+        p.add_argument("--out", default=default_out)
+        p.add_argument("--no-mlflow", action="store_true")
+        if name == "robustness":
+            p.add_argument("--sigmas", type=float, nargs="+", help="noise standard deviations on the 0-255 scale")
+            p.add_argument("--final", action="store_true", help="last stage of the pipeline: close the parent run")
+        p.set_defaults(func=func)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``csfnet`` console command."""
+    args = build_parser().parse_args(argv)
+    from csfnet.data.formats import DataError
+
+    try:
+        return args.func(args)
+    except (DataError, FileNotFoundError, ValueError) as e:
+        print(f"csfnet {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Data steps: synthetic benchmark, ingestion of public video formats, frame extraction, statistics."""

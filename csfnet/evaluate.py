@@ -1,0 +1,195 @@
+"""Evaluation: ultralytics' validator plus what micro-object users need beyond it.
+
+Beyond mAP50, mAP50-95, precision and recall, it reports AP50 and recall by object size band at source resolution
+(by the square root of box area), recall per sequence, latency per image, and draws sample frames with predictions
+(red) and ground truth (green).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+from ultralytics import YOLO
+from ultralytics.utils.metrics import box_iou, compute_ap
+
+from csfnet._offline import disable_ultralytics_integrations
+from csfnet.data.dataset import read_labels, split_images
+
+_SEQUENCE = re.compile(r"^(?P<seq>.+)_(?P<frame>\d{6})$")
+
+
+def validate(weights: str | Path, data: str | Path, imgsz: int, batch: int = 16, conf: float = 0.001,
+             iou: float = 0.6, device: str = "cpu", save_dir: str | Path | None = None,
+             plots: bool = True) -> dict[str, Any]:  # fmt: skip
+    """ultralytics' validator on the ``val`` split: mAP50, mAP50-95, precision, recall and its speed figures."""
+    disable_ultralytics_integrations()
+    kwargs: dict[str, Any] = {"project": str(Path(save_dir).parent), "name": Path(save_dir).name} if save_dir else {}
+    metrics = YOLO(str(weights)).val(data=str(data), imgsz=imgsz, batch=batch, conf=conf, iou=iou, device=device,
+                                     plots=plots, exist_ok=True, verbose=False, **kwargs)  # fmt: skip
+    return {
+        "map50": float(metrics.box.map50),
+        "map50_95": float(metrics.box.map),
+        "precision": float(metrics.box.mp),
+        "recall": float(metrics.box.mr),
+        "speed_ms": {k: round(float(v), 3) for k, v in metrics.speed.items()},
+        "save_dir": str(metrics.save_dir),
+    }
+
+
+def evaluate(weights: str | Path, data: str | Path, out_dir: str | Path, imgsz: int, batch: int = 16,
+             conf: float = 0.001, iou: float = 0.6, report_conf: float = 0.25,
+             size_bands: Sequence[float] = (8, 16, 32), samples: int = 6, device: str = "cpu") -> dict[str, Any]:  # fmt: skip
+    """Full evaluation of ``weights`` on the validation split; writes ``metrics.json`` and plots to ``out_dir``."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    base = validate(weights, data, imgsz, batch, conf, iou, device, save_dir=out_dir / "ultralytics")
+    images = split_images(data, "val")
+    model = YOLO(str(weights))
+    predictions, latency = predict(model, images, imgsz, conf, iou, device)
+    truths = [read_labels(p) for p in images]
+    bands = band_metrics(truths, predictions, size_bands, report_conf)
+    per_sequence = sequence_recall(images, truths, predictions, report_conf)
+    metrics = {
+        **{k: v for k, v in base.items() if k != "save_dir"},
+        "latency_ms_per_image": round(latency, 3),
+        "report_conf": report_conf,
+        "size_bands": bands,
+        "per_sequence_recall": per_sequence,
+        "images": len(images),
+        "objects": int(sum(len(t[0]) for t in truths)),
+    }
+    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    draw_samples(images, truths, predictions, out_dir / "samples.jpg", samples, report_conf)
+    for name in ("PR_curve.png", "BoxPR_curve.png", "confusion_matrix.png"):
+        src = Path(base["save_dir"]) / name
+        if src.is_file():
+            (out_dir / ("pr_curve.png" if "PR" in name else name)).write_bytes(src.read_bytes())
+    return metrics
+
+
+def predict(model: YOLO, images: Sequence[Path], imgsz: int, conf: float, iou: float,
+            device: str) -> tuple[list[tuple[np.ndarray, np.ndarray]], float]:  # fmt: skip
+    """(boxes xyxy, scores) per image and the mean end-to-end latency per image in milliseconds."""
+    results, start = [], time.perf_counter()
+    for chunk in range(0, len(images), 16):
+        batch = [str(p) for p in images[chunk : chunk + 16]]
+        for r in model.predict(batch, imgsz=imgsz, conf=conf, iou=iou, device=device, verbose=False):
+            results.append((r.boxes.xyxy.cpu().numpy(), r.boxes.conf.cpu().numpy()))
+    latency = (time.perf_counter() - start) * 1000 / max(len(images), 1)
+    return results, latency
+
+
+def _band_names(edges: Sequence[float]) -> list[tuple[str, float, float]]:
+    names = ["very_tiny", "tiny", "small", "medium", "large"]
+    bounds = [0.0, *edges, math.inf]
+    return [(names[i] if i < len(names) else f"band{i}", bounds[i], bounds[i + 1]) for i in range(len(bounds) - 1)]
+
+
+def _sqrt_area(boxes: np.ndarray) -> np.ndarray:
+    return np.sqrt(np.clip(boxes[:, 2] - boxes[:, 0], 0, None) * np.clip(boxes[:, 3] - boxes[:, 1], 0, None))
+
+
+def _match(gt: np.ndarray, pred: np.ndarray, scores: np.ndarray, thr: float = 0.5) -> np.ndarray:
+    """Greedy matching by score at IoU >= thr: for each prediction, the index of its ground truth or -1."""
+    matched = np.full(len(pred), -1)
+    if not len(gt) or not len(pred):
+        return matched
+    ious = box_iou(torch.from_numpy(pred).float(), torch.from_numpy(gt).float()).numpy()
+    taken = set()
+    for i in np.argsort(-scores):
+        for j in np.argsort(-ious[i]):
+            if ious[i, j] < thr:
+                break
+            if j not in taken:
+                taken.add(j)
+                matched[i] = j
+                break
+    return matched
+
+
+def band_metrics(truths: Sequence[tuple[np.ndarray, Any]], predictions: Sequence[tuple[np.ndarray, np.ndarray]],
+                 edges: Sequence[float], report_conf: float) -> dict[str, dict[str, float]]:  # fmt: skip
+    """AP50 (COCO-style area ranges) and recall at ``report_conf`` per size band of the ground truth."""
+    out = {}
+    for name, lo, hi in _band_names(edges):
+        tp, conf, n_gt, hits = [], [], 0, 0
+        for (gt, _), (pred, scores) in zip(truths, predictions):
+            in_band = (_sqrt_area(gt) >= lo) & (_sqrt_area(gt) < hi)
+            n_gt += int(in_band.sum())
+            matched = _match(gt, pred, scores)
+            pred_in_band = (_sqrt_area(pred) >= lo) & (_sqrt_area(pred) < hi)
+            for i, j in enumerate(matched):
+                if j >= 0 and in_band[j]:
+                    tp.append(1), conf.append(scores[i])
+                    hits += scores[i] >= report_conf
+                elif j < 0 and pred_in_band[i]:
+                    tp.append(0), conf.append(scores[i])
+        out[name] = {"objects": n_gt, "ap50": _ap(np.array(tp), np.array(conf), n_gt), "recall": hits / n_gt if n_gt else 0.0}
+    return out
+
+
+def _ap(tp: np.ndarray, conf: np.ndarray, n_gt: int) -> float:
+    if n_gt == 0 or not len(tp):
+        return 0.0
+    order = np.argsort(-conf)
+    tpc = np.cumsum(tp[order])
+    recall, precision = tpc / n_gt, tpc / np.arange(1, len(tp) + 1)
+    return float(compute_ap(recall, precision)[0])
+
+
+def sequence_recall(images: Sequence[Path], truths: Sequence[tuple[np.ndarray, Any]],
+                    predictions: Sequence[tuple[np.ndarray, np.ndarray]], report_conf: float) -> dict[str, float]:  # fmt: skip
+    """Recall at ``report_conf`` for every sequence (images named ``<sequence>_<frame>``)."""
+    found, total = defaultdict(int), defaultdict(int)
+    for image, (gt, _), (pred, scores) in zip(images, truths, predictions):
+        match = _SEQUENCE.match(image.stem)
+        seq = match["seq"] if match else image.stem
+        keep = scores >= report_conf
+        matched = _match(gt, pred[keep], scores[keep])
+        total[seq] += len(gt)
+        found[seq] += int((matched >= 0).sum())
+    return {seq: round(found[seq] / total[seq], 4) if total[seq] else 1.0 for seq in sorted(total)}
+
+
+def draw_samples(images: Sequence[Path], truths: Sequence[tuple[np.ndarray, Any]],
+                 predictions: Sequence[tuple[np.ndarray, np.ndarray]], path: Path, count: int,
+                 report_conf: float) -> None:  # fmt: skip
+    """A grid of validation frames with ground truth (green) and predictions above ``report_conf`` (red)."""
+    with_targets = [i for i, (gt, _) in enumerate(truths) if len(gt)] or list(range(len(images)))
+    if not with_targets or count <= 0:
+        return
+    picks = [with_targets[int(k)] for k in np.linspace(0, len(with_targets) - 1, min(count, len(with_targets)))]
+    tiles = []
+    for i in picks:
+        image = cv2.imread(str(images[i]))
+        scale = max(1, 320 // max(image.shape[:2]))
+        image = cv2.resize(image, None, fx=scale, fy=scale, interpolation=cv2.INTER_NEAREST)
+        for box in truths[i][0] * scale:
+            cv2.rectangle(image, _pt(box[:2] - 2), _pt(box[2:] + 2), (0, 200, 0), 1)
+        pred, scores = predictions[i]
+        for box, score in zip(pred * scale, scores):
+            if score >= report_conf:
+                cv2.rectangle(image, _pt(box[:2]), _pt(box[2:]), (0, 0, 255), 1)
+                cv2.putText(image, f"{score:.2f}", _pt(box[:2] - [0, 3]), cv2.FONT_HERSHEY_SIMPLEX, 0.35, (0, 0, 255))
+        cv2.putText(image, images[i].stem, (4, 12), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (255, 255, 255))
+        tiles.append(image)
+    h, w = max(t.shape[0] for t in tiles), max(t.shape[1] for t in tiles)
+    tiles = [cv2.copyMakeBorder(t, 0, h - t.shape[0], 0, w - t.shape[1], cv2.BORDER_CONSTANT) for t in tiles]
+    cols = min(3, len(tiles))
+    tiles += [np.zeros_like(tiles[0])] * (-len(tiles) % cols)
+    grid = np.vstack([np.hstack(tiles[r : r + cols]) for r in range(0, len(tiles), cols)])
+    cv2.imwrite(str(path), grid)
+
+
+def _pt(xy: np.ndarray) -> tuple[int, int]:
+    return int(round(float(xy[0]))), int(round(float(xy[1])))

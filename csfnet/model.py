@@ -1,0 +1,153 @@
+"""CSF-Net as an ultralytics ``DetectionModel``: named configs, building, and size accounting."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from copy import deepcopy
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from ultralytics.nn.modules import Detect
+from ultralytics.nn.tasks import DetectionModel, yaml_model_load
+from ultralytics.utils.torch_utils import get_flops, initialize_weights
+
+from csfnet.nn.builder import build_layers
+
+CONFIG_DIR = Path(__file__).parent / "cfg" / "models"
+CSFNET_CONFIGS = ("csfnet-n", "csfnet-s", "csfnet-m", "csfnet-no-cswitch", "csfnet-no-dfuse", "csfnet-no-cretonext")
+BASELINES = ("yolov8n",)
+ALL_CONFIGS = CSFNET_CONFIGS + BASELINES
+_NAME = re.compile(r"^(?P<base>csfnet(?:-no-[a-z]+)?)(?:-(?P<scale>[nsm]))?$")
+
+
+def is_csfnet(name: str | Path | dict) -> bool:
+    """Whether ``name`` is a CSF-Net config name, or a YAML file or dict marked ``builder: csfnet``."""
+    if isinstance(name, dict):
+        return name.get("builder") == "csfnet"
+    if _NAME.match(str(name)):
+        return True
+    return str(name).endswith((".yaml", ".yml")) and Path(name).is_file() and _read(name).get("builder") == "csfnet"
+
+
+def _read(path: str | Path) -> dict[str, Any]:
+    with open(path) as f:
+        return yaml.safe_load(f)
+
+
+def load_config(name: str | Path, nc: int | None = None, partition: Sequence[int] | None = None) -> dict[str, Any]:
+    """Resolve a config name (``csfnet-n``, ``csfnet-no-dfuse-s`` ...) or YAML path into a model dict.
+
+    Args:
+        name: Config name or path to a YAML file.
+        nc: Number of classes, overriding the YAML's.
+        partition: Absolute CSwitch channels per fusion stage (e.g. from tuning), overriding the width-scaled default.
+    """
+    match = _NAME.match(str(name))
+    if match:
+        path = CONFIG_DIR / f"{match['base']}.yaml"
+        scale = match["scale"] or "n"
+    elif Path(name).is_file():
+        path, scale = Path(name), None
+        if _read(path).get("builder") != "csfnet":
+            raise ValueError(f"{name} is not a CSF-Net config (no 'builder: csfnet' key)")
+    else:
+        raise ValueError(f"unknown model config {str(name)!r}; choose one of {', '.join(ALL_CONFIGS)} or a YAML path")
+    cfg = _read(path)
+    if "backbone" not in cfg or "head" not in cfg:
+        raise ValueError(f"{path}: a model config needs 'backbone' and 'head' sections")
+    cfg["scale"] = scale or cfg.get("scale") or next(iter(cfg["scales"]))
+    if cfg["scale"] not in cfg["scales"]:
+        raise ValueError(f"{name}: scale {cfg['scale']!r} not in {sorted(cfg['scales'])}")
+    cfg.setdefault("yaml_file", str(path))
+    cfg.setdefault("name", str(name))
+    if nc is not None:
+        cfg["nc"] = int(nc)
+    if partition is not None:
+        if "partition" not in cfg:
+            raise ValueError(f"{name} has no CSwitch, so it takes no partition")
+        if len(partition) != len(cfg["partition"]):
+            raise ValueError(f"{name} needs {len(cfg['partition'])} partition entries, got {list(partition)}")
+        cfg["partition"], cfg["partition_absolute"] = [int(c) for c in partition], True
+    return cfg
+
+
+class CSFNetModel(DetectionModel):
+    """A detection model built from a CSF-Net config; trains, validates, predicts and exports like ``DetectionModel``.
+
+    Args:
+        cfg: Config name, YAML path or an already loaded config dict.
+        ch: Input channels.
+        nc: Number of classes (overrides the config).
+        verbose: Print the model summary.
+    """
+
+    def __init__(self, cfg: str | Path | dict = "csfnet-n", ch: int = 3, nc: int | None = None, verbose: bool = True):
+        torch.nn.Module.__init__(self)
+        self.yaml = deepcopy(cfg) if isinstance(cfg, dict) else load_config(cfg)
+        if nc is not None:
+            self.yaml["nc"] = int(nc)
+        self.yaml["channels"] = ch
+        self.model, self.save = build_layers(self.yaml, ch)
+        self.names = {i: str(i) for i in range(self.yaml["nc"])}
+        self.inplace = self.yaml.get("inplace", True)
+        self._init_strides(ch)
+        initialize_weights(self)
+        if verbose:
+            self.info()
+
+    def _init_strides(self, ch: int, size: int = 256) -> None:
+        """Derive the Detect strides from a dry forward pass, as ultralytics' ``DetectionModel`` does."""
+        head = self.model[-1]
+        assert isinstance(head, Detect), "the last layer of a detection config must be Detect"
+        head.inplace = self.inplace
+        self.model.eval()
+        head.training = True  # return raw feature maps
+        feats = self.forward(torch.zeros(1, ch, size, size))["feats"]
+        head.stride = torch.tensor([size / f.shape[-2] for f in feats])
+        self.stride = head.stride
+        self.model.train()
+        head.bias_init()
+
+
+def baseline_yaml(name: str | Path) -> str:
+    """ultralytics config file of a baseline name (``yolov8n`` -> ``yolov8n.yaml``; never a ``.pt`` download)."""
+    return str(name) if str(name).endswith((".yaml", ".yml")) else f"{name}.yaml"
+
+
+def resolve_config(name: str | Path, nc: int = 1, partition: Sequence[int] | None = None) -> dict[str, Any] | str:
+    """A CSF-Net config dict, or the ultralytics YAML name of a baseline, ready to build with ``nc`` classes."""
+    if is_csfnet(name):
+        return load_config(name, nc=nc, partition=partition)
+    if partition is not None:
+        raise ValueError(f"{name} has no CSwitch, so it takes no partition")
+    if str(name) not in BASELINES and not Path(name).is_file():
+        raise ValueError(f"unknown model config {str(name)!r}; choose one of {', '.join(ALL_CONFIGS)} or a YAML path")
+    return baseline_yaml(name)
+
+
+def build_model(
+    name: str | Path | dict, nc: int = 1, partition: Sequence[int] | None = None, ch: int = 3, verbose: bool = False
+) -> DetectionModel:
+    """Build any supported config (CSF-Net variants or the ultralytics YOLOv8n baseline) with ``nc`` classes."""
+    cfg = name if isinstance(name, dict) else resolve_config(name, nc=nc, partition=partition)
+    if is_csfnet(cfg):
+        return CSFNetModel(cfg, ch=ch, nc=nc, verbose=verbose)
+    if isinstance(cfg, str):
+        cfg = {**yaml_model_load(cfg), "nc": nc}  # set nc up front: no "Overriding nc" message on stdout
+    return DetectionModel(cfg, ch=ch, nc=nc, verbose=verbose)
+
+
+def model_summary(name: str, imgsz: int = 640, nc: int = 1) -> dict[str, Any]:
+    """Layers, parameters and GFLOPs of a config, counted the way ultralytics counts them."""
+    model = build_model(name, nc=nc)
+    return {
+        "name": name,
+        "layers": len(list(model.modules())),
+        "params": sum(p.numel() for p in model.parameters()),
+        "gflops": round(get_flops(model, imgsz), 2),
+        "imgsz": imgsz,
+        "nc": nc,
+    }

@@ -1,0 +1,162 @@
+"""MLflow tracking: one parent run per pipeline execution, exactly one nested run per stage.
+
+The store defaults to a SQLite database and an artifact folder inside the project (``mlruns.db``, ``mlartifacts/``)
+and follows ``MLFLOW_TRACKING_URI`` when set (a server, PostgreSQL, S3 artifacts). Stages launched by ``dvc repro``
+run as separate processes: they share the parent run named by ``CSFNET_PARENT_RUN_ID``, or else the running parent
+whose ``csfnet.pipeline_id`` tag matches the current commit and ``params.yaml``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import subprocess
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import yaml
+from mlflow.tracking import MlflowClient
+
+from csfnet.params import params_path, section
+
+PARENT_ENV = "CSFNET_PARENT_RUN_ID"
+DEFAULT_DB = "mlruns.db"
+DEFAULT_ARTIFACTS = "mlartifacts"
+FINAL_STAGE_TAG = "csfnet.final_stage"
+
+
+def configure(experiment: str | None = None) -> str:
+    """Point MLflow at the configured store and experiment; return the experiment id."""
+    if not os.environ.get("MLFLOW_TRACKING_URI"):
+        mlflow.set_tracking_uri(f"sqlite:///{Path(DEFAULT_DB).resolve()}")
+    name = experiment or section("mlflow").get("experiment") or "csfnet"
+    found = mlflow.get_experiment_by_name(name)
+    if found is not None:
+        experiment_id = found.experiment_id
+    else:
+        local = mlflow.get_tracking_uri().startswith("sqlite:") and not os.environ.get("MLFLOW_ARTIFACT_ROOT")
+        root = Path(DEFAULT_ARTIFACTS).resolve().as_uri() if local else os.environ.get("MLFLOW_ARTIFACT_ROOT")
+        try:
+            experiment_id = mlflow.create_experiment(name, artifact_location=root)
+        except mlflow.exceptions.MlflowException:  # created concurrently by another stage
+            experiment_id = mlflow.get_experiment_by_name(name).experiment_id
+    mlflow.set_experiment(experiment_id=experiment_id)
+    return experiment_id
+
+
+def git_commit() -> str:
+    """Current git commit (with ``-dirty`` when the tree has changes), or ``unknown`` outside a repository."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "-uno"], capture_output=True, text=True).stdout.strip()
+        return commit + ("-dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def data_hash(dataset: str | Path) -> str:
+    """DVC hash of a dataset folder from ``dvc.lock`` when DVC tracks it, else a hash of its manifest."""
+    dataset = Path(dataset)
+    if dataset.is_file():
+        dataset = dataset.parent
+    lock = Path("dvc.lock")
+    if lock.is_file():
+        stages = (yaml.safe_load(lock.read_text()) or {}).get("stages", {})
+        for stage in stages.values():
+            for out in stage.get("outs", []):
+                if Path(out["path"]).resolve() == dataset.resolve():
+                    return out.get("md5", "unknown")
+    digest = hashlib.md5()
+    for name in ("data.yaml", "manifest.json", "report.json"):
+        if (dataset / name).is_file():
+            digest.update((dataset / name).read_bytes())
+    return f"content-{digest.hexdigest()}"
+
+
+def pipeline_id() -> str:
+    """Identity of one pipeline execution: the commit and the parameters it runs with."""
+    path = params_path()
+    params = path.read_bytes() if path.is_file() else b""
+    return hashlib.sha256(git_commit().encode() + params).hexdigest()[:16]
+
+
+def _parent_run_id(experiment_id: str) -> str:
+    if os.environ.get(PARENT_ENV):
+        return os.environ[PARENT_ENV]
+    pid = pipeline_id()
+    runs = MlflowClient().search_runs(
+        [experiment_id],
+        filter_string=f"tags.`csfnet.pipeline_id` = '{pid}' and attributes.status = 'RUNNING'",
+        max_results=1,
+        order_by=["attributes.start_time DESC"],
+    )
+    if runs:
+        return runs[0].info.run_id
+    run = MlflowClient().create_run(
+        experiment_id, run_name=f"pipeline-{pid[:8]}", tags={"csfnet.pipeline_id": pid, "csfnet.git_commit": git_commit()}
+    )
+    return run.info.run_id
+
+
+@contextlib.contextmanager
+def stage_run(stage: str, params: Mapping[str, Any] | None = None, tags: Mapping[str, str] | None = None,
+              final: bool = False) -> Iterator[mlflow.ActiveRun]:  # fmt: skip
+    """A nested MLflow run for one pipeline stage under the pipeline's parent run.
+
+    Args:
+        stage: Stage name (``train``, ``eval`` ...), used as run name.
+        params: Parameters to log.
+        tags: Extra tags; the git commit is always added.
+        final: The last stage of the pipeline: closes the parent run when this stage ends.
+    """
+    experiment_id = configure()
+    parent = _parent_run_id(experiment_id)
+    all_tags = {"csfnet.stage": stage, "csfnet.git_commit": git_commit(), **(tags or {})}
+    with mlflow.start_run(run_id=parent, experiment_id=experiment_id), mlflow.start_run(
+        run_name=stage, nested=True, tags=all_tags
+    ) as run:
+        if params:
+            mlflow.log_params({k: _param(v) for k, v in params.items()})
+        try:
+            yield run
+        except BaseException:
+            MlflowClient().set_terminated(parent, "FAILED")
+            raise
+    if final and not os.environ.get(PARENT_ENV):
+        MlflowClient().set_terminated(parent, "FINISHED")
+
+
+def _param(value: Any) -> str:
+    text = json.dumps(value) if isinstance(value, (list, dict)) else str(value)
+    return text[:6000]
+
+
+def log_json(data: Mapping[str, Any], artifact_file: str) -> None:
+    """Log a dict as a JSON artifact of the active run."""
+    mlflow.log_dict(dict(data), artifact_file)
+
+
+def log_flat_metrics(metrics: Mapping[str, Any], prefix: str = "", step: int | None = None) -> None:
+    """Log every numeric leaf of a nested dict as ``prefix.key.subkey``."""
+    flat: dict[str, float] = {}
+
+    def walk(d: Mapping[str, Any], path: str) -> None:
+        for key, value in d.items():
+            name = f"{path}.{key}" if path else str(key)
+            if isinstance(value, Mapping):
+                walk(value, name)
+            elif isinstance(value, (int, float)) and not isinstance(value, bool):
+                flat[_metric_name(name)] = float(value)
+
+    walk(metrics, prefix)
+    if flat:
+        mlflow.log_metrics(flat, step=step)
+
+
+def _metric_name(name: str) -> str:
+    """MLflow metric names allow alphanumerics, ``_ - . space /``; ultralytics uses ``metrics/mAP50(B)``."""
+    return "".join(c if c.isalnum() or c in "_-. /" else "_" for c in name).rstrip("_")

@@ -1,0 +1,188 @@
+"""Training: any configuration through ultralytics' trainer, tracked in MLflow, resumable after a kill."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import torch
+import yaml
+
+from csfnet._offline import disable_ultralytics_integrations
+from csfnet.model import is_csfnet, resolve_config
+from csfnet.params import preset as load_preset
+from csfnet.params import section
+from csfnet.tracking import data_hash, log_flat_metrics, stage_run
+from csfnet.trainer import CSFNetTrainer
+
+STATE_FILE = "csfnet_train.json"  # what the run in a folder was started with, to decide whether to resume
+
+
+@dataclass
+class TrainResult:
+    """Where a training run left its outputs."""
+
+    run_dir: Path
+    best: Path
+    last: Path
+    metrics: dict[str, float]
+    resumed: bool
+
+
+def resolve_device(device: str | int | None) -> str:
+    """``""``/``None`` -> first CUDA GPU when present, else CPU; anything else is passed to ultralytics as is."""
+    if device is None or str(device).strip() == "":
+        return "0" if torch.cuda.is_available() else "cpu"
+    return str(device)
+
+
+def read_partition(spec: str | Path | Sequence[int] | None) -> list[int] | None:
+    """A partition given inline or as a JSON file (``{"partition": [...]}`` or a plain list)."""
+    if spec is None or spec == "":
+        return None
+    if isinstance(spec, (list, tuple)):
+        return [int(c) for c in spec]
+    path = Path(spec)
+    if not path.is_file():
+        raise FileNotFoundError(f"partition file {path} not found")
+    data = json.loads(path.read_text())
+    values = data["partition"] if isinstance(data, dict) else data
+    return [int(c) for c in values]
+
+
+def train(
+    data: str | Path,
+    model: str | None = None,
+    out: str | Path = "runs/train",
+    preset: str | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    device: str | None = None,
+    pretrained: str | Path | None = None,
+    partition: str | Path | Sequence[int] | None = None,
+    track: bool = True,
+    callbacks: Mapping[str, Any] | None = None,
+) -> TrainResult:
+    """Train a model on a YOLO dataset; unspecified settings come from ``params.yaml``.
+
+    A folder holding an unfinished run started with the same settings is resumed from its ``last.pt``; any other
+    content of ``out`` is replaced.
+
+    Args:
+        data: ``data.yaml`` of the dataset.
+        model: Config name or YAML (``train.model``).
+        out: Run folder; receives ``weights/best.pt`` and ``weights/last.pt``.
+        preset: Name of a preset in ``params.yaml`` (``train.preset``).
+        overrides: ultralytics training arguments on top of the preset (``epochs``, ``imgsz``, ``batch`` ...).
+        device: ``""`` for auto, ``cpu``, ``0``, ``0,1`` (DDP) ...
+        pretrained: Optional local checkpoint whose shape-matching tensors initialise the model.
+        partition: CSwitch partition (list or JSON file) replacing the config's.
+        track: Log to MLflow as the ``train`` stage.
+        callbacks: Extra ultralytics callbacks ``{event: fn}`` (used by tuning to report to Optuna).
+    """
+    settings = section("train")
+    model = model or settings.get("model", "csfnet-n")
+    preset = preset or settings.get("preset", "quick")
+    args = {**load_preset(preset), **{k: v for k, v in (overrides or {}).items() if v is not None}}
+    pretrained = pretrained if pretrained is not None else settings.get("pretrained") or None
+    partition_list = read_partition(partition if partition is not None else settings.get("partition"))
+    data, out = Path(data).resolve(), Path(out).resolve()
+    if not data.is_file():
+        raise FileNotFoundError(f"dataset file {data} not found (run `csfnet data extract` first)")
+    if pretrained and not Path(pretrained).is_file():
+        raise FileNotFoundError(f"pretrained checkpoint {pretrained} not found (it is a local file, never downloaded)")
+
+    nc = len((yaml.safe_load(data.read_text()) or {}).get("names") or [0])
+    config = resolve_config(model, nc=nc, partition=partition_list)
+    args.update(
+        data=str(data),
+        device=resolve_device(device if device is not None else settings.get("device")),
+        seed=int(args.get("seed", settings.get("seed", 0))),
+        pretrained=str(Path(pretrained).resolve()) if pretrained else False,
+        project=str(out.parent),
+        name=out.name,
+        exist_ok=True,
+        plots=args.get("plots", True),
+    )
+    state = {"model": model, "config": config, "args": {k: v for k, v in args.items() if k != "device"}}
+    resume_from = _resumable(out, state)
+    if resume_from is None:
+        shutil.rmtree(out, ignore_errors=True)
+        out.mkdir(parents=True)
+        (out / STATE_FILE).write_text(json.dumps(state, indent=2, default=str))
+    if isinstance(config, dict):
+        model_file = out / "model.yaml"
+        model_file.write_text(yaml.safe_dump(config, sort_keys=False))
+        args["model"] = str(model_file)
+    else:
+        args["model"] = config
+    if resume_from is not None:
+        args["resume"] = str(resume_from)
+
+    disable_ultralytics_integrations()
+    tags = {"csfnet.model_config": str(model), "csfnet.data_hash": data_hash(data), "csfnet.preset": preset}
+    run_params = {"model": model, "preset": preset, "partition": partition_list, **args}
+    context = stage_run("train", params=run_params, tags=tags) if track else _no_run()
+    with context:
+        trainer = CSFNetTrainer(overrides=args)
+        if track:
+            trainer.add_callback("on_fit_epoch_end", _log_epoch)
+        for event, fn in (callbacks or {}).items():
+            trainer.add_callback(event, fn)
+        trainer.train()
+        result = TrainResult(
+            run_dir=Path(trainer.save_dir),
+            best=Path(trainer.best),
+            last=Path(trainer.last),
+            metrics={k: float(v) for k, v in (trainer.metrics or {}).items()},
+            resumed=resume_from is not None,
+        )
+        if track:
+            _log_outputs(result, getattr(trainer, "pretrained_tensors", None))
+    return result
+
+
+def _resumable(out: Path, state: dict) -> Path | None:
+    """``last.pt`` of an unfinished run in ``out`` started with the same settings, else None."""
+    last, state_file = out / "weights" / "last.pt", out / STATE_FILE
+    if not last.is_file() or not state_file.is_file():
+        return None
+    if json.loads(state_file.read_text()) != json.loads(json.dumps(state, default=str)):
+        return None
+    try:
+        epoch = torch.load(last, map_location="cpu", weights_only=False).get("epoch", -1)
+    except Exception:  # a checkpoint cut off mid-write cannot be resumed
+        return None
+    return last if epoch is not None and epoch >= 0 else None
+
+
+class _no_run:  # noqa: N801 - used like a context manager function
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def _log_epoch(trainer: Any) -> None:
+    """Per-epoch losses, validation metrics and learning rate (ultralytics ``on_fit_epoch_end`` callback)."""
+    values = {**trainer.label_loss_items(trainer.tloss, prefix="train"), **(trainer.metrics or {}), **trainer.lr}
+    log_flat_metrics({k: float(v) for k, v in values.items()}, step=trainer.epoch + 1)
+
+
+def _log_outputs(result: TrainResult, pretrained_tensors: int | None) -> None:
+    log_flat_metrics({f"final/{k}": v for k, v in result.metrics.items()})
+    if pretrained_tensors is not None:
+        mlflow.log_metric("pretrained_tensors_loaded", pretrained_tensors)
+    mlflow.set_tag("csfnet.resumed", str(result.resumed))
+    for name in ("results.csv", "args.yaml", "model.yaml"):
+        if (result.run_dir / name).is_file():
+            mlflow.log_artifact(str(result.run_dir / name))
+    for plot in sorted(result.run_dir.glob("*.png")) + sorted(result.run_dir.glob("*.jpg")):
+        mlflow.log_artifact(str(plot), "plots")
+    if result.best.is_file():
+        mlflow.log_artifact(str(result.best), "weights")

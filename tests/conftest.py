@@ -1,0 +1,63 @@
+"""Shared fixtures: a tiny synthetic dataset and a tiny trained model, built once per session."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import pytest
+
+import csfnet  # noqa: F401  (sets the offline environment before ultralytics is imported)
+from csfnet.data.extract import extract
+from csfnet.data.synth import SynthSpec, generate
+
+REPO = Path(__file__).resolve().parents[1]
+ARTIFACTS = REPO / "test-artifacts"  # screenshots and other outputs worth keeping after a run
+TINY = SynthSpec(train_videos=2, val_videos=1, frames=8, width=96, height=64, seed=3)
+
+
+@pytest.fixture(autouse=True)
+def _isolated_tracking(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test gets its own MLflow store and no params.yaml unless it writes one."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("CSFNET_PARENT_RUN_ID", raising=False)
+    monkeypatch.setenv("CSFNET_PARAMS", str(tmp_path / "params.yaml"))
+    monkeypatch.chdir(tmp_path)
+
+
+@pytest.fixture(scope="session")
+def tiny_raw(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return generate(tmp_path_factory.mktemp("raw") / "raw", TINY, workers=2)
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tiny_raw: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("dataset") / "dataset"
+    extract(tiny_raw, out, workers=2)
+    return out / "data.yaml"
+
+
+@pytest.fixture(scope="session")
+def tiny_weights(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """best.pt of CSF-Net-n trained for one epoch at imgsz 64 through ultralytics' trainer."""
+    from csfnet.train import train
+
+    run = tmp_path_factory.mktemp("run") / "train"
+    old = Path.cwd()
+    os.chdir(run.parent)
+    try:
+        result = train(tiny_data, model="csfnet-n", out=run, preset="quick", overrides=TINY_TRAIN, device="cpu",
+                       track=False)  # fmt: skip
+    finally:
+        os.chdir(old)
+    return result.best
+
+
+TINY_TRAIN = {"epochs": 1, "imgsz": 64, "batch": 4, "workers": 0, "plots": False, "mosaic": 0.0}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -1,0 +1,180 @@
+"""Synthesis, ingestion of both public formats, extraction, validation errors, statistics."""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from ultralytics.data import YOLODataset
+from ultralytics.data.utils import check_det_dataset
+
+from csfnet.data.extract import extract
+from csfnet.data.formats import DataError
+from csfnet.data.stats import dataset_stats
+from csfnet.data.synth import SynthSpec, generate
+
+from .conftest import TINY
+
+
+def _decoded_frames(video: Path) -> list[np.ndarray]:
+    cap = cv2.VideoCapture(str(video))
+    frames = []
+    while (frame := cap.read())[0]:
+        frames.append(frame[1])
+    return frames
+
+
+def _annotation_count(raw: Path, fmt: str) -> dict[str, int]:
+    counts = {}
+    for split in ("train", "val"):
+        total = 0
+        for seq in (raw / split).iterdir():
+            if fmt == "mot":
+                total += len((seq / "gt" / "gt.txt").read_text().split())
+            else:
+                total += sum(json.loads((seq / f"{seq.name}.json").read_text())["exist"])
+        counts[split] = total
+    return counts
+
+
+def test_generator_is_deterministic(tmp_path):
+    a, b = generate(tmp_path / "a", TINY), generate(tmp_path / "b", TINY)
+    for ann in a.rglob("gt.txt"):
+        assert ann.read_text() == (b / ann.relative_to(a)).read_text()
+    for video in a.rglob("*.mp4"):
+        fa, fb = _decoded_frames(video), _decoded_frames(b / video.relative_to(a))
+        assert len(fa) == TINY.frames == len(fb)
+        assert all(np.array_equal(x, y) for x, y in zip(fa, fb))
+    other = generate(tmp_path / "c", SynthSpec(**{**TINY.__dict__, "seed": TINY.seed + 1}))
+    assert (other / "train/uav_train_0000/gt/gt.txt").read_text() != (a / "train/uav_train_0000/gt/gt.txt").read_text()
+
+
+def test_generated_targets_are_micro_sized(tiny_raw):
+    rows = [line.split(",") for f in tiny_raw.rglob("gt.txt") for line in f.read_text().split()]
+    sizes = np.array([np.sqrt(float(r[4]) * float(r[5])) for r in rows])
+    assert len(sizes) > 0 and sizes.min() >= 1 and sizes.max() <= 32 and np.median(sizes) < 12
+
+
+@pytest.mark.parametrize("fmt", ["mot", "anti-uav"])
+def test_synth_extract_load_with_ultralytics_counts_match(tmp_path, fmt):
+    raw = generate(tmp_path / "raw", SynthSpec(**{**TINY.__dict__, "format": fmt}))
+    report = extract(raw, tmp_path / "ds", workers=2)
+    data = check_det_dataset(str(tmp_path / "ds" / "data.yaml"))
+    expected = _annotation_count(raw, fmt)
+    for split in ("train", "val"):
+        dataset = YOLODataset(img_path=data[split], data=data, task="detect", imgsz=64, augment=False)
+        assert len(dataset) == report["splits"][split]["images"] == len(list((raw / split).iterdir())) * TINY.frames
+        assert sum(len(label["cls"]) for label in dataset.labels) == expected[split] == report["splits"][split]["boxes"]
+    name = sorted((tmp_path / "ds/images/train").iterdir())[3].name
+    assert name == "uav_train_0000_000003.jpg"
+
+
+def test_stride_and_rerun_reuses_finished_sequences(tiny_raw, tmp_path):
+    first = extract(tiny_raw, tmp_path / "ds", stride=2)
+    assert first["splits"]["train"]["images"] == 2 * TINY.frames // 2
+    stamp = (tmp_path / "ds/images/val/uav_val_0000_000000.jpg").stat().st_ino
+    again = extract(tiny_raw, tmp_path / "ds", stride=2)
+    assert again["reused_sequences"] == 3 and again["splits"] == first["splits"]
+    assert (tmp_path / "ds/images/val/uav_val_0000_000000.jpg").stat().st_ino == stamp  # linked, not re-decoded
+
+
+def _copy(tiny_raw: Path, tmp_path: Path) -> Path:
+    raw = tmp_path / "raw"
+    shutil.copytree(tiny_raw, raw)
+    return raw
+
+
+def _edit_gt(raw: Path, row: int, new: str) -> None:
+    gt = raw / "train/uav_train_0000/gt/gt.txt"
+    lines = gt.read_text().splitlines()
+    lines[row] = new
+    gt.write_text("\n".join(lines) + "\n")
+
+
+BAD_INPUTS = {
+    "missing video": (lambda raw: (raw / "train/uav_train_0001/uav_train_0001.mp4").unlink(), "uav_train_0001.*no video"),
+    "corrupt video": (lambda raw: (raw / "train/uav_train_0001/uav_train_0001.mp4").write_bytes(b"\x00garbage" * 100),
+                      "uav_train_0001.*corrupt"),
+    "truncated video": (lambda raw: _truncate(raw / "val/uav_val_0000/uav_val_0000.mp4"), "uav_val_0000.*(truncated|corrupt)"),
+    "box outside": (lambda raw: _edit_gt(raw, 0, "1,1,90,10,20,10,1,1,1"), "uav_train_0000.*frame 0.*outside"),
+    "non-positive size": (lambda raw: _edit_gt(raw, 0, "2,1,10,10,0,5,1,1,1"), "uav_train_0000.*frame 1.*non-positive"),
+    "nan": (lambda raw: _edit_gt(raw, 0, "1,1,nan,10,5,5,1,1,1"), "uav_train_0000.*frame 0.*NaN"),
+    "unknown class": (lambda raw: _edit_gt(raw, 0, "1,1,10,10,5,5,1,7,1"), "uav_train_0000.*frame 0.*unknown class 7"),
+    "annotation longer than video": (lambda raw: _edit_gt(raw, 0, f"{TINY.frames + 3},1,10,10,5,5,1,1,1"),
+                                     "uav_train_0000.*covers 11 frames but the video has 8"),
+    "same sequence in two splits": (lambda raw: shutil.copytree(raw / "train/uav_train_0000", raw / "val/uav_train_0000"),
+                                    "uav_train_0000.*two splits"),
+}
+
+
+def _truncate(video: Path) -> None:
+    data = video.read_bytes()
+    video.write_bytes(data[: len(data) // 2])
+
+
+@pytest.mark.parametrize("case", sorted(BAD_INPUTS))
+def test_bad_input_fails_clearly_and_leaves_nothing(tiny_raw, tmp_path, case):
+    raw = _copy(tiny_raw, tmp_path)
+    damage, message = BAD_INPUTS[case]
+    damage(raw)
+    with pytest.raises(DataError, match=message):
+        extract(raw, tmp_path / "ds", workers=2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["raw"]  # no dataset, no staging leftovers
+
+
+def test_anti_uav_length_mismatch_names_the_file(tmp_path):
+    raw = generate(tmp_path / "raw", SynthSpec(**{**TINY.__dict__, "format": "anti-uav"}))
+    ann = raw / "val/uav_val_0000/uav_val_0000.json"
+    data = json.loads(ann.read_text())
+    ann.write_text(json.dumps({"exist": data["exist"][:-2], "gt_rect": data["gt_rect"][:-2]}))
+    with pytest.raises(DataError, match=r"uav_val_0000.*uav_val_0000\.json covers 6 frames but the video has 8"):
+        extract(raw, tmp_path / "ds")
+    report = extract(raw, tmp_path / "ds", fix=True)
+    assert report["fixes"]["skipped_frames"] == 2
+    assert report["splits"]["val"]["images"] == 6
+
+
+def test_fix_clips_boxes_and_counts_it(tiny_raw, tmp_path):
+    raw = _copy(tiny_raw, tmp_path)
+    _edit_gt(raw, 0, "1,1,90,10,20,10,1,1,1")
+    report = extract(raw, tmp_path / "ds", fix=True)
+    assert report["fixes"]["clipped_boxes"] == 1
+    label = (tmp_path / "ds/labels/train/uav_train_0000_000000.txt").read_text().splitlines()
+    assert any(abs(float(r.split()[1]) + float(r.split()[3]) / 2 - 1.0) < 1e-5 for r in label)  # right edge at 1
+
+
+def test_cli_exits_non_zero_with_the_error(tiny_raw, tmp_path):
+    raw = _copy(tiny_raw, tmp_path)
+    _edit_gt(raw, 0, "1,1,nan,10,5,5,1,1,1")
+    proc = subprocess.run([sys.executable, "-m", "csfnet.cli", "data", "extract", "--source", str(raw), "--out",
+                           str(tmp_path / "ds")], capture_output=True, text=True)  # fmt: skip
+    assert proc.returncode == 2
+    assert "uav_train_0000" in proc.stderr and "NaN" in proc.stderr
+    assert not (tmp_path / "ds").exists()
+
+
+def test_yolo_dataset_is_imported_and_validated(tiny_data, tmp_path):
+    report = extract(tiny_data.parent, tmp_path / "copy")
+    assert report["splits"]["train"]["images"] == 2 * TINY.frames
+    bad = tmp_path / "bad"
+    shutil.copytree(tiny_data.parent, bad)
+    next((bad / "labels/train").glob("*.txt")).write_text("3 0.5 0.5 0.1 0.1\n")
+    with pytest.raises(DataError, match="unknown class 3"):
+        extract(bad, tmp_path / "copy2")
+    assert not (tmp_path / "copy2").exists()
+
+
+def test_stats_report_sizes_share_below_stride_and_plot(tiny_data, tmp_path):
+    stats = dataset_stats(tiny_data, imgsz=64, out_dir=tmp_path / "stats")
+    train = stats["splits"]["train"]
+    assert train["objects"] > 0 and 0 < train["source_px"]["median"] < 24
+    assert train["train_px"]["median"] < train["source_px"]["median"]  # 96 px frames shown at 64
+    assert 0 <= train["below_stride_share"] <= 1
+    assert stats["warning"] and "finest stride" in stats["warning"]
+    assert (tmp_path / "stats/size_histogram.png").stat().st_size > 5000
+    big = dataset_stats(tiny_data, imgsz=1024)
+    assert big["splits"]["train"]["below_stride_share"] < train["below_stride_share"]
