@@ -83,8 +83,10 @@ def cmd_data_stats(args: argparse.Namespace) -> int:
         print(json.dumps(stats, indent=2))
     else:
         for split, s in stats["splits"].items():
-            print(f"{split}: {s['objects']} objects, median {s['source_px']['median']} px at source, "
-                  f"{s['train_px']['median']} px at imgsz {imgsz}; {s['below_stride_share']:.0%} below stride 8")  # fmt: skip
+            print(
+                f"{split}: {s['objects']} objects, median {s['source_px']['median']} px at source, "
+                f"{s['train_px']['median']} px at imgsz {imgsz}; {s['below_stride_share']:.0%} below stride 8"
+            )
     if stats["warning"]:
         print(f"WARNING: {stats['warning']}", file=sys.stderr)
     return 0
@@ -107,9 +109,17 @@ def cmd_train(args: argparse.Namespace) -> int:
     from csfnet.train import train
 
     overrides = {"epochs": args.epochs, "imgsz": args.imgsz, "batch": args.batch}
-    result = train(args.data, model=args.model, out=args.out, preset=args.preset, overrides=overrides,
-                   device=args.device, pretrained=args.pretrained, partition=args.partition,
-                   track=not args.no_mlflow)  # fmt: skip
+    result = train(
+        args.data,
+        model=args.model,
+        out=args.out,
+        preset=args.preset,
+        overrides=overrides,
+        device=args.device,
+        pretrained=args.pretrained,
+        partition=args.partition,
+        track=not args.no_mlflow,
+    )
     print(json.dumps({"best": str(result.best), "resumed": result.resumed, **result.metrics}, indent=2))
     return 0
 

@@ -28,14 +28,32 @@ from csfnet.data.dataset import read_labels, split_images
 _SEQUENCE = re.compile(r"^(?P<seq>.+)_(?P<frame>\d{6})$")
 
 
-def validate(weights: str | Path, data: str | Path, imgsz: int, batch: int = 16, conf: float = 0.001,
-             iou: float = 0.6, device: str = "cpu", save_dir: str | Path | None = None,
-             plots: bool = True) -> dict[str, Any]:  # fmt: skip
+def validate(
+    weights: str | Path,
+    data: str | Path,
+    imgsz: int,
+    batch: int = 16,
+    conf: float = 0.001,
+    iou: float = 0.6,
+    device: str = "cpu",
+    save_dir: str | Path | None = None,
+    plots: bool = True,
+) -> dict[str, Any]:
     """ultralytics' validator on the ``val`` split: mAP50, mAP50-95, precision, recall and its speed figures."""
     disable_ultralytics_integrations()
     kwargs: dict[str, Any] = {"project": str(Path(save_dir).parent), "name": Path(save_dir).name} if save_dir else {}
-    metrics = YOLO(str(weights)).val(data=str(data), imgsz=imgsz, batch=batch, conf=conf, iou=iou, device=device,
-                                     plots=plots, exist_ok=True, verbose=False, **kwargs)  # fmt: skip
+    metrics = YOLO(str(weights)).val(
+        data=str(data),
+        imgsz=imgsz,
+        batch=batch,
+        conf=conf,
+        iou=iou,
+        device=device,
+        plots=plots,
+        exist_ok=True,
+        verbose=False,
+        **kwargs,
+    )
     return {
         "map50": float(metrics.box.map50),
         "map50_95": float(metrics.box.map),
@@ -46,9 +64,19 @@ def validate(weights: str | Path, data: str | Path, imgsz: int, batch: int = 16,
     }
 
 
-def evaluate(weights: str | Path, data: str | Path, out_dir: str | Path, imgsz: int, batch: int = 16,
-             conf: float = 0.001, iou: float = 0.6, report_conf: float = 0.25,
-             size_bands: Sequence[float] = (8, 16, 32), samples: int = 6, device: str = "cpu") -> dict[str, Any]:  # fmt: skip
+def evaluate(
+    weights: str | Path,
+    data: str | Path,
+    out_dir: str | Path,
+    imgsz: int,
+    batch: int = 16,
+    conf: float = 0.001,
+    iou: float = 0.6,
+    report_conf: float = 0.25,
+    size_bands: Sequence[float] = (8, 16, 32),
+    samples: int = 6,
+    device: str = "cpu",
+) -> dict[str, Any]:
     """Full evaluation of ``weights`` on the validation split; writes ``metrics.json`` and plots to ``out_dir``."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -77,8 +105,9 @@ def evaluate(weights: str | Path, data: str | Path, out_dir: str | Path, imgsz: 
     return metrics
 
 
-def predict(model: YOLO, images: Sequence[Path], imgsz: int, conf: float, iou: float,
-            device: str) -> tuple[list[tuple[np.ndarray, np.ndarray]], float]:  # fmt: skip
+def predict(
+    model: YOLO, images: Sequence[Path], imgsz: int, conf: float, iou: float, device: str
+) -> tuple[list[tuple[np.ndarray, np.ndarray]], float]:
     """(boxes xyxy, scores) per image and the mean end-to-end latency per image in milliseconds."""
     results, start = [], time.perf_counter()
     for chunk in range(0, len(images), 16):
@@ -117,8 +146,12 @@ def _match(gt: np.ndarray, pred: np.ndarray, scores: np.ndarray, thr: float = 0.
     return matched
 
 
-def band_metrics(truths: Sequence[tuple[np.ndarray, Any]], predictions: Sequence[tuple[np.ndarray, np.ndarray]],
-                 edges: Sequence[float], report_conf: float) -> dict[str, dict[str, float]]:  # fmt: skip
+def band_metrics(
+    truths: Sequence[tuple[np.ndarray, Any]],
+    predictions: Sequence[tuple[np.ndarray, np.ndarray]],
+    edges: Sequence[float],
+    report_conf: float,
+) -> dict[str, dict[str, float]]:
     """AP50 (COCO-style area ranges) and recall at ``report_conf`` per size band of the ground truth."""
     out = {}
     for name, lo, hi in _band_names(edges):
@@ -134,7 +167,11 @@ def band_metrics(truths: Sequence[tuple[np.ndarray, Any]], predictions: Sequence
                     hits += scores[i] >= report_conf
                 elif j < 0 and pred_in_band[i]:
                     tp.append(0), conf.append(scores[i])
-        out[name] = {"objects": n_gt, "ap50": _ap(np.array(tp), np.array(conf), n_gt), "recall": hits / n_gt if n_gt else 0.0}
+        out[name] = {
+            "objects": n_gt,
+            "ap50": _ap(np.array(tp), np.array(conf), n_gt),
+            "recall": hits / n_gt if n_gt else 0.0,
+        }
     return out
 
 
@@ -147,8 +184,12 @@ def _ap(tp: np.ndarray, conf: np.ndarray, n_gt: int) -> float:
     return float(compute_ap(recall, precision)[0])
 
 
-def sequence_recall(images: Sequence[Path], truths: Sequence[tuple[np.ndarray, Any]],
-                    predictions: Sequence[tuple[np.ndarray, np.ndarray]], report_conf: float) -> dict[str, float]:  # fmt: skip
+def sequence_recall(
+    images: Sequence[Path],
+    truths: Sequence[tuple[np.ndarray, Any]],
+    predictions: Sequence[tuple[np.ndarray, np.ndarray]],
+    report_conf: float,
+) -> dict[str, float]:
     """Recall at ``report_conf`` for every sequence (images named ``<sequence>_<frame>``)."""
     found, total = defaultdict(int), defaultdict(int)
     for image, (gt, _), (pred, scores) in zip(images, truths, predictions):
@@ -161,9 +202,14 @@ def sequence_recall(images: Sequence[Path], truths: Sequence[tuple[np.ndarray, A
     return {seq: round(found[seq] / total[seq], 4) if total[seq] else 1.0 for seq in sorted(total)}
 
 
-def draw_samples(images: Sequence[Path], truths: Sequence[tuple[np.ndarray, Any]],
-                 predictions: Sequence[tuple[np.ndarray, np.ndarray]], path: Path, count: int,
-                 report_conf: float) -> None:  # fmt: skip
+def draw_samples(
+    images: Sequence[Path],
+    truths: Sequence[tuple[np.ndarray, Any]],
+    predictions: Sequence[tuple[np.ndarray, np.ndarray]],
+    path: Path,
+    count: int,
+    report_conf: float,
+) -> None:
     """A grid of validation frames with ground truth (green) and predictions above ``report_conf`` (red)."""
     with_targets = [i for i, (gt, _) in enumerate(truths) if len(gt)] or list(range(len(images)))
     if not with_targets or count <= 0:
@@ -192,4 +238,4 @@ def draw_samples(images: Sequence[Path], truths: Sequence[tuple[np.ndarray, Any]
 
 
 def _pt(xy: np.ndarray) -> tuple[int, int]:
-    return int(round(float(xy[0]))), int(round(float(xy[1])))
+    return round(float(xy[0])), round(float(xy[1]))

@@ -14,8 +14,8 @@ import numpy as np
 import yaml
 from tqdm import tqdm
 
-from csfnet.data.io import staging_dir
 from csfnet.data.dataset import label_path, split_images
+from csfnet.data.io import staging_dir
 from csfnet.evaluate import validate
 
 METRICS = ("map50", "map50_95", "precision", "recall")
@@ -31,9 +31,18 @@ def add_gaussian_noise(image: np.ndarray, sigma: float, rng: np.random.Generator
     return np.clip(np.rint(noisy), 0, 255).astype(np.uint8)
 
 
-def noise_sweep(weights: str | Path, data: str | Path, out_dir: str | Path, sigmas: Sequence[float], imgsz: int,
-                batch: int = 16, conf: float = 0.001, iou: float = 0.6, seed: int = 0,
-                device: str = "cpu") -> list[dict[str, Any]]:  # fmt: skip
+def noise_sweep(
+    weights: str | Path,
+    data: str | Path,
+    out_dir: str | Path,
+    sigmas: Sequence[float],
+    imgsz: int,
+    batch: int = 16,
+    conf: float = 0.001,
+    iou: float = 0.6,
+    seed: int = 0,
+    device: str = "cpu",
+) -> list[dict[str, Any]]:
     """Validate ``weights`` on noisy copies of the validation split; write ``robustness.json``/``.csv``/``.png``.
 
     σ = 0 validates the original frames, so its row equals plain evaluation. Noisy frames are written losslessly

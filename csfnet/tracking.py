@@ -97,14 +97,17 @@ def _parent_run_id(experiment_id: str) -> str:
     if runs:
         return runs[0].info.run_id
     run = MlflowClient().create_run(
-        experiment_id, run_name=f"pipeline-{pid[:8]}", tags={"csfnet.pipeline_id": pid, "csfnet.git_commit": git_commit()}
+        experiment_id,
+        run_name=f"pipeline-{pid[:8]}",
+        tags={"csfnet.pipeline_id": pid, "csfnet.git_commit": git_commit()},
     )
     return run.info.run_id
 
 
 @contextlib.contextmanager
-def stage_run(stage: str, params: Mapping[str, Any] | None = None, tags: Mapping[str, str] | None = None,
-              final: bool = False) -> Iterator[mlflow.ActiveRun]:  # fmt: skip
+def stage_run(
+    stage: str, params: Mapping[str, Any] | None = None, tags: Mapping[str, str] | None = None, final: bool = False
+) -> Iterator[mlflow.ActiveRun]:
     """A nested MLflow run for one pipeline stage under the pipeline's parent run.
 
     Args:
@@ -115,9 +118,10 @@ def stage_run(stage: str, params: Mapping[str, Any] | None = None, tags: Mapping
     """
     experiment_id = configure()
     parent = _parent_run_id(experiment_id)
-    all_tags = {"csfnet.stage": stage, "csfnet.git_commit": git_commit(), **(tags or {})}
-    with mlflow.start_run(run_id=parent, experiment_id=experiment_id), mlflow.start_run(
-        run_name=stage, nested=True, tags=all_tags
+    all_tags = {"csfnet.stage": stage, "csfnet.git_commit": git_commit(), "mlflow.parentRunId": parent, **(tags or {})}
+    # Nest by tag rather than by re-entering the parent: leaving a resumed parent run would mark it finished.
+    with mlflow.start_run(
+        run_name=tags.get("mlflow.runName", stage) if tags else stage, experiment_id=experiment_id, tags=all_tags
     ) as run:
         if params:
             mlflow.log_params({k: _param(v) for k, v in params.items()})

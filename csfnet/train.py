@@ -14,7 +14,7 @@ import torch
 import yaml
 
 from csfnet._offline import disable_ultralytics_integrations
-from csfnet.model import is_csfnet, resolve_config
+from csfnet.model import resolve_config
 from csfnet.params import preset as load_preset
 from csfnet.params import section
 from csfnet.tracking import data_hash, log_flat_metrics, stage_run
@@ -169,7 +169,13 @@ class _no_run:  # noqa: N801 - used like a context manager function
 
 
 def _log_epoch(trainer: Any) -> None:
-    """Per-epoch losses, validation metrics and learning rate (ultralytics ``on_fit_epoch_end`` callback)."""
+    """Per-epoch losses, validation metrics and learning rate (ultralytics ``on_fit_epoch_end`` callback).
+
+    ultralytics calls it once more after the last epoch with the best checkpoint's metrics; those go to ``best/``.
+    """
+    if trainer.epoch >= trainer.epochs:
+        log_flat_metrics({f"best/{k}": float(v) for k, v in (trainer.metrics or {}).items()})
+        return
     values = {**trainer.label_loss_items(trainer.tloss, prefix="train"), **(trainer.metrics or {}), **trainer.lr}
     log_flat_metrics({k: float(v) for k, v in values.items()}, step=trainer.epoch + 1)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 from pathlib import Path
 
 import pytest
@@ -47,8 +48,9 @@ def tiny_weights(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> P
     old = Path.cwd()
     os.chdir(run.parent)
     try:
-        result = train(tiny_data, model="csfnet-n", out=run, preset="quick", overrides=TINY_TRAIN, device="cpu",
-                       track=False)  # fmt: skip
+        result = train(
+            tiny_data, model="csfnet-n", out=run, preset="quick", overrides=TINY_TRAIN, device="cpu", track=False
+        )
     finally:
         os.chdir(old)
     return result.best
@@ -61,3 +63,9 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def tool(name: str) -> str:
+    """A console script of this environment (dvc, mlflow ...), found next to the running Python."""
+    local = Path(sys.executable).parent / name
+    return str(local) if local.exists() else name

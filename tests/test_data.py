@@ -96,18 +96,30 @@ def _edit_gt(raw: Path, row: int, new: str) -> None:
 
 
 BAD_INPUTS = {
-    "missing video": (lambda raw: (raw / "train/uav_train_0001/uav_train_0001.mp4").unlink(), "uav_train_0001.*no video"),
-    "corrupt video": (lambda raw: (raw / "train/uav_train_0001/uav_train_0001.mp4").write_bytes(b"\x00garbage" * 100),
-                      "uav_train_0001.*corrupt"),
-    "truncated video": (lambda raw: _truncate(raw / "val/uav_val_0000/uav_val_0000.mp4"), "uav_val_0000.*(truncated|corrupt)"),
+    "missing video": (
+        lambda raw: (raw / "train/uav_train_0001/uav_train_0001.mp4").unlink(),
+        "uav_train_0001.*no video",
+    ),
+    "corrupt video": (
+        lambda raw: (raw / "train/uav_train_0001/uav_train_0001.mp4").write_bytes(b"\x00garbage" * 100),
+        "uav_train_0001.*corrupt",
+    ),
+    "truncated video": (
+        lambda raw: _truncate(raw / "val/uav_val_0000/uav_val_0000.mp4"),
+        "uav_val_0000.*(truncated|corrupt)",
+    ),
     "box outside": (lambda raw: _edit_gt(raw, 0, "1,1,90,10,20,10,1,1,1"), "uav_train_0000.*frame 0.*outside"),
     "non-positive size": (lambda raw: _edit_gt(raw, 0, "2,1,10,10,0,5,1,1,1"), "uav_train_0000.*frame 1.*non-positive"),
     "nan": (lambda raw: _edit_gt(raw, 0, "1,1,nan,10,5,5,1,1,1"), "uav_train_0000.*frame 0.*NaN"),
     "unknown class": (lambda raw: _edit_gt(raw, 0, "1,1,10,10,5,5,1,7,1"), "uav_train_0000.*frame 0.*unknown class 7"),
-    "annotation longer than video": (lambda raw: _edit_gt(raw, 0, f"{TINY.frames + 3},1,10,10,5,5,1,1,1"),
-                                     "uav_train_0000.*covers 11 frames but the video has 8"),
-    "same sequence in two splits": (lambda raw: shutil.copytree(raw / "train/uav_train_0000", raw / "val/uav_train_0000"),
-                                    "uav_train_0000.*two splits"),
+    "annotation longer than video": (
+        lambda raw: _edit_gt(raw, 0, f"{TINY.frames + 3},1,10,10,5,5,1,1,1"),
+        "uav_train_0000.*covers 11 frames but the video has 8",
+    ),
+    "same sequence in two splits": (
+        lambda raw: shutil.copytree(raw / "train/uav_train_0000", raw / "val/uav_train_0000"),
+        "uav_train_0000.*two splits",
+    ),
 }
 
 
@@ -150,8 +162,11 @@ def test_fix_clips_boxes_and_counts_it(tiny_raw, tmp_path):
 def test_cli_exits_non_zero_with_the_error(tiny_raw, tmp_path):
     raw = _copy(tiny_raw, tmp_path)
     _edit_gt(raw, 0, "1,1,nan,10,5,5,1,1,1")
-    proc = subprocess.run([sys.executable, "-m", "csfnet.cli", "data", "extract", "--source", str(raw), "--out",
-                           str(tmp_path / "ds")], capture_output=True, text=True)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-m", "csfnet.cli", "data", "extract", "--source", str(raw), "--out", str(tmp_path / "ds")],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 2
     assert "uav_train_0000" in proc.stderr and "NaN" in proc.stderr
     assert not (tmp_path / "ds").exists()

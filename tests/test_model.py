@@ -51,8 +51,9 @@ def test_partition_override_changes_cswitch_widths():
 
 
 def test_model_info_json_lists_every_config():
-    out = subprocess.run([sys.executable, "-m", "csfnet.cli", "model", "info", "--json"], capture_output=True,
-                         text=True, check=True).stdout  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, "-m", "csfnet.cli", "model", "info", "--json"], capture_output=True, text=True, check=True
+    ).stdout
     rows = json.loads(out)
     assert [r["name"] for r in rows] == list(ALL_CONFIGS)
     assert all(r["params"] > 1e6 and r["gflops"] > 1 for r in rows)
@@ -74,4 +75,6 @@ def test_pretrained_transfer_loads_every_shape_matching_tensor():
     shallow = [k for k in yolo.state_dict() if int(k.split(".")[1]) < 10]
     assert loaded >= len(shallow)  # the whole shallow backbone, plus matching head layers
     assert loaded < total
-    torch.testing.assert_close(csf.state_dict()["model.4.m.0.cv1.conv.weight"], yolo.state_dict()["model.4.m.0.cv1.conv.weight"])
+    torch.testing.assert_close(
+        csf.state_dict()["model.4.m.0.cv1.conv.weight"], yolo.state_dict()["model.4.m.0.cv1.conv.weight"]
+    )

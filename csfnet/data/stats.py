@@ -73,7 +73,7 @@ def _summary(values: np.ndarray) -> dict[str, float]:
     if not len(values):
         return {"min": 0.0, "median": 0.0, "mean": 0.0, "max": 0.0}
     return {k: round(float(f(values)), 2) for k, f in (("min", np.min), ("median", np.median), ("mean", np.mean),
-                                                       ("max", np.max))}  # fmt: skip
+                                                       ("max", np.max))}
 
 
 def _plot(histograms: dict[str, tuple[np.ndarray, np.ndarray]], imgsz: int, path: Path) -> None:

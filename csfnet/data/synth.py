@@ -261,7 +261,7 @@ def _motion_blur(alpha: np.ndarray, vel: np.ndarray) -> np.ndarray:
     k = np.zeros((2 * length + 1, 2 * length + 1), np.float32)
     d = vel / np.linalg.norm(vel)
     cv2.line(k, (int(length - d[0] * length / 2), int(length - d[1] * length / 2)),
-             (int(length + d[0] * length / 2), int(length + d[1] * length / 2)), 1.0, 1)  # fmt: skip
+             (int(length + d[0] * length / 2), int(length + d[1] * length / 2)), 1.0, 1)
     alpha = np.pad(alpha, length)
     return cv2.filter2D(alpha, -1, k / k.sum())
 

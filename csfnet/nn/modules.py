@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 from ultralytics.nn.modules import Conv, RepConv
 
-__all__ = ("CSwitch", "DFuse", "CReToNeXt", "RepResBlock")
+__all__ = ("CReToNeXt", "CSwitch", "DFuse", "RepResBlock")
 
 
 class CSwitch(nn.Module):
