@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from collections.abc import Sequence
@@ -124,21 +125,30 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_eval(args: argparse.Namespace) -> int:
-    from csfnet.evaluate import evaluate
-    from csfnet.tracking import log_flat_metrics
+def _validation_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """Validator settings shared by ``eval`` and ``robustness``: image size, batch, NMS, device."""
     from csfnet.train import resolve_device
 
     p = section("eval")
-    kwargs = {
+    return {
         "imgsz": args.imgsz or _train_args().get("imgsz", 640),
         "batch": p.get("batch", 16),
         "conf": p.get("conf", 0.001),
         "iou": p.get("iou", 0.6),
+        "device": resolve_device(_pick(args.device, "train", "device", "")),
+    }
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from csfnet.evaluate import evaluate
+    from csfnet.tracking import log_flat_metrics
+
+    p = section("eval")
+    kwargs = {
+        **_validation_settings(args),
         "report_conf": p.get("report_conf", 0.25),
         "size_bands": p.get("size_bands", [8, 16, 32]),
         "samples": p.get("samples", 6),
-        "device": resolve_device(_pick(args.device, "train", "device", "")),
     }
     with _maybe_run(args, "eval", kwargs, args.data):
         metrics = evaluate(args.weights, args.data, args.out, **kwargs)
@@ -153,17 +163,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def cmd_robustness(args: argparse.Namespace) -> int:
     from csfnet.robustness import noise_sweep
-    from csfnet.train import resolve_device
 
-    p, e = section("robustness"), section("eval")
+    p = section("robustness")
     kwargs = {
+        **_validation_settings(args),
         "sigmas": [float(s) for s in (args.sigmas or p.get("sigmas", [0, 5, 10, 25, 50]))],
-        "imgsz": args.imgsz or _train_args().get("imgsz", 640),
-        "batch": e.get("batch", 16),
-        "conf": e.get("conf", 0.001),
-        "iou": e.get("iou", 0.6),
         "seed": p.get("seed", 0),
-        "device": resolve_device(_pick(args.device, "train", "device", "")),
     }
     with _maybe_run(args, "robustness", kwargs, args.data, final=args.final):
         rows = noise_sweep(args.weights, args.data, args.out, **kwargs)
@@ -178,17 +183,9 @@ def cmd_robustness(args: argparse.Namespace) -> int:
     return 0
 
 
-class _NullContext:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
-
-
 def _maybe_run(args: argparse.Namespace, stage: str, params: dict, data: str, final: bool = False):
     if getattr(args, "no_mlflow", False):
-        return _NullContext()
+        return contextlib.nullcontext()
     from csfnet.tracking import data_hash, stage_run
 
     tags = {"csfnet.data_hash": data_hash(data), "csfnet.weights": str(Path(args.weights).resolve())}

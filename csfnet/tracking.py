@@ -9,6 +9,7 @@ whose ``csfnet.pipeline_id`` tag matches the current commit and ``params.yaml``.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -48,6 +49,7 @@ def configure(experiment: str | None = None) -> str:
     return experiment_id
 
 
+@functools.cache
 def git_commit() -> str:
     """Current git commit (with ``-dirty`` when the tree has changes), or ``unknown`` outside a repository."""
     try:
@@ -121,7 +123,7 @@ def stage_run(
     all_tags = {"csfnet.stage": stage, "csfnet.git_commit": git_commit(), "mlflow.parentRunId": parent, **(tags or {})}
     # Nest by tag rather than by re-entering the parent: leaving a resumed parent run would mark it finished.
     with mlflow.start_run(
-        run_name=tags.get("mlflow.runName", stage) if tags else stage, experiment_id=experiment_id, tags=all_tags
+        run_name=all_tags.get("mlflow.runName", stage), experiment_id=experiment_id, tags=all_tags
     ) as run:
         if params:
             mlflow.log_params({k: _param(v) for k, v in params.items()})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 from collections.abc import Mapping, Sequence
@@ -126,7 +127,7 @@ def train(
     disable_ultralytics_integrations()
     tags = {"csfnet.model_config": str(model), "csfnet.data_hash": data_hash(data), "csfnet.preset": preset}
     run_params = {"model": model, "preset": preset, "partition": partition_list, **args}
-    context = stage_run("train", params=run_params, tags=tags) if track else _no_run()
+    context = stage_run("train", params=run_params, tags=tags) if track else contextlib.nullcontext()
     with context:
         trainer = CSFNetTrainer(overrides=args)
         if track:
@@ -158,14 +159,6 @@ def _resumable(out: Path, state: dict) -> Path | None:
     except Exception:  # a checkpoint cut off mid-write cannot be resumed
         return None
     return last if epoch is not None and epoch >= 0 else None
-
-
-class _no_run:  # noqa: N801 - used like a context manager function
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
 
 
 def _log_epoch(trainer: Any) -> None:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import cv2
 import numpy as np
+from PIL import Image
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp"}
 
@@ -32,7 +32,8 @@ def label_path(image: Path) -> Path:
 def read_labels(image: Path) -> tuple[np.ndarray, tuple[int, int]]:
     """Ground-truth boxes (xyxy, pixels) of an image, and the image (width, height)."""
     label = label_path(image)
-    h, w = cv2.imread(str(image), cv2.IMREAD_UNCHANGED).shape[:2]
+    with Image.open(image) as im:  # header only
+        w, h = im.size
     rows = np.loadtxt(label, ndmin=2) if label.is_file() and os.path.getsize(label) else np.zeros((0, 5))
     cx, cy, bw, bh = rows[:, 1] * w, rows[:, 2] * h, rows[:, 3] * w, rows[:, 4] * h
     boxes = np.stack([cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2], 1) if len(rows) else np.zeros((0, 4))

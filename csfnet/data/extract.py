@@ -12,11 +12,13 @@ import hashlib
 import json
 import os
 import shutil
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import cv2
+import numpy as np
 import yaml
 from tqdm import tqdm
 
@@ -123,7 +125,7 @@ def _link_previous(out: Path, tmp: Path, done: dict) -> bool:
     return True
 
 
-def _frames(seq: SequenceSource):
+def _frames(seq: SequenceSource) -> Iterator[np.ndarray]:
     """Yield decoded BGR frames of a video or an ``img1/`` folder, in order."""
     if seq.frames_dir is not None:
         for path in frame_files(seq):
@@ -132,7 +134,12 @@ def _frames(seq: SequenceSource):
                 raise DataError(f"sequence {seq.name}: cannot read frame image {path}")
             yield image
         return
-    cap = cv2.VideoCapture(str(seq.video))
+    yield from video_frames(seq.video)
+
+
+def video_frames(video: Path) -> Iterator[np.ndarray]:
+    """Decode a video frame by frame with OpenCV, the decoder extraction uses."""
+    cap = cv2.VideoCapture(str(video))
     try:
         while True:
             ok, frame = cap.read()

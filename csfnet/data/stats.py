@@ -7,9 +7,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
-from csfnet.data.dataset import label_path, split_images
+from csfnet.data.dataset import read_labels, split_images
 
 FINEST_STRIDE = 8  # P3: a box with no anchor centre inside it gets no positive sample in ultralytics' assigner
 WARN_SHARE = 0.25
@@ -19,14 +18,9 @@ def object_sizes(data: str | Path, split: str) -> tuple[np.ndarray, np.ndarray]:
     """sqrt(w*h) in source pixels of every labelled object of a split, and each image's longest side."""
     sizes, long_sides = [], []
     for image in split_images(data, split):
-        label = label_path(image)
-        if not label.is_file() or not label.stat().st_size:
-            continue
-        rows = np.loadtxt(label, ndmin=2)
-        with Image.open(image) as im:  # header only
-            w, h = im.size
-        sizes.append(np.sqrt(rows[:, 3] * w * rows[:, 4] * h))
-        long_sides.append(np.full(len(rows), max(w, h)))
+        boxes, (w, h) = read_labels(image)
+        sizes.append(np.sqrt((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])))
+        long_sides.append(np.full(len(boxes), max(w, h)))
     if not sizes:
         return np.zeros(0), np.zeros(0)
     return np.concatenate(sizes), np.concatenate(long_sides)
