@@ -125,6 +125,29 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_tune(args: argparse.Namespace) -> int:
+    from csfnet.tune import tune
+
+    result = tune(
+        args.data,
+        out=args.out,
+        work_dir=args.work_dir,
+        model=args.model,
+        preset=args.preset,
+        device=args.device,
+        worker=args.worker,
+        track=not args.no_mlflow,
+        trials=args.trials,
+        epochs=args.epochs,
+        imgsz=args.imgsz,
+        storage=args.storage,
+        study_name=args.study_name,
+        objective=args.objective,
+    )
+    print(json.dumps(result.to_json(), indent=2))
+    return 0
+
+
 def _validation_settings(args: argparse.Namespace) -> dict[str, Any]:
     """Validator settings shared by ``eval`` and ``robustness``: image size, batch, NMS, device."""
     from csfnet.train import resolve_device
@@ -251,6 +274,23 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--out", default="runs/train", help="run folder (gets weights/best.pt)")
     train.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow")
     train.set_defaults(func=cmd_train)
+
+    tune = sub.add_parser("tune", help="Optuna search for the CSwitch partition", epilog=EPILOG)
+    tune.add_argument("--data", required=True, help="data.yaml")
+    tune.add_argument("--trials", type=int, help="finished trials the study should hold (continues a study)")
+    tune.add_argument("--epochs", type=int, help="epochs per trial")
+    tune.add_argument("--imgsz", type=int)
+    tune.add_argument("--storage", help="SQLAlchemy URL shared by workers (default: SQLite in --work-dir)")
+    tune.add_argument("--study-name", help="default: derived from model, data and search space")
+    tune.add_argument("--objective", choices=["map50_95", "pareto"], help="pareto: mAP50-95 against GFLOPs")
+    tune.add_argument("--model", help="config to tune (default: train.model)")
+    tune.add_argument("--preset", help="training preset trials start from")
+    tune.add_argument("--device", help="one device per worker: '' auto, cpu, 0 ...")
+    tune.add_argument("--worker", type=int, default=0, help="index of this worker among those sharing a study")
+    tune.add_argument("--work-dir", default="runs/tune", help="trial folders and the default SQLite study")
+    tune.add_argument("--out", default="metrics/tune/best_partition.json", help="best partition JSON")
+    tune.add_argument("--no-mlflow", action="store_true")
+    tune.set_defaults(func=cmd_tune)
 
     for name, func, default_out, helptext in (
         ("eval", cmd_eval, "metrics/eval", "mAP, size-band AP/recall, per-sequence recall, latency, plots"),

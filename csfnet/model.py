@@ -128,6 +128,12 @@ def resolve_config(name: str | Path, nc: int = 1, partition: Sequence[int] | Non
     return baseline_yaml(name)
 
 
+def takes_partition(config: dict[str, Any] | str) -> bool:
+    """Whether a resolved config accepts any CSwitch partition: it has CSwitch and fuses with DFuse (static
+    ``CBFuse`` needs the partition to equal the fusion widths, and baselines have no CSwitch)."""
+    return isinstance(config, dict) and "partition" in config and any(row[2] == "DFuse" for row in config["backbone"])
+
+
 def build_model(
     name: str | Path | dict, nc: int = 1, partition: Sequence[int] | None = None, ch: int = 3, verbose: bool = False
 ) -> DetectionModel:

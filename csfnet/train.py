@@ -13,9 +13,10 @@ from typing import Any
 import mlflow
 import torch
 import yaml
+from ultralytics.utils import LOGGER
 
 from csfnet._offline import disable_ultralytics_integrations
-from csfnet.model import resolve_config
+from csfnet.model import resolve_config, takes_partition
 from csfnet.params import preset as load_preset
 from csfnet.params import section
 from csfnet.tracking import data_hash, log_flat_metrics, stage_run
@@ -43,17 +44,20 @@ def resolve_device(device: str | int | None) -> str:
 
 
 def read_partition(spec: str | Path | Sequence[int] | None) -> list[int] | None:
-    """A partition given inline or as a JSON file (``{"partition": [...]}`` or a plain list)."""
+    """A partition given inline or as a JSON file (``{"partition": [...]}`` as ``csfnet tune`` writes, or a list).
+
+    ``None``, ``""``, ``[]`` and a file whose partition is ``null`` (nothing was tuned) mean the config's own.
+    """
     if spec is None or spec == "":
         return None
     if isinstance(spec, (list, tuple)):
-        return [int(c) for c in spec]
+        return [int(c) for c in spec] or None
     path = Path(spec)
     if not path.is_file():
-        raise FileNotFoundError(f"partition file {path} not found")
+        raise FileNotFoundError(f"partition file {path} not found (run `csfnet tune` or clear train.partition)")
     data = json.loads(path.read_text())
-    values = data["partition"] if isinstance(data, dict) else data
-    return [int(c) for c in values]
+    values = data.get("partition") if isinstance(data, dict) else data
+    return [int(c) for c in values] if values else None
 
 
 def train(
@@ -81,7 +85,8 @@ def train(
         overrides: ultralytics training arguments on top of the preset (``epochs``, ``imgsz``, ``batch`` ...).
         device: ``""`` for auto, ``cpu``, ``0``, ``0,1`` (DDP) ...
         pretrained: Optional local checkpoint whose shape-matching tensors initialise the model.
-        partition: CSwitch partition (list or JSON file) replacing the config's.
+        partition: CSwitch partition (list or JSON file) replacing the config's; ``[]`` keeps the config's. One
+            from ``params.yaml`` is ignored, with a warning, by configs that take none (baseline, ablations).
         track: Log to MLflow as the ``train`` stage.
         callbacks: Extra ultralytics callbacks ``{event: fn}`` (used by tuning to report to Optuna).
     """
@@ -91,6 +96,9 @@ def train(
     args = {**load_preset(preset), **{k: v for k, v in (overrides or {}).items() if v is not None}}
     pretrained = pretrained if pretrained is not None else settings.get("pretrained") or None
     partition_list = read_partition(partition if partition is not None else settings.get("partition"))
+    if partition is None and partition_list and not takes_partition(resolve_config(model)):
+        LOGGER.warning(f"{model} takes no CSwitch partition: ignoring train.partition from params.yaml")
+        partition_list = None
     data, out = Path(data).resolve(), Path(out).resolve()
     if not data.is_file():
         raise FileNotFoundError(f"dataset file {data} not found (run `csfnet data extract` first)")
@@ -144,7 +152,23 @@ def train(
         )
         if track:
             _log_outputs(result, getattr(trainer, "pretrained_tensors", None))
+            _log_data_stats(data, int(args.get("imgsz", 640)), result.run_dir / "data_stats")
     return result
+
+
+def _log_data_stats(data: Path, imgsz: int, out_dir: Path) -> None:
+    """The trained-on dataset's object sizes (at source and at imgsz) with the training run."""
+    from csfnet.data.stats import dataset_stats
+
+    stats = dataset_stats(data, imgsz=imgsz, out_dir=out_dir)
+    for split, values in stats["splits"].items():
+        mlflow.log_metrics(
+            {
+                f"data.{split}.objects": values["objects"],
+                f"data.{split}.below_stride_share": values["below_stride_share"],
+            }
+        )
+    mlflow.log_artifacts(str(out_dir), "data_stats")
 
 
 def _resumable(out: Path, state: dict) -> Path | None:

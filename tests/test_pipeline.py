@@ -16,6 +16,7 @@ TINY_PARAMS = {
     "synth": {"train_videos": 2, "val_videos": 1, "frames": 6, "width": 96, "height": 64},
     "presets": {"quick": {"imgsz": 64, "epochs": 1, "batch": 4, "workers": 0, "mosaic": 0.0}},
     "robustness": {"sigmas": [0, 10]},
+    "tune": {"trials": 2, "epochs": 1, "imgsz": 64},
 }
 
 
@@ -59,8 +60,36 @@ def test_dvc_repro_runs_the_whole_pipeline(tmp_path, monkeypatch):
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     stages = sorted(r.data.tags["csfnet.stage"] for r in runs if "csfnet.stage" in r.data.tags)
-    assert stages == ["eval", "robustness", "train"]  # exactly one run per tracked stage
+    assert stages == ["eval", "robustness", "train", "tune", "tune-trial", "tune-trial"]  # one run per stage/trial
+    (train_run,) = [r for r in runs if r.data.tags.get("csfnet.stage") == "train"]
+    tuned = json.loads((repo / "metrics/tune/best_partition.json").read_text())["partition"]
+    assert json.loads(train_run.data.params["partition"]) == tuned  # train used the tuned partition
+    assert 0 <= train_run.data.metrics["data.val.below_stride_share"] <= 1  # data stats travel with the run
+    stats = [a.path for a in mlflow.MlflowClient().list_artifacts(train_run.info.run_id, "data_stats")]
+    assert "data_stats/size_histogram.png" in stats
     data_hashes = {r.data.tags["csfnet.data_hash"] for r in runs if "csfnet.data_hash" in r.data.tags}
     lock = yaml.safe_load((repo / "dvc.lock").read_text())
     dataset_md5 = next(o["md5"] for o in lock["stages"]["extract"]["outs"] if o["path"] == "data/dataset")
     assert data_hashes == {dataset_md5}  # every stage is tagged with the DVC hash of the data it used
+
+    # an ablation or the baseline is one parameter away: the experiment re-runs tune (nothing to tune) and train
+    for cmd in (["git", "add", "-A"], ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "base"]):
+        subprocess.run(cmd, cwd=repo, env=env, check=True, capture_output=True)
+    subprocess.run(
+        [tool("dvc"), "exp", "run", "-S", "train.model=yolov8n"], cwd=repo, env=env, check=True, capture_output=True
+    )
+    assert json.loads((repo / "metrics/tune/best_partition.json").read_text())["partition"] is None
+    runs = mlflow.search_runs(experiment_names=["csfnet"], output_format="list")
+    models = sorted(r.data.tags["csfnet.model_config"] for r in runs if r.data.tags.get("csfnet.stage") == "train")
+    assert models == ["csfnet-n", "yolov8n"]
+    diff = json.loads(
+        subprocess.run(
+            [tool("dvc"), "metrics", "diff", "--all", "--json"],
+            cwd=repo,
+            env=env,
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
+    )
+    assert "map50" in diff["metrics/eval/metrics.json"]  # the baseline against the committed CSF-Net run

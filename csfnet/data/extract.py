@@ -125,27 +125,39 @@ def _link_previous(out: Path, tmp: Path, done: dict) -> bool:
     return True
 
 
-def _frames(seq: SequenceSource) -> Iterator[np.ndarray]:
-    """Yield decoded BGR frames of a video or an ``img1/`` folder, in order."""
+def _frames(seq: SequenceSource, stride: int = 1) -> Iterator[np.ndarray | None]:
+    """Yield the BGR frames of a video or an ``img1/`` folder in order; ``None`` for frames the stride drops."""
     if seq.frames_dir is not None:
-        for path in frame_files(seq):
+        for index, path in enumerate(frame_files(seq)):
+            if index % stride:
+                yield None
+                continue
             image = cv2.imread(str(path))
             if image is None:
                 raise DataError(f"sequence {seq.name}: cannot read frame image {path}")
             yield image
         return
-    yield from video_frames(seq.video)
+    yield from video_frames(seq.video, stride)
 
 
-def video_frames(video: Path) -> Iterator[np.ndarray]:
-    """Decode a video frame by frame with OpenCV, the decoder extraction uses."""
+def video_frames(video: Path, stride: int = 1) -> Iterator[np.ndarray | None]:
+    """Decode a video with OpenCV, the decoder extraction uses; every ``stride``-th frame as BGR, others ``None``.
+
+    Dropped frames are still decoded (inter-frame codecs need them, and the count validates the annotations) but
+    skip the colour conversion, the larger part of a frame's cost for small videos.
+    """
     cap = cv2.VideoCapture(str(video))
     try:
-        while True:
-            ok, frame = cap.read()
-            if not ok:
-                return
-            yield frame
+        index = 0
+        while cap.grab():
+            if index % stride:
+                yield None
+            else:
+                ok, frame = cap.retrieve()
+                if not ok:
+                    return
+                yield frame
+            index += 1
     finally:
         cap.release()
 
@@ -161,14 +173,14 @@ def _extract_sequence(
     labels.mkdir(parents=True, exist_ok=True)
     fixes, files, n_boxes, decoded = Fixes(**vars(ann.fixes)), [], 0, 0
     limit = seq.expected_frames
-    for index, frame in enumerate(_frames(seq)):
+    for index, frame in enumerate(_frames(seq, stride)):
         decoded = index + 1
         if limit is not None and index >= limit:
             if not fix:
                 continue  # reported as a length mismatch below
             fixes.skipped_frames += 1
             continue
-        if index % stride:
+        if frame is None:
             continue
         stem = f"{seq.name}_{index:06d}"
         if not cv2.imwrite(str(images / f"{stem}.jpg"), frame, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY]):
