@@ -206,6 +206,63 @@ def cmd_robustness(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from csfnet.export import export
+    from csfnet.tracking import log_flat_metrics
+
+    p = section("export")
+    kwargs = {
+        "imgsz": args.imgsz or _train_args().get("imgsz", 640),
+        "opset": _pick(args.opset, "export", "opset", 17),
+        "dynamic_size": args.dynamic or bool(p.get("dynamic_size", False)),
+        "int8": args.int8 or bool(p.get("int8", False)),
+        "calib_fraction": p.get("calib_fraction", 1.0),
+        "verify_frames": p.get("verify_frames", 8),
+        "batch": section("eval").get("batch", 16),
+        "conf": section("eval").get("report_conf", 0.25),
+        "iou": section("eval").get("iou", 0.6),
+    }
+    with _maybe_run(args, "export", kwargs, args.data):
+        result = export(
+            args.weights, args.out, args.data, calib_data=args.calib_data, report_path=args.report, **kwargs
+        )
+        if not args.no_mlflow:
+            import mlflow
+
+            report = result.report
+            log_flat_metrics({"verification": report["verification"]["checks"], "int8": report.get("int8", {})})
+            mlflow.log_dict(report, "export/report.json")
+    print(json.dumps(result.report, indent=2))
+    return 0
+
+
+def cmd_register(args: argparse.Namespace) -> int:
+    import mlflow
+
+    from csfnet.data.dataset import split_images
+    from csfnet.registry import log_detector, register, write_decision
+    from csfnet.tracking import data_hash, git_commit, stage_run
+
+    p = section("register")
+    report = json.loads(Path(args.report).read_text())
+    if not report.get("passed"):
+        raise ValueError(f"{args.report}: the export did not pass verification; refusing to register it")
+    name = args.name or p.get("name", "csfnet")
+    margin = float(_pick(args.margin, "register", "margin", 0.0))
+    data = report["data"]
+    lineage = {"csfnet.git_commit": git_commit(), "csfnet.data_hash": data_hash(data)}
+    with stage_run("register", params={"name": name, "margin": margin}, tags=lineage, final=args.final) as run:
+        info = log_detector(args.onnx, split_images(data, "val")[0])
+        mlflow.log_dict(report, "export/report.json")
+        tags = {**lineage, "csfnet.run_id": run.info.run_id, "csfnet.weights": report["weights"]}
+        decision = register(info.model_uri, name, report["verification"]["map50_95"], margin, tags=tags)
+        mlflow.set_tags({"csfnet.registered_version": decision.version, "csfnet.promotion": decision.reason})
+    if args.out:
+        write_decision(args.out, decision)
+    print(json.dumps(decision.to_json(), indent=2))
+    return 0
+
+
 def _maybe_run(args: argparse.Namespace, stage: str, params: dict, data: str, final: bool = False):
     if getattr(args, "no_mlflow", False):
         return contextlib.nullcontext()
@@ -292,6 +349,28 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--no-mlflow", action="store_true")
     tune.set_defaults(func=cmd_tune)
 
+    exp = sub.add_parser("export", help="ONNX export verified with onnxruntime, optional INT8", epilog=EPILOG)
+    exp.add_argument("--weights", required=True, help="trained .pt")
+    exp.add_argument("--data", required=True, help="data.yaml whose val split verifies the export")
+    exp.add_argument("--out", default="models/csfnet.onnx", help="FP32 ONNX file (INT8: <stem>-int8.onnx)")
+    exp.add_argument("--report", help="verification report JSON (default: next to --out)")
+    exp.add_argument("--imgsz", type=int)
+    exp.add_argument("--opset", type=int)
+    exp.add_argument("--dynamic", action="store_true", help="dynamic image size too (the batch always is)")
+    exp.add_argument("--int8", action="store_true", help="also write a statically quantised INT8 model")
+    exp.add_argument("--calib-data", help="data.yaml whose train frames calibrate INT8 (default: --data)")
+    exp.add_argument("--no-mlflow", action="store_true")
+    exp.set_defaults(func=cmd_export)
+
+    reg = sub.add_parser("register", help="register the ONNX model in MLflow; champion/challenger", epilog=EPILOG)
+    reg.add_argument("--onnx", required=True, help="verified ONNX model")
+    reg.add_argument("--report", required=True, help="its verification report (gives mAP50-95 and the data)")
+    reg.add_argument("--name", help="registered model name")
+    reg.add_argument("--margin", type=float, help="mAP50-95 a challenger must gain over the champion")
+    reg.add_argument("--out", help="JSON with the version and the promotion decision")
+    reg.add_argument("--final", action="store_true", help="last stage of the pipeline: close the parent run")
+    reg.set_defaults(func=cmd_register)
+
     for name, func, default_out, helptext in (
         ("eval", cmd_eval, "metrics/eval", "mAP, size-band AP/recall, per-sequence recall, latency, plots"),
         ("robustness", cmd_robustness, "metrics/robustness", "metrics under Gaussian noise of growing sigma"),
@@ -314,10 +393,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``csfnet`` console command."""
     args = build_parser().parse_args(argv)
     from csfnet.data.formats import DataError
+    from csfnet.export import VerificationError
 
     try:
         return args.func(args)
-    except (DataError, FileNotFoundError, ValueError) as e:
+    except (DataError, FileNotFoundError, ValueError, VerificationError) as e:
         print(f"csfnet {args.command}: error: {e}", file=sys.stderr)
         return 2
 

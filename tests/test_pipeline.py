@@ -60,7 +60,8 @@ def test_dvc_repro_runs_the_whole_pipeline(tmp_path, monkeypatch):
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     stages = sorted(r.data.tags["csfnet.stage"] for r in runs if "csfnet.stage" in r.data.tags)
-    assert stages == ["eval", "robustness", "train", "tune", "tune-trial", "tune-trial"]  # one run per stage/trial
+    expected = ["eval", "export", "register", "robustness", "train", "tune", "tune-trial", "tune-trial"]
+    assert stages == expected  # one run per stage (and per tuning trial)
     (train_run,) = [r for r in runs if r.data.tags.get("csfnet.stage") == "train"]
     tuned = json.loads((repo / "metrics/tune/best_partition.json").read_text())["partition"]
     assert json.loads(train_run.data.params["partition"]) == tuned  # train used the tuned partition
@@ -71,6 +72,9 @@ def test_dvc_repro_runs_the_whole_pipeline(tmp_path, monkeypatch):
     lock = yaml.safe_load((repo / "dvc.lock").read_text())
     dataset_md5 = next(o["md5"] for o in lock["stages"]["extract"]["outs"] if o["path"] == "data/dataset")
     assert data_hashes == {dataset_md5}  # every stage is tagged with the DVC hash of the data it used
+    assert json.loads((repo / "metrics/export/report.json").read_text())["passed"]
+    champion = mlflow.MlflowClient().get_model_version_by_alias("csfnet-uav", "champion")
+    assert champion.tags["csfnet.data_hash"] == dataset_md5 and (repo / "models/csfnet-int8.onnx").is_file()
 
     # an ablation or the baseline is one parameter away: the experiment re-runs tune (nothing to tune) and train
     for cmd in (["git", "add", "-A"], ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "base"]):

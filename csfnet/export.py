@@ -1,0 +1,279 @@
+"""ONNX export through ultralytics' exporter, verified against PyTorch with onnxruntime, and optional INT8.
+
+The FP32 model has a dynamic batch (and, on request, a dynamic image size), is simplified with onnxslim and carries
+ultralytics' metadata (class names, imgsz, stride). INT8 uses ultralytics' ONNX INT8 export: onnxruntime static
+quantisation of the weighted layers, calibrated on training frames. Files are written to a staging folder and
+moved to their destination only when verification passes, so a failed export leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx.tools.update_model_dims import update_inputs_outputs_dims
+
+from csfnet.data.dataset import split_images
+
+RAW_TOL = 1e-3  # absolute, on the raw head output
+BOX_TOL_PX = 1.0
+MAP_TOL = 0.005
+
+
+class VerificationError(RuntimeError):
+    """The exported model does not reproduce the PyTorch model; the report says which check failed."""
+
+
+@dataclass
+class ExportResult:
+    """Paths and the verification report of one export."""
+
+    onnx: Path
+    int8: Path | None
+    report: dict[str, Any]
+
+
+def export(
+    weights: str | Path,
+    out: str | Path,
+    data: str | Path,
+    imgsz: int = 640,
+    opset: int = 17,
+    dynamic_size: bool = False,
+    int8: bool = False,
+    calib_data: str | Path | None = None,
+    calib_fraction: float = 1.0,
+    int8_out: str | Path | None = None,
+    report_path: str | Path | None = None,
+    verify_frames: int = 8,
+    batch: int = 8,
+    conf: float = 0.25,
+    iou: float = 0.6,
+) -> ExportResult:
+    """Export ``weights`` to ONNX at ``out``, verify it on ``data``'s validation split, optionally add INT8.
+
+    Args:
+        weights: Trained ``.pt``.
+        out: Destination of the FP32 ONNX model.
+        data: ``data.yaml`` whose validation frames verify the export.
+        imgsz: Export image size.
+        opset: ONNX opset.
+        dynamic_size: Also leave height and width dynamic (the batch is always dynamic).
+        int8: Also write a statically quantised INT8 model.
+        calib_data: ``data.yaml`` whose *training* frames calibrate INT8 (default: ``data``).
+        calib_fraction: Share of the training frames used for calibration.
+        int8_out: Destination of the INT8 model (default: ``<out stem>-int8.onnx``).
+        report_path: JSON report (default: next to ``out``).
+        verify_frames: Validation frames compared output by output.
+        batch: Batch size of the mAP comparison.
+        conf: Confidence threshold of the detection comparison.
+        iou: NMS IoU threshold.
+
+    Raises:
+        VerificationError: A check failed; the report is written, the models are not.
+    """
+    weights, out, data = Path(weights), Path(out), Path(data)
+    for path, what in ((weights, "weights"), (data, "dataset file")):
+        if not path.is_file():
+            raise FileNotFoundError(f"{what} {path} not found")
+    int8_out = Path(int8_out) if int8_out else out.with_name(f"{out.stem}-int8.onnx")
+    report_path = Path(report_path) if report_path else out.with_name(f"{out.stem}-report.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{out.name}.", dir=out.parent) as tmp:
+        staged = Path(tmp) / "model.pt"
+        shutil.copy2(weights, staged)  # ultralytics writes next to the weights: keep the training folder untouched
+        fp32 = _export(staged, imgsz, opset, dynamic_size)
+        report: dict[str, Any] = {
+            "weights": str(weights),
+            "data": str(data),
+            "imgsz": imgsz,
+            "opset": opset,
+            "dynamic_size": dynamic_size,
+            "fp32": {"file": str(out), "size_mb": _mb(fp32)},
+        }
+        report["verification"] = verify(fp32, weights, data, imgsz, verify_frames, batch, conf, iou)
+        if int8:
+            q = _export(staged, imgsz, opset, dynamic_size, calib=Path(calib_data or data), fraction=calib_fraction)
+            report["int8"] = {"file": str(int8_out), "size_mb": _mb(q), **compare_int8(fp32, q, data, imgsz, batch)}
+        report["passed"] = report["verification"]["passed"]
+        _write_json(report_path, report)
+        if not report["passed"]:
+            failed = [k for k, v in report["verification"]["checks"].items() if not v["passed"]]
+            raise VerificationError(f"ONNX export does not match PyTorch ({', '.join(failed)}); see {report_path}")
+        shutil.move(fp32, out)
+        if int8:
+            shutil.move(q, int8_out)
+    return ExportResult(out, int8_out if int8 else None, report)
+
+
+def _export(
+    weights: Path, imgsz: int, opset: int, dynamic_size: bool, calib: Path | None = None, fraction: float = 1.0
+) -> Path:
+    """ultralytics' ONNX export (INT8 when ``calib`` is given), then the image size fixed unless dynamic."""
+    from ultralytics import YOLO
+
+    kwargs: dict[str, Any] = {"format": "onnx", "imgsz": imgsz, "opset": opset, "dynamic": True, "simplify": True}
+    if calib is not None:
+        kwargs.update(quantize=8, data=str(calib), split="train", fraction=fraction)
+    path = Path(YOLO(str(weights)).export(device="cpu", **kwargs))
+    model = onnx.load(str(path))
+    if not dynamic_size:
+        model = _fix_image_size(model, imgsz)
+    meta = model.metadata_props.add()
+    meta.key, meta.value = "dynamic_size", str(dynamic_size)
+    onnx.checker.check_model(model)
+    target = path.with_name(f"{path.stem}-final.onnx")
+    onnx.save(model, str(target))
+    path.unlink()
+    return target
+
+
+def _fix_image_size(model: onnx.ModelProto, imgsz: int) -> onnx.ModelProto:
+    """Keep the batch dynamic but pin height, width and the anchor count."""
+    meta = {p.key: p.value for p in model.metadata_props}
+    strides = (8, 16, 32) if int(meta.get("stride", 32)) == 32 else (int(meta["stride"]),)
+    anchors = sum((imgsz // s) ** 2 for s in strides)
+    out = model.graph.output[0]
+    channels = 4 + len(ast.literal_eval(meta.get("names", "{0: 'object'}")))  # boxes + class scores
+    return update_inputs_outputs_dims(
+        model, {"images": ["batch", 3, imgsz, imgsz]}, {out.name: ["batch", channels, anchors]}
+    )
+
+
+def verify(
+    onnx_path: str | Path,
+    weights: str | Path,
+    data: str | Path,
+    imgsz: int,
+    frames: int = 8,
+    batch: int = 8,
+    conf: float = 0.25,
+    iou: float = 0.6,
+) -> dict[str, Any]:
+    """Compare onnxruntime with PyTorch: raw head outputs, detections after NMS, and validation mAP50-95."""
+    from ultralytics import YOLO
+
+    images = [str(p) for p in split_images(data, "val")[:frames]]
+    if not images:
+        raise FileNotFoundError(f"{data}: the validation split has no images to verify with")
+    x = _letterboxed(images, imgsz)
+    torch_raw = _torch_raw(weights, x)
+    onnx_raw = _onnx_session(onnx_path).run(None, {"images": x})[0]
+    raw_diff = float(np.abs(onnx_raw - torch_raw).max()) if onnx_raw.shape == torch_raw.shape else float("inf")
+
+    settings = {"imgsz": imgsz, "conf": conf, "iou": iou, "rect": False, "verbose": False, "device": "cpu"}
+    pt_dets = [r.boxes.data.numpy() for r in YOLO(str(weights)).predict(images, **settings)]
+    onnx_dets = [r.boxes.data.numpy() for r in YOLO(str(onnx_path), task="detect").predict(images, **settings)]
+    counts_equal = [len(a) == len(b) for a, b in zip(pt_dets, onnx_dets)]
+    box_diff = max((_box_distance(a, b) for a, b in zip(pt_dets, onnx_dets) if len(a) == len(b)), default=0.0)
+
+    val = {"data": str(data), "imgsz": imgsz, "batch": batch, "rect": False, "plots": False, "verbose": False}
+    val.update(conf=0.001, iou=iou, device="cpu")
+    pt_map = float(YOLO(str(weights)).val(**val).box.map)
+    onnx_map = float(YOLO(str(onnx_path), task="detect").val(**val).box.map)
+    checks = {
+        "raw_outputs": {"max_abs_diff": raw_diff, "tolerance": RAW_TOL, "passed": raw_diff <= RAW_TOL},
+        "detections": {
+            "frames": len(images),
+            "pytorch": sum(len(d) for d in pt_dets),
+            "onnx": sum(len(d) for d in onnx_dets),
+            "max_box_diff_px": box_diff,
+            "tolerance_px": BOX_TOL_PX,
+            "passed": all(counts_equal) and box_diff <= BOX_TOL_PX,
+        },
+        "map50_95": {
+            "pytorch": pt_map,
+            "onnx": onnx_map,
+            "abs_diff": abs(pt_map - onnx_map),
+            "tolerance": MAP_TOL,
+            "passed": abs(pt_map - onnx_map) <= MAP_TOL,
+        },
+    }
+    return {"checks": checks, "passed": all(c["passed"] for c in checks.values()), "map50_95": onnx_map}
+
+
+def compare_int8(fp32: Path, int8: Path, data: str | Path, imgsz: int, batch: int = 8) -> dict[str, Any]:
+    """mAP change and onnxruntime CPU speed-up of the INT8 model against FP32."""
+    from ultralytics import YOLO
+
+    val = {"data": str(data), "imgsz": imgsz, "batch": batch, "rect": False, "plots": False, "verbose": False}
+    metrics = {}
+    for name, path in (("fp32", fp32), ("int8", int8)):
+        box = YOLO(str(path), task="detect").val(device="cpu", **val).box
+        metrics[name] = {"map50": float(box.map50), "map50_95": float(box.map)}
+    speed = {name: ort_latency_ms(path, imgsz, 1) for name, path in (("fp32", fp32), ("int8", int8))}
+    return {
+        "map50": metrics["int8"]["map50"],
+        "map50_95": metrics["int8"]["map50_95"],
+        "map50_change_points": 100 * (metrics["int8"]["map50"] - metrics["fp32"]["map50"]),
+        "fp32_map50": metrics["fp32"]["map50"],
+        "latency_ms_batch1": {"fp32": speed["fp32"], "int8": speed["int8"]},
+        "speedup_cpu": speed["fp32"] / speed["int8"],
+    }
+
+
+def ort_latency_ms(path: str | Path, imgsz: int, batch: int, repeats: int = 20, provider: str = "CPU") -> float:
+    """Median onnxruntime latency of one batch on random input."""
+    session = _onnx_session(path, provider)
+    x = np.random.default_rng(0).random((batch, 3, imgsz, imgsz), dtype=np.float32)
+    session.run(None, {"images": x})  # warm-up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        session.run(None, {"images": x})
+        times.append(time.perf_counter() - start)
+    return 1000 * float(np.median(times))
+
+
+def _onnx_session(path: str | Path, provider: str = "CPU"):
+    import onnxruntime as ort
+
+    providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if provider == "CUDA" else ["CPUExecutionProvider"]
+    return ort.InferenceSession(str(path), providers=providers)
+
+
+def _letterboxed(images: list[str], imgsz: int) -> np.ndarray:
+    """Frames as the exported graph takes them: letterboxed RGB, NCHW float32 in 0-1."""
+    import cv2
+    from ultralytics.data.augment import LetterBox
+
+    letterbox = LetterBox((imgsz, imgsz), auto=False)
+    batch = [letterbox(image=cv2.imread(p))[..., ::-1].transpose(2, 0, 1) for p in images]
+    return np.ascontiguousarray(np.stack(batch)).astype(np.float32) / 255.0
+
+
+def _torch_raw(weights: str | Path, x: np.ndarray) -> np.ndarray:
+    import torch
+    from ultralytics import YOLO
+
+    model = YOLO(str(weights)).model.float().eval().fuse(verbose=False)
+    with torch.inference_mode():
+        y = model(torch.from_numpy(x))
+    return (y[0] if isinstance(y, (list, tuple)) else y).numpy()
+
+
+def _box_distance(a: np.ndarray, b: np.ndarray) -> float:
+    """Largest coordinate difference (px) after matching every box of ``a`` to its nearest box in ``b``."""
+    if len(a) == 0:
+        return 0.0
+    dist = np.abs(a[:, None, :4] - b[None, :, :4]).max(-1)
+    return float(dist.min(1).max())
+
+
+def _mb(path: Path) -> float:
+    return round(path.stat().st_size / 2**20, 2)
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    tmp.replace(path)

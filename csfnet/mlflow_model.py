@@ -1,0 +1,7 @@
+"""MLflow models-from-code entry point of the registered detector (no pickled objects in the model)."""
+
+from mlflow.models import set_model
+
+from csfnet.registry import DetectorModel
+
+set_model(DetectorModel())

@@ -1,0 +1,163 @@
+"""MLflow model registry: the exported ONNX model as a serving pyfunc, and champion/challenger promotion.
+
+Every registered version gets the alias ``challenger``. It becomes a *candidate* for ``champion`` when its validation
+mAP50-95 beats the champion's by the configured margin; the champion is then always the best candidate. Promoters
+re-read the registry after every write until it is stable, so promotions racing each other converge on the best
+candidate instead of leaving whichever wrote last.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+from mlflow import MlflowClient
+from mlflow.entities.model_registry import ModelVersion
+
+from csfnet.detector import COLUMNS, OnnxDetector
+
+CHAMPION, CHALLENGER = "champion", "challenger"
+METRIC_TAG = "csfnet.map50_95"
+CANDIDATE_TAG = "csfnet.candidate"
+DECISION_TAG = "csfnet.promotion"
+
+
+class DetectorModel(mlflow.pyfunc.PythonModel):
+    """pyfunc over the ONNX detector. Input: a DataFrame with an ``image`` column of base64-encoded image files
+    (JPEG, PNG ...). Output: one row per box (``COLUMNS``) in source pixels. Params: ``conf``, ``iou``."""
+
+    def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
+        self.detector = OnnxDetector(context.artifacts["onnx"])
+
+    def predict(self, context, model_input, params=None):  # no type hints: MLflow would derive a schema from them
+        import pandas as pd
+
+        params = params or {}
+        images = [_decode(value, row) for row, value in enumerate(model_input["image"])]
+        detections = self.detector(images, conf=float(params.get("conf", 0.25)), iou=float(params.get("iou", 0.6)))
+        return pd.DataFrame(self.detector.to_rows(detections), columns=COLUMNS)
+
+
+def _decode(value: str | bytes, row: int) -> np.ndarray:
+    import cv2
+    from mlflow.exceptions import MlflowException
+
+    try:
+        data = base64.b64decode(value, validate=True)
+    except (ValueError, TypeError) as e:
+        raise MlflowException.invalid_parameter_value(f"row {row}: 'image' is not base64 ({e})") from e
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    if image is None:
+        raise MlflowException.invalid_parameter_value(f"row {row}: 'image' does not decode as an image file")
+    return image
+
+
+def encode_image(path: str | Path) -> str:
+    """An image file as the model's ``image`` input (base64 text)."""
+    return base64.b64encode(Path(path).read_bytes()).decode()
+
+
+@dataclass
+class Decision:
+    """The outcome of one registration."""
+
+    name: str
+    version: str
+    map50_95: float
+    candidate: bool
+    champion: str | None
+    reason: str
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(vars(self))
+
+
+def log_detector(onnx: str | Path, example_image: str | Path) -> mlflow.models.model.ModelInfo:
+    """Log the ONNX model as a pyfunc (signature, input example, the csfnet code) in the active run."""
+    import pandas as pd
+    from mlflow.models import infer_signature
+
+    import csfnet
+
+    example = pd.DataFrame({"image": [encode_image(example_image)]})
+    detector = OnnxDetector(onnx)
+    output = pd.DataFrame(detector.to_rows(detector([_decode(example["image"][0], 0)])), columns=COLUMNS)
+    if output.empty:  # the signature needs the column types even when the example frame has no box
+        output = pd.DataFrame([[0, 0.0, 0.0, 1.0, 1.0, 0.5, 0, "uav"]], columns=COLUMNS)
+    signature = infer_signature(example, output, params={"conf": 0.25, "iou": 0.6})
+    return mlflow.pyfunc.log_model(
+        name="model",
+        python_model=str(Path(csfnet.__file__).parent / "mlflow_model.py"),
+        artifacts={"onnx": str(onnx)},
+        signature=signature,
+        input_example=example,
+        code_paths=[str(Path(csfnet.__file__).parent)],
+        pip_requirements=_requirements(),
+    )
+
+
+def _requirements() -> list[str]:
+    from importlib.metadata import version
+
+    packages = ("mlflow", "onnxruntime", "ultralytics", "torch", "opencv-python", "pandas", "numpy", "pyyaml")
+    return [f"{p}=={version(p)}" for p in packages]
+
+
+def register(
+    model_uri: str, name: str, map50_95: float, margin: float, tags: Mapping[str, str] | None = None
+) -> Decision:
+    """Register ``model_uri`` as a new version of ``name``, make it challenger, promote it if it earns it."""
+    client = MlflowClient()
+    version = mlflow.register_model(model_uri, name, tags={**(tags or {}), METRIC_TAG: repr(float(map50_95))})
+    client.set_registered_model_alias(name, CHALLENGER, version.version)
+    champion = _champion(client, name)
+    if champion is None:
+        candidate, reason = True, "first version: becomes champion"
+    else:
+        best = _metric(champion)
+        candidate = map50_95 > best + margin
+        verdict = "beats" if candidate else "does not beat"
+        reason = f"mAP50-95 {map50_95:.4f} {verdict} champion v{champion.version} ({best:.4f}) by the margin {margin:g}"
+    client.set_model_version_tag(name, version.version, CANDIDATE_TAG, str(candidate).lower())
+    client.set_model_version_tag(name, version.version, DECISION_TAG, reason)
+    final = settle_champion(client, name)
+    return Decision(name, version.version, map50_95, candidate, final, reason)
+
+
+def settle_champion(client: MlflowClient, name: str, attempts: int = 20) -> str | None:
+    """Point ``champion`` at the best candidate; repeat until a read after the last write agrees."""
+    for _ in range(attempts):
+        candidates = [v for v in client.search_model_versions(f"name='{name}'") if v.tags.get(CANDIDATE_TAG) == "true"]
+        if not candidates:
+            return None
+        target = max(candidates, key=lambda v: (_metric(v), int(v.version))).version
+        current = _champion(client, name)
+        if current is not None and current.version == target:
+            return target
+        client.set_registered_model_alias(name, CHAMPION, target)
+        time.sleep(0.05)
+    raise RuntimeError(f"registered model {name}: champion alias did not settle after {attempts} attempts")
+
+
+def _champion(client: MlflowClient, name: str) -> ModelVersion | None:
+    try:
+        return client.get_model_version_by_alias(name, CHAMPION)
+    except mlflow.exceptions.MlflowException:
+        return None
+
+
+def _metric(version: ModelVersion) -> float:
+    return float(version.tags.get(METRIC_TAG, "-inf"))
+
+
+def write_decision(path: str | Path, decision: Decision) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(decision.to_json(), indent=2) + "\n")
