@@ -4,8 +4,11 @@
 2. Frame extraction throughput (video frames processed per second) against decode-only throughput of the same
    videos with the same decoder (OpenCV), with 1 worker and with every core, keeping every frame (stride 1) and
    every 2nd frame (params.yaml's default).
+3. Deployment runtimes: PyTorch eager, onnxruntime FP32 and INT8 (and onnxruntime's CUDA provider when a GPU is
+   present), batch 1 and 8, on trained weights (``--weights``, default runs/train/weights/best.pt) or, without them,
+   an untrained CSF-Net-n (timing only).
 
-Usage: python benchmarks/run.py [--repeats 5] [--threads N]
+Usage: python benchmarks/run.py [--repeats 5] [--threads N] [--only latency extract deploy] [--weights PT] [--imgsz 640]
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import torch
 import csfnet  # noqa: F401  (offline defaults)
 from csfnet.data.extract import extract, video_frames
 from csfnet.data.synth import SynthSpec, generate
+from csfnet.export import onnx_export, ort_latency_ms, quantize_int8
 from csfnet.model import build_model, model_summary
 
 
@@ -60,10 +64,67 @@ def extract_fps(raw: Path, out: Path, workers: int, stride: int, frames: int) ->
     return frames / (time.perf_counter() - start)
 
 
+def torch_latency_ms(weights: Path, imgsz: int, batch: int, repeats: int, device: str = "cpu") -> float:
+    from ultralytics import YOLO
+
+    model = YOLO(str(weights)).model.float().eval().fuse(verbose=False).to(device)
+    x = torch.rand(batch, 3, imgsz, imgsz, device=device)
+    with torch.inference_mode():
+        model(x)
+        times = []
+        for _ in range(repeats):
+            if device != "cpu":
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            model(x)
+            if device != "cpu":
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - start)
+    return 1000 * sorted(times)[len(times) // 2]
+
+
+def untrained_checkpoint(path: Path) -> Path:
+    """An untrained CSF-Net-n saved the way ultralytics saves checkpoints (for timing only)."""
+    model = build_model("csfnet-n")
+    model.names = {0: "uav"}
+    torch.save({"model": model.half(), "train_args": {}, "epoch": -1}, path)
+    return path
+
+
+def deploy(weights: Path | None, data: Path, imgsz: int, repeats: int, tmp: Path) -> None:
+    import onnxruntime as ort
+
+    if weights is None or not weights.is_file():
+        print("(no trained weights: untrained CSF-Net-n, latency only)")
+        weights = untrained_checkpoint(tmp / "untrained.pt")
+    staged = tmp / "bench.pt"
+    staged.write_bytes(weights.read_bytes())
+    fp32 = onnx_export(staged, imgsz)
+    int8 = quantize_int8(fp32, tmp / "bench-int8.onnx", data, imgsz)
+    rows = [("PyTorch eager (CPU)", lambda b: torch_latency_ms(staged, imgsz, b, repeats))]
+    rows += [("onnxruntime FP32 (CPU)", lambda b: ort_latency_ms(fp32, imgsz, b, repeats))]
+    rows += [("onnxruntime INT8 (CPU)", lambda b: ort_latency_ms(int8, imgsz, b, repeats))]
+    if torch.cuda.is_available():
+        rows += [("PyTorch eager (CUDA)", lambda b: torch_latency_ms(staged, imgsz, b, repeats, "cuda"))]
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        rows += [("onnxruntime FP32 (CUDA)", lambda b: ort_latency_ms(fp32, imgsz, b, repeats, "CUDA"))]
+    print(f"{'runtime':<24} {'batch':>5} {'ms/batch':>9} {'img/s':>7} {'vs ORT FP32':>11}")
+    for batch in (1, 8):
+        results = [(name, fn(batch)) for name, fn in rows]
+        reference = dict(results)["onnxruntime FP32 (CPU)"]
+        for name, ms in results:
+            print(f"{name:<24} {batch:>5} {ms:>9.1f} {1000 * batch / ms:>7.1f} {reference / ms:>10.2f}x")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument(
+        "--only", nargs="+", choices=["latency", "extract", "deploy"], default=["latency", "extract", "deploy"]
+    )
+    parser.add_argument("--weights", type=Path, default=Path("runs/train/weights/best.pt"))
+    parser.add_argument("--imgsz", type=int, default=640, help="deployment benchmark image size")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     cores = len(os.sched_getaffinity(0))
@@ -72,25 +133,31 @@ def main() -> None:
         f"{args.threads} threads"
     )
 
-    print("\n## Forward latency, imgsz 640, CPU (median of", args.repeats, "runs)")
-    flops = {n: model_summary(n)["gflops"] for n in ("yolov8n", "csfnet-n")}
-    print(f"{'batch':>5} {'yolov8n ms':>11} {'csfnet-n ms':>12} {'latency ratio':>14} {'GFLOPs ratio':>13}")
-    for batch in (1, 8):
-        base, ours = latency_ms("yolov8n", batch, args.repeats), latency_ms("csfnet-n", batch, args.repeats)
-        print(
-            f"{batch:>5} {base:>11.1f} {ours:>12.1f} {ours / base:>14.2f} {flops['csfnet-n'] / flops['yolov8n']:>13.2f}"
-        )
+    if "latency" in args.only:
+        print("\n## Forward latency, imgsz 640, CPU (median of", args.repeats, "runs)")
+        flops = {n: model_summary(n)["gflops"] for n in ("yolov8n", "csfnet-n")}
+        print(f"{'batch':>5} {'yolov8n ms':>11} {'csfnet-n ms':>12} {'latency ratio':>14} {'GFLOPs ratio':>13}")
+        for batch in (1, 8):
+            base, ours = latency_ms("yolov8n", batch, args.repeats), latency_ms("csfnet-n", batch, args.repeats)
+            ratio = flops["csfnet-n"] / flops["yolov8n"]
+            print(f"{batch:>5} {base:>11.1f} {ours:>12.1f} {ours / base:>14.2f} {ratio:>13.2f}")
 
-    print("\n## Extraction vs decode-only (synthetic 320x256 videos, 50 frames each)")
     with tempfile.TemporaryDirectory() as tmp:
         raw = generate(Path(tmp) / "raw", SynthSpec(train_videos=12, val_videos=4, frames=50, width=320, height=256))
-        videos = [str(v) for v in raw.rglob("*.mp4")]
-        print(f"{'workers':>7} {'stride':>6} {'decode fps':>11} {'extract fps':>12} {'ratio':>6}")
-        for workers in sorted({1, cores}):
-            dec, frames = decode_fps(videos, workers)
-            for stride in (1, 2):
-                ext = extract_fps(raw, Path(tmp) / f"ds{workers}-{stride}", workers, stride, frames)
-                print(f"{workers:>7} {stride:>6} {dec:>11.0f} {ext:>12.0f} {ext / dec:>6.2f}")
+        if "extract" in args.only:
+            print("\n## Extraction vs decode-only (synthetic 320x256 videos, 50 frames each)")
+            videos = [str(v) for v in raw.rglob("*.mp4")]
+            print(f"{'workers':>7} {'stride':>6} {'decode fps':>11} {'extract fps':>12} {'ratio':>6}")
+            for workers in sorted({1, cores}):
+                dec, frames = decode_fps(videos, workers)
+                for stride in (1, 2):
+                    ext = extract_fps(raw, Path(tmp) / f"ds{workers}-{stride}", workers, stride, frames)
+                    print(f"{workers:>7} {stride:>6} {dec:>11.0f} {ext:>12.0f} {ext / dec:>6.2f}")
+        if "deploy" in args.only:
+            print(f"\n## Deployment runtimes, imgsz {args.imgsz} (median of {args.repeats} runs)")
+            data = Path(tmp) / "calib"
+            extract(raw, data, stride=5)
+            deploy(args.weights, data / "data.yaml", args.imgsz, args.repeats, Path(tmp))
 
 
 if __name__ == "__main__":

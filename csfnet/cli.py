@@ -59,6 +59,13 @@ def cmd_data_synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_data_fetch(args: argparse.Namespace) -> int:
+    from csfnet.data.io import fetch
+
+    print(f"fetched {args.source} to {fetch(args.source, args.out)}")
+    return 0
+
+
 def cmd_data_extract(args: argparse.Namespace) -> int:
     from csfnet.data.extract import extract
 
@@ -216,7 +223,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         "opset": _pick(args.opset, "export", "opset", 17),
         "dynamic_size": args.dynamic or bool(p.get("dynamic_size", False)),
         "int8": args.int8 or bool(p.get("int8", False)),
-        "calib_fraction": p.get("calib_fraction", 1.0),
+        "calib_frames": p.get("calib_frames", 100),
         "verify_frames": p.get("verify_frames", 8),
         "batch": section("eval").get("batch", 16),
         "conf": section("eval").get("report_conf", 0.25),
@@ -263,6 +270,46 @@ def cmd_register(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cluster_options(args: argparse.Namespace) -> dict[str, Any]:
+    from csfnet.kubeflow import parse_params
+
+    tolerations = []
+    for spec in args.toleration or []:  # key=value:Effect or key:Effect
+        key_value, _, effect = spec.rpartition(":")
+        key, sep, value = key_value.partition("=")
+        operator = "Equal" if sep else "Exists"
+        tolerations.append({"key": key, "operator": operator, "value": value or None, "effect": effect})
+    return {
+        "gpus": args.gpus,
+        "node_selector": {k: str(v) for k, v in parse_params(args.node_selector or []).items()},
+        "tolerations": tolerations,
+    }
+
+
+def cmd_pipeline_compile(args: argparse.Namespace) -> int:
+    from csfnet.kubeflow import compile_pipeline
+
+    print(f"wrote {compile_pipeline(args.out, **_cluster_options(args))}")
+    return 0
+
+
+def cmd_pipeline_submit(args: argparse.Namespace) -> int:
+    from csfnet.kubeflow import parse_params, submit
+
+    run = submit(args.host, parse_params(args.param or []), args.experiment, args.token, **_cluster_options(args))
+    print(f"submitted run {run.run_id} to {args.host}")
+    return 0
+
+
+def cmd_pipeline_run_local(args: argparse.Namespace) -> int:
+    from csfnet.kubeflow import parse_params, run_local
+
+    task = run_local(parse_params(args.param or []), args.pipeline_root)
+    decision = Path(task.output.path)
+    print(decision.read_text() if decision.is_file() else f"pipeline finished; outputs under {args.pipeline_root}")
+    return 0
+
+
 def _maybe_run(args: argparse.Namespace, stage: str, params: dict, data: str, final: bool = False):
     if getattr(args, "no_mlflow", False):
         return contextlib.nullcontext()
@@ -301,6 +348,11 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--format", choices=["mot", "anti-uav"])
     synth.add_argument("--workers", type=int, help="processes (default: all cores)")
     synth.set_defaults(func=cmd_data_synth)
+
+    fetch = data.add_parser("fetch", help="copy a raw dataset root from s3://... or any fsspec URI")
+    fetch.add_argument("--source", required=True, help="URI of a folder with train/ and val/")
+    fetch.add_argument("--out", required=True, help="local folder to create")
+    fetch.set_defaults(func=cmd_data_fetch)
 
     extract = data.add_parser("extract", help="validate raw videos and write a YOLO dataset", epilog=EPILOG)
     extract.add_argument("--source", required=True, help="raw root with train/ and val/ (and optionally test/)")
@@ -370,6 +422,33 @@ def build_parser() -> argparse.ArgumentParser:
     reg.add_argument("--out", help="JSON with the version and the promotion decision")
     reg.add_argument("--final", action="store_true", help="last stage of the pipeline: close the parent run")
     reg.set_defaults(func=cmd_register)
+
+    pipeline = sub.add_parser("pipeline", help="Kubeflow Pipelines").add_subparsers(dest="action", required=True)
+    for action, func, helptext in (
+        ("compile", cmd_pipeline_compile, "write the pipeline's IR YAML"),
+        ("submit", cmd_pipeline_submit, "submit a run to a Kubeflow Pipelines endpoint"),
+        ("run-local", cmd_pipeline_run_local, "run the pipeline here with kfp's SubprocessRunner (no Docker)"),
+    ):
+        p = pipeline.add_parser(action, help=helptext)
+        if action == "compile":
+            p.add_argument("--out", default="pipelines/csfnet_pipeline.yaml", help="IR YAML to write")
+        if action == "submit":
+            p.add_argument(
+                "--host", required=True, help="Kubeflow Pipelines API, e.g. https://kubeflow.example/pipeline"
+            )
+            p.add_argument("--experiment", default="csfnet")
+            p.add_argument("--token", help="bearer token (default: $KF_PIPELINES_TOKEN, else kube credentials)")
+        if action == "run-local":
+            p.add_argument("--pipeline-root", default="runs/kfp", help="where local artifacts are written")
+        if action != "compile":
+            p.add_argument("--param", action="append", metavar="K=V", help="pipeline parameter (repeatable)")
+        if action != "run-local":
+            p.add_argument("--gpus", type=int, default=1, help="GPUs for tune and train (0: CPU only)")
+            p.add_argument("--node-selector", action="append", metavar="K=V", help="node label for GPU steps")
+            p.add_argument(
+                "--toleration", action="append", metavar="KEY[=VALUE]:EFFECT", help="taint GPU steps tolerate"
+            )
+        p.set_defaults(func=func)
 
     for name, func, default_out, helptext in (
         ("eval", cmd_eval, "metrics/eval", "mAP, size-band AP/recall, per-sequence recall, latency, plots"),

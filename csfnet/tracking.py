@@ -25,6 +25,7 @@ from mlflow.tracking import MlflowClient
 from csfnet.params import params_path, section
 
 PARENT_ENV = "CSFNET_PARENT_RUN_ID"
+PIPELINE_ENV = "CSFNET_PIPELINE_ID"
 DEFAULT_DB = "mlruns.db"
 DEFAULT_ARTIFACTS = "mlartifacts"
 FINAL_STAGE_TAG = "csfnet.final_stage"
@@ -80,7 +81,10 @@ def data_hash(dataset: str | Path) -> str:
 
 
 def pipeline_id() -> str:
-    """Identity of one pipeline execution: the commit and the parameters it runs with."""
+    """Identity of one pipeline execution: ``$CSFNET_PIPELINE_ID`` (a Kubeflow run id), else the commit and the
+    parameters it runs with."""
+    if os.environ.get(PIPELINE_ENV):
+        return os.environ[PIPELINE_ENV]
     path = params_path()
     params = path.read_bytes() if path.is_file() else b""
     return hashlib.sha256(git_commit().encode() + params).hexdigest()[:16]

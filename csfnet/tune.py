@@ -13,6 +13,7 @@ import contextlib
 import hashlib
 import json
 import math
+import os
 import shutil
 import time
 from collections.abc import Mapping, Sequence
@@ -38,6 +39,7 @@ PRUNERS = {
     "successive_halving": optuna.pruners.SuccessiveHalvingPruner,
     "hyperband": optuna.pruners.HyperbandPruner,
 }
+STORAGE_ENV = "CSFNET_OPTUNA_STORAGE"  # a shared study database, e.g. from a Kubernetes secret
 COUNTED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
 
 
@@ -50,7 +52,7 @@ class TuneSettings:
     imgsz: int = 160
     fraction: float = 1.0  # share of the training split each trial trains on
     objective: str = "map50_95"
-    storage: str = ""  # SQLAlchemy URL; "" = sqlite:///<out folder>/study.db
+    storage: str = ""  # SQLAlchemy URL; "" = $CSFNET_OPTUNA_STORAGE, else sqlite:///<work dir>/study.db
     study_name: str = ""  # "" = derived from model, data and search space, so changed inputs start a new study
     seed: int = 0
     partition: dict[str, Any] = field(
@@ -142,7 +144,7 @@ def tune(
         return result
 
     work_dir.mkdir(parents=True, exist_ok=True)
-    storage_url = settings.storage or f"sqlite:///{(work_dir / 'study.db').resolve()}"
+    storage_url = settings.storage or os.environ.get(STORAGE_ENV) or f"sqlite:///{(work_dir / 'study.db').resolve()}"
     name = settings.study_name or _study_name(model, data, settings)
     study = _load_study(name, storage_url, settings, worker)
     objective = _Objective(settings, data, model, nc, preset, device, work_dir, track, worker)

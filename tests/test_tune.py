@@ -132,7 +132,8 @@ def test_killed_study_resumes(tiny_data, tmp_path):
     try:
         deadline = time.time() + 300
         while time.time() < deadline and proc.poll() is None:
-            trials = _study(storage).trials if (tmp_path / "runs" / "study.db").exists() else []
+            started = (tmp_path / "runs" / "study.db").exists() and optuna.get_all_study_summaries(storage)
+            trials = _study(storage).trials if started else []
             if len(trials) >= 2 and trials[0].state == TrialState.COMPLETE and trials[1].state == TrialState.RUNNING:
                 break
             time.sleep(0.2)

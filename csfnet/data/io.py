@@ -36,3 +36,21 @@ def worker_count(requested: int | None, jobs: int) -> int:
     """Processes to use: ``requested`` or every available core, never more than there are jobs."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     return max(1, min(requested or cores, max(jobs, 1)))
+
+
+def fetch(uri: str, out: str | Path) -> Path:
+    """Copy a raw dataset folder from any fsspec URI (``s3://bucket/raw``, ``gs://...``, a local path) to ``out``.
+
+    S3-compatible stores take their endpoint from ``$AWS_ENDPOINT_URL`` (MinIO, moto) and credentials from the usual
+    AWS variables. The copy lands in a staging folder first, so a failed transfer leaves nothing behind.
+    """
+    import fsspec
+
+    out = Path(out)
+    fs, root = fsspec.core.url_to_fs(uri)
+    if not fs.isdir(root):
+        raise FileNotFoundError(f"{uri} is not a folder (expected a raw dataset root with train/ and val/)")
+    with staging_dir(out) as tmp:
+        fs.get(root.rstrip("/") + "/", str(tmp), recursive=True)
+        replace_dir(tmp, out)
+    return out

@@ -1,0 +1,54 @@
+"""Verified ONNX export (FP32 and INT8) and registration in the MLflow model registry."""
+
+from kfp import dsl
+from kfp.dsl import Artifact, Dataset, Input, Markdown, Metrics, Model, Output
+
+from components.image import IMAGE
+
+
+@dsl.component(base_image=IMAGE)
+def export_onnx(
+    run_id: str,
+    dataset: Input[Dataset],
+    model: Input[Model],
+    onnx_model: Output[Model],
+    verification: Output[Artifact],
+    metrics: Output[Metrics],
+):
+    """ONNX with dynamic batch, verified against PyTorch with onnxruntime; INT8 next to it."""
+    from pathlib import Path
+
+    from csfnet.kubeflow import log_metrics, read_json, run_step
+
+    Path(onnx_model.path).mkdir(parents=True, exist_ok=True)
+    out = f"{onnx_model.path}/model.onnx"
+    args = ["export", "--weights", f"{model.path}/best.pt", "--data", f"{dataset.path}/data.yaml", "--out", out]
+    run_step(run_id, [*args, "--report", verification.path])
+    report = read_json(verification.path)
+    log_metrics(metrics, {"verification": report["verification"]["checks"], "int8": report.get("int8", {})})
+
+
+@dsl.component(base_image=IMAGE)
+def register_model(
+    run_id: str,
+    onnx_model: Input[Model],
+    verification: Input[Artifact],
+    decision: Output[Markdown],
+    name: str = "",
+    margin: float = -1.0,
+):
+    """Register the verified model; it becomes champion only if it beats the current one by the margin."""
+    from pathlib import Path
+
+    from csfnet.kubeflow import read_json, run_step
+
+    out = Path(decision.path).with_suffix(".json")
+    args = ["register", "--onnx", f"{onnx_model.path}/model.onnx", "--report", verification.path, "--out", str(out)]
+    args += ["--name", name] if name else []
+    args += ["--margin", str(margin)] if margin >= 0 else []
+    run_step(run_id, [*args, "--final"])
+    result = read_json(out)
+    Path(decision.path).write_text(
+        f"# {result['name']} v{result['version']}\n\n- mAP50-95: {result['map50_95']:.4f}\n"
+        f"- champion: v{result['champion']}\n- decision: {result['reason']}\n"
+    )

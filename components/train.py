@@ -1,0 +1,37 @@
+"""CSF-Net training on the tuned partition (GPU when the task gets one)."""
+
+from kfp import dsl
+from kfp.dsl import HTML, Artifact, Dataset, Input, Metrics, Model, Output
+
+from components.image import IMAGE
+
+
+@dsl.component(base_image=IMAGE)
+def train(
+    run_id: str,
+    dataset: Input[Dataset],
+    best_partition: Input[Artifact],
+    model: Output[Model],
+    metrics: Output[Metrics],
+    report: Output[HTML],
+    config: str = "",
+    preset: str = "",
+    epochs: int = 0,
+):
+    """Train through ultralytics; ``model`` holds ``best.pt``."""
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    from csfnet.kubeflow import last_epoch, log_metrics, read_json, run_step, write_html
+
+    run = Path(tempfile.mkdtemp()) / "train"
+    args = ["train", "--data", f"{dataset.path}/data.yaml", "--partition", best_partition.path, "--out", str(run)]
+    options = {"--model": config, "--preset": preset, "--epochs": epochs}
+    run_step(run_id, args + [arg for flag, value in options.items() if value for arg in (flag, str(value))])
+    Path(model.path).mkdir(parents=True, exist_ok=True)
+    shutil.copy2(run / "weights" / "best.pt", Path(model.path) / "best.pt")
+    results = read_json(run / "csfnet_train.json")
+    model.metadata.update({"config": results["model"], "imgsz": results["args"].get("imgsz")})
+    log_metrics(metrics, last_epoch(run / "results.csv"))
+    write_html(report, "Training", results["args"], sorted(run.glob("*.png")))

@@ -1,0 +1,1 @@
+"""Kubeflow pipeline definitions; see csfnet_pipeline.py."""
