@@ -17,14 +17,13 @@ def raw_data(
     seed: int = 0,
 ):
     """Copy the raw dataset root at ``source_uri`` (s3://..., a path), or synthesise the benchmark when empty."""
-    from csfnet.kubeflow import run_step
+    from csfnet.kubeflow import flags, run_step
 
     if source_uri:
         run_step(run_id, ["data", "fetch", "--source", source_uri, "--out", raw.path])
     else:
         sizes = {"--train-videos": train_videos, "--val-videos": val_videos, "--frames": frames}
-        options = [arg for flag, value in sizes.items() if value for arg in (flag, str(value))]
-        run_step(run_id, ["data", "synth", "--out", raw.path, "--seed", str(seed), *options])
+        run_step(run_id, ["data", "synth", "--out", raw.path, "--seed", str(seed), *flags(sizes)])
 
 
 @dsl.component(base_image=IMAGE)

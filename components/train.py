@@ -23,12 +23,12 @@ def train(
     import tempfile
     from pathlib import Path
 
-    from csfnet.kubeflow import last_epoch, log_metrics, read_json, run_step, write_html
+    from csfnet.kubeflow import flags, last_epoch, log_metrics, read_json, run_step, write_html
 
     run = Path(tempfile.mkdtemp()) / "train"
     args = ["train", "--data", f"{dataset.path}/data.yaml", "--partition", best_partition.path, "--out", str(run)]
     options = {"--model": config, "--preset": preset, "--epochs": epochs}
-    run_step(run_id, args + [arg for flag, value in options.items() if value for arg in (flag, str(value))])
+    run_step(run_id, args + flags(options))
     Path(model.path).mkdir(parents=True, exist_ok=True)
     shutil.copy2(run / "weights" / "best.pt", Path(model.path) / "best.pt")
     results = read_json(run / "csfnet_train.json")

@@ -23,10 +23,10 @@ def tune(
     import tempfile
     from pathlib import Path
 
-    from csfnet.kubeflow import run_step, write_html
+    from csfnet.kubeflow import flags, run_step, write_html
 
     work = Path(tempfile.mkdtemp())
     args = ["tune", "--data", f"{dataset.path}/data.yaml", "--out", best_partition.path, "--work-dir", str(work)]
     options = {"--model": model, "--preset": preset, "--trials": trials, "--epochs": epochs, "--worker": worker}
-    run_step(run_id, args + [arg for flag, value in options.items() if value for arg in (flag, str(value))])
+    run_step(run_id, args + flags(options))
     write_html(report, "CSwitch partition search", json.loads(Path(best_partition.path).read_text()))

@@ -247,7 +247,8 @@ def cmd_register(args: argparse.Namespace) -> int:
     import mlflow
 
     from csfnet.data.dataset import split_images
-    from csfnet.registry import log_detector, register, write_decision
+    from csfnet.data.io import write_json
+    from csfnet.registry import log_detector, register
     from csfnet.tracking import data_hash, git_commit, stage_run
 
     p = section("register")
@@ -265,7 +266,7 @@ def cmd_register(args: argparse.Namespace) -> int:
         decision = register(info.model_uri, name, report["verification"]["map50_95"], margin, tags=tags)
         mlflow.set_tags({"csfnet.registered_version": decision.version, "csfnet.promotion": decision.reason})
     if args.out:
-        write_decision(args.out, decision)
+        write_json(args.out, decision.to_json())
     print(json.dumps(decision.to_json(), indent=2))
     return 0
 

@@ -12,7 +12,6 @@ leaves nothing behind.
 from __future__ import annotations
 
 import ast
-import json
 import re
 import shutil
 import tempfile
@@ -27,6 +26,7 @@ from onnx.tools.update_model_dims import update_inputs_outputs_dims
 from tqdm import tqdm
 
 from csfnet.data.dataset import split_images
+from csfnet.data.io import write_json
 
 RAW_TOL = 1e-3  # absolute, on the raw head output
 BOX_TOL_PX = 1.0
@@ -109,7 +109,7 @@ def export(
             q = quantize_int8(fp32, Path(tmp) / "model-int8.onnx", Path(calib_data or data), imgsz, calib_frames)
             report["int8"] = {"file": str(int8_out), "size_mb": _mb(q), **compare_int8(fp32, q, data, imgsz, batch)}
         report["passed"] = report["verification"]["passed"]
-        _write_json(report_path, report)
+        write_json(report_path, report)
         if not report["passed"]:
             failed = [k for k, v in report["verification"]["checks"].items() if not v["passed"]]
             raise VerificationError(f"ONNX export does not match PyTorch ({', '.join(failed)}); see {report_path}")
@@ -328,10 +328,3 @@ def _box_distance(a: np.ndarray, b: np.ndarray) -> float:
 
 def _mb(path: Path) -> float:
     return round(path.stat().st_size / 2**20, 2)
-
-
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    tmp.replace(path)

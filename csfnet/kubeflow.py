@@ -31,6 +31,11 @@ def run_step(run_id: str, args: Sequence[str]) -> None:
         raise RuntimeError(f"csfnet {' '.join(args)} exited with {code}")
 
 
+def flags(options: Mapping[str, Any]) -> list[str]:
+    """``{"--epochs": 3, "--model": ""}`` -> ``["--epochs", "3"]``: empty/zero parameters defer to params.yaml."""
+    return [arg for flag, value in options.items() if value for arg in (flag, str(value))]
+
+
 def log_metrics(artifact: Any, data: Mapping[str, Any]) -> None:
     """Every numeric leaf of ``data`` on a KFP ``Metrics`` artifact (shown in the run's UI)."""
     for key, value in numeric(data).items():

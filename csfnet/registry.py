@@ -9,7 +9,6 @@ candidate instead of leaving whichever wrote last.
 from __future__ import annotations
 
 import base64
-import json
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -155,9 +154,3 @@ def _champion(client: MlflowClient, name: str) -> ModelVersion | None:
 
 def _metric(version: ModelVersion) -> float:
     return float(version.tags.get(METRIC_TAG, "-inf"))
-
-
-def write_decision(path: str | Path, decision: Decision) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(decision.to_json(), indent=2) + "\n")

@@ -27,6 +27,7 @@ import yaml
 from optuna.storages import RDBStorage, RetryFailedTrialCallback, fail_stale_trials
 from optuna.trial import TrialState
 
+from csfnet.data.io import write_json
 from csfnet.model import build_model, resolve_config, takes_partition
 from csfnet.params import section
 from csfnet.tracking import data_hash, log_flat_metrics, stage_run
@@ -140,13 +141,13 @@ def tune(
     config = resolve_config(model, nc=nc)
     if not takes_partition(config):
         result = _empty_result(f"{model} has no CSwitch feeding DFuse: nothing to tune")
-        _write_json(out, result)
+        write_json(out, result.to_json())
         return result
 
     work_dir.mkdir(parents=True, exist_ok=True)
     storage_url = settings.storage or os.environ.get(STORAGE_ENV) or f"sqlite:///{(work_dir / 'study.db').resolve()}"
     name = settings.study_name or _study_name(model, data, settings)
-    study = _load_study(name, storage_url, settings, worker)
+    study = _load_study(name, storage_url, settings, worker, _baseline(config, settings))
     objective = _Objective(settings, data, model, nc, preset, device, work_dir, track, worker)
     context = (
         stage_run("tune", params=_run_params(settings, model, name), tags={"csfnet.data_hash": data_hash(data)})
@@ -156,10 +157,23 @@ def tune(
     with context:
         _optimize(study, objective, settings)
         result = _result(study, name, storage_url, settings)
-        _write_json(out, result)
+        write_json(out, result.to_json())
         if track:
             _log_study(study, result, out, settings)
     return result
+
+
+def _baseline(config: dict[str, Any], settings: TuneSettings) -> dict[str, int] | None:
+    """The config's own (hand-set, width-scaled) partition as trial parameters, if it lies in the search space."""
+    from csfnet.nn.builder import scaled_partition
+
+    step = int(settings.partition.get("step", 16))
+    params = {f"partition_p{i + 3}": c for i, c in enumerate(scaled_partition(config))}
+    bounds = zip(params.values(), settings.partition["min"], settings.partition["max"])
+    inside = len(params) == len(settings.partition["min"]) and all(
+        lo <= c <= hi and c % step == 0 for c, lo, hi in bounds
+    )
+    return params if inside else None
 
 
 def _study_name(model: str, data: Path, settings: TuneSettings) -> str:
@@ -189,7 +203,9 @@ def _storage(url: str, settings: TuneSettings, attempts: int = 5) -> RDBStorage:
     raise AssertionError("unreachable")
 
 
-def _load_study(name: str, url: str, settings: TuneSettings, worker: int) -> optuna.Study:
+def _load_study(
+    name: str, url: str, settings: TuneSettings, worker: int, baseline: dict[str, int] | None = None
+) -> optuna.Study:
     storage = _storage(url, settings)
     kwargs = {k: v for k, v in settings.pruner.items() if k != "type"}
     multi = settings.objective == "pareto"
@@ -203,6 +219,8 @@ def _load_study(name: str, url: str, settings: TuneSettings, worker: int) -> opt
     )
     # A resumed study or a second worker must not replay the first worker's random start.
     seed = settings.seed + 1000 * worker + len(study.trials)
+    if worker == 0 and not study.trials and baseline is not None:
+        study.enqueue_trial(baseline, user_attrs={"baseline": True})  # the config's own partition competes too
     with _quiet_experimental():
         study.sampler = optuna.samplers.TPESampler(seed=seed, multivariate=True, constant_liar=True)
     return study
@@ -395,8 +413,9 @@ def _result(study: optuna.Study, name: str, url: str, settings: TuneSettings) ->
     if settings.objective == "pareto":
         front = sorted(study.best_trials, key=lambda t: -t.values[0])
         best = front[0]  # the most accurate Pareto-optimal partition; the front is reported for other trade-offs
-    else:  # ties (early epochs often all score 0) go to the cheapest partition
-        best, front = max(complete, key=lambda t: (t.values[0], -t.user_attrs.get("gflops", 0.0))), []
+    else:  # ties (short trials often all score 0) go to the config's own partition, then to the cheapest one
+        best = max(complete, key=lambda t: (t.values[0], t.user_attrs.get("baseline", False), -t.user_attrs["gflops"]))
+        front = []
     return TuneResult(
         study_name=name,
         storage=_redact(url),
@@ -417,14 +436,6 @@ def _redact(url: str) -> str:
     from sqlalchemy.engine import make_url
 
     return make_url(url).render_as_string(hide_password=True)
-
-
-def _write_json(out: Path, result: TuneResult) -> None:
-    """Write atomically: the train stage must never read half a file."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result.to_json(), indent=2) + "\n")
-    tmp.replace(out)
 
 
 def _log_study(study: optuna.Study, result: TuneResult, out: Path, settings: TuneSettings) -> None:

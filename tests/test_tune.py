@@ -97,6 +97,18 @@ def test_failed_trial_is_recorded_and_the_study_goes_on(tiny_data, tmp_path, mon
     assert result.counts == {"complete": 2, "fail": 1}
 
 
+def _trials_so_far(storage: str, db: Path) -> list[optuna.trial.FrozenTrial]:
+    """The study's trials, or none while the worker is still creating the database (never race it to do so)."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    if not db.exists():
+        return []
+    try:
+        return _study(storage).trials if optuna.get_all_study_summaries(storage) else []
+    except SQLAlchemyError:
+        return []
+
+
 def _tune_cmd(data: Path, work: Path, *extra: str) -> list[str]:
     return [tool("csfnet"), "tune", "--data", str(data), "--device", "cpu", "--work-dir", str(work), *extra]
 
@@ -132,8 +144,7 @@ def test_killed_study_resumes(tiny_data, tmp_path):
     try:
         deadline = time.time() + 300
         while time.time() < deadline and proc.poll() is None:
-            started = (tmp_path / "runs" / "study.db").exists() and optuna.get_all_study_summaries(storage)
-            trials = _study(storage).trials if started else []
+            trials = _trials_so_far(storage, tmp_path / "runs" / "study.db")
             if len(trials) >= 2 and trials[0].state == TrialState.COMPLETE and trials[1].state == TrialState.RUNNING:
                 break
             time.sleep(0.2)
@@ -152,3 +163,23 @@ def test_killed_study_resumes(tiny_data, tmp_path):
     retried = [t for t in study.trials if t.system_attrs.get("failed_trial") == study.trials[1].number]
     assert len(retried) == 1 and retried[0].params == study.trials[1].params
     assert len(_counted(study)) == 3
+
+
+def test_pareto_search_over_partition_depth_and_learning_rate(tiny_data, tmp_path):
+    from csfnet.model import CSFNetModel
+    from csfnet.nn.modules import CReToNeXt
+
+    _params(tmp_path / "params.yaml", trials=3, epochs=1, objective="pareto", head_depth=[1, 4], lr0=[0.001, 0.01])
+    result = tune(tiny_data, out=tmp_path / "best.json", work_dir=tmp_path / "runs", device="cpu")
+    assert result.pareto_front and all(p["gflops"] > 0 for p in result.pareto_front)
+    assert result.partition == result.pareto_front[0]["partition"]  # the most accurate Pareto-optimal trial
+    assert {"head_depth", "lr0"} <= set(result.params) and 0.001 <= result.params["lr0"] <= 0.01
+
+    config = next((tmp_path / "runs" / "configs").glob(f"*-{result.trial:04d}.yaml"))
+    (head,) = [m for m in CSFNetModel(yaml.safe_load(config.read_text())).modules() if isinstance(m, CReToNeXt)]
+    assert len(head.blocks) == result.params["head_depth"]  # the trial trained the depth it was given
+    (study_run,) = mlflow.search_runs(experiment_names=["csfnet"], filter_string="tags.`csfnet.stage` = 'tune'")[
+        "run_id"
+    ]
+    plots = [a.path for a in mlflow.MlflowClient().list_artifacts(study_run, "plots")]
+    assert "plots/pareto_front.png" in plots

@@ -1,13 +1,15 @@
-"""Filesystem helpers shared by the data steps: all-or-nothing output directories and worker counts."""
+"""Filesystem helpers: all-or-nothing output directories and files, worker counts, fetching raw data."""
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 
 @contextlib.contextmanager
@@ -30,6 +32,15 @@ def replace_dir(src: Path, dst: Path) -> None:
     src.rename(dst)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def write_json(path: str | Path, data: Any) -> None:
+    """Write JSON atomically (temporary file + rename): readers such as the next DVC stage never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    tmp.replace(path)
 
 
 def worker_count(requested: int | None, jobs: int) -> int:
