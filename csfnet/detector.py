@@ -15,6 +15,25 @@ import numpy as np
 COLUMNS = ["image", "x1", "y1", "x2", "y2", "score", "class_id", "class_name"]
 
 
+def session(path: str | Path, providers: Sequence[str] | None = None):
+    """An onnxruntime session; default providers: CUDA when available, else CPU."""
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    default = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
+    return ort.InferenceSession(str(path), providers=list(providers or default))
+
+
+def preprocess(images: Sequence[np.ndarray], imgsz: int) -> np.ndarray:
+    """BGR images as the exported graph takes them: letterboxed to a square (ultralytics' LetterBox), RGB, NCHW
+    float32 in 0-1."""
+    from ultralytics.data.augment import LetterBox
+
+    letterbox = LetterBox((imgsz, imgsz), auto=False)
+    x = np.stack([letterbox(image=im)[..., ::-1].transpose(2, 0, 1) for im in images])
+    return np.ascontiguousarray(x, dtype=np.float32) / 255.0
+
+
 class OnnxDetector:
     """Run an ultralytics-exported detection ONNX model on BGR images.
 
@@ -24,11 +43,7 @@ class OnnxDetector:
     """
 
     def __init__(self, path: str | Path, providers: Sequence[str] | None = None):
-        import onnxruntime as ort
-
-        available = ort.get_available_providers()
-        default = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
-        self.session = ort.InferenceSession(str(path), providers=list(providers or default))
+        self.session = session(path, providers)
         meta = self.session.get_modelmeta().custom_metadata_map
         self.imgsz = int(ast.literal_eval(meta.get("imgsz", "[640, 640]"))[0])
         self.names = {int(k): str(v) for k, v in ast.literal_eval(meta.get("names", "{0: 'object'}")).items()}
@@ -37,14 +52,11 @@ class OnnxDetector:
     def __call__(self, images: Sequence[np.ndarray], conf: float = 0.25, iou: float = 0.6) -> list[np.ndarray]:
         """Detections per image as ``(n, 6)`` arrays ``x1, y1, x2, y2, score, class`` in source pixels."""
         import torch
-        from ultralytics.data.augment import LetterBox
         from ultralytics.utils import nms, ops
 
         if not images:
             return []
-        letterbox = LetterBox((self.imgsz, self.imgsz), auto=False)
-        x = np.stack([letterbox(image=im)[..., ::-1].transpose(2, 0, 1) for im in images])
-        x = np.ascontiguousarray(x, dtype=np.float32) / 255.0
+        x = preprocess(images, self.imgsz)
         raw = self.session.run(None, {self.input: x})[0]
         results = nms.non_max_suppression(torch.from_numpy(raw), conf, iou, max_det=300)
         out = []

@@ -7,9 +7,12 @@ Beyond mAP50, mAP50-95, precision and recall, it reports AP50 and recall by obje
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import re
+import shutil
+import tempfile
 import time
 from collections import defaultdict
 from collections.abc import Sequence
@@ -38,22 +41,32 @@ def validate(
     device: str = "cpu",
     save_dir: str | Path | None = None,
     plots: bool = True,
+    rect: bool = True,
 ) -> dict[str, Any]:
-    """ultralytics' validator on the ``val`` split: mAP50, mAP50-95, precision, recall and its speed figures."""
+    """ultralytics' validator on the ``val`` split (a ``.pt`` or an exported model): mAP50, mAP50-95, precision,
+    recall and its speed figures.
+
+    ultralytics writes its plots and labels to ``save_dir``; without one, to a temporary folder removed afterwards
+    (never to ``runs/detect/val*`` in the working directory). ``rect=False`` letterboxes every image to a square,
+    as fixed-size exported models need.
+    """
     disable_ultralytics_integrations()
-    kwargs: dict[str, Any] = {"project": str(Path(save_dir).parent), "name": Path(save_dir).name} if save_dir else {}
-    metrics = YOLO(str(weights)).val(
-        data=str(data),
-        imgsz=imgsz,
-        batch=batch,
-        conf=conf,
-        iou=iou,
-        device=device,
-        plots=plots,
-        exist_ok=True,
-        verbose=False,
-        **kwargs,
-    )
+    with contextlib.ExitStack() as stack:
+        target = Path(save_dir) if save_dir else Path(stack.enter_context(tempfile.TemporaryDirectory())) / "val"
+        metrics = YOLO(str(weights), task="detect").val(
+            data=str(data),
+            imgsz=imgsz,
+            batch=batch,
+            conf=conf,
+            iou=iou,
+            device=device,
+            plots=plots,
+            rect=rect,
+            project=str(target.resolve().parent),  # absolute: ultralytics puts relative ones under runs/detect/
+            name=target.name,
+            exist_ok=True,
+            verbose=False,
+        )
     return {
         "map50": float(metrics.box.map50),
         "map50_95": float(metrics.box.map),
@@ -80,7 +93,12 @@ def evaluate(
     """Full evaluation of ``weights`` on the validation split; writes ``metrics.json`` and plots to ``out_dir``."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    base = validate(weights, data, imgsz, batch, conf, iou, device, save_dir=out_dir / "ultralytics")
+    with tempfile.TemporaryDirectory() as tmp:
+        base = validate(weights, data, imgsz, batch, conf, iou, device, save_dir=Path(tmp) / "val")
+        for name in ("PR_curve.png", "BoxPR_curve.png", "confusion_matrix.png"):
+            src = Path(base["save_dir"]) / name
+            if src.is_file():
+                shutil.copyfile(src, out_dir / ("pr_curve.png" if "PR" in name else name))
     images = split_images(data, "val")
     model = YOLO(str(weights))
     predictions, latency = predict(model, images, imgsz, conf, iou, device)
@@ -98,10 +116,6 @@ def evaluate(
     }
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     draw_samples(images, truths, predictions, out_dir / "samples.jpg", samples, report_conf)
-    for name in ("PR_curve.png", "BoxPR_curve.png", "confusion_matrix.png"):
-        src = Path(base["save_dir"]) / name
-        if src.is_file():
-            (out_dir / ("pr_curve.png" if "PR" in name else name)).write_bytes(src.read_bytes())
     return metrics
 
 
@@ -153,14 +167,18 @@ def band_metrics(
     report_conf: float,
 ) -> dict[str, dict[str, float]]:
     """AP50 (COCO-style area ranges) and recall at ``report_conf`` per size band of the ground truth."""
+    # matching and sizes do not depend on the band: compute them once per image
+    images = [
+        (_sqrt_area(gt), _sqrt_area(pred), scores, _match(gt, pred, scores))
+        for (gt, _), (pred, scores) in zip(truths, predictions)
+    ]
     out = {}
     for name, lo, hi in _band_names(edges):
         tp, conf, n_gt, hits = [], [], 0, 0
-        for (gt, _), (pred, scores) in zip(truths, predictions):
-            in_band = (_sqrt_area(gt) >= lo) & (_sqrt_area(gt) < hi)
+        for gt_size, pred_size, scores, matched in images:
+            in_band = (gt_size >= lo) & (gt_size < hi)
             n_gt += int(in_band.sum())
-            matched = _match(gt, pred, scores)
-            pred_in_band = (_sqrt_area(pred) >= lo) & (_sqrt_area(pred) < hi)
+            pred_in_band = (pred_size >= lo) & (pred_size < hi)
             for i, j in enumerate(matched):
                 if j >= 0 and in_band[j]:
                     tp.append(1), conf.append(scores[i])

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 import onnx
 from onnx.tools.update_model_dims import update_inputs_outputs_dims
@@ -28,10 +29,12 @@ from tqdm import tqdm
 
 from csfnet.data.dataset import split_images
 from csfnet.data.io import write_json
+from csfnet.detector import preprocess, session
 
 RAW_TOL = 1e-3  # absolute, on the raw head output
 BOX_TOL_PX = 1.0
 MAP_TOL = 0.005
+CPU = ["CPUExecutionProvider"]
 
 
 class VerificationError(RuntimeError):
@@ -108,7 +111,9 @@ def export(
         report["verification"] = verify(fp32, weights, data, imgsz, verify_frames, batch, conf, iou)
         if int8:
             q = quantize_int8(fp32, Path(tmp) / "model-int8.onnx", Path(calib_data or data), imgsz, calib_frames)
-            report["int8"] = {"file": str(int8_out), "size_mb": _mb(q), **compare_int8(fp32, q, data, imgsz, batch)}
+            fp32_map50 = report["verification"]["map50"]
+            comparison = compare_int8(fp32, q, data, imgsz, fp32_map50, batch, iou)
+            report["int8"] = {"file": str(int8_out), "size_mb": _mb(q), **comparison}
         report["passed"] = report["verification"]["passed"]
         write_json(report_path, report)
         if not report["passed"]:
@@ -161,7 +166,7 @@ def quantize_int8(fp32: Path, out: Path, calib_data: Path, imgsz: int, frames: i
 
         def get_next(self) -> dict[str, np.ndarray] | None:
             path = next(self.batches, None)
-            return None if path is None else {"images": _letterboxed([path], imgsz)}
+            return None if path is None else {"images": preprocess([cv2.imread(path)], imgsz)}
 
     prepared = out.with_name(f"{out.stem}-prepared.onnx")
     quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
@@ -220,12 +225,14 @@ def verify(
     """Compare onnxruntime with PyTorch: raw head outputs, detections after NMS, and validation mAP50-95."""
     from ultralytics import YOLO
 
+    from csfnet.evaluate import validate  # imports ultralytics: kept out of `import csfnet.export` (the CLI's)
+
     images = [str(p) for p in split_images(data, "val")[:frames]]
     if not images:
         raise FileNotFoundError(f"{data}: the validation split has no images to verify with")
-    x = _letterboxed(images, imgsz)
+    x = preprocess([cv2.imread(p) for p in images], imgsz)
     torch_raw = _torch_raw(weights, x)
-    onnx_raw = _onnx_session(onnx_path).run(None, {"images": x})[0]
+    onnx_raw = session(onnx_path, CPU).run(None, {"images": x})[0]
     raw_diff = float(np.abs(onnx_raw - torch_raw).max()) if onnx_raw.shape == torch_raw.shape else float("inf")
 
     settings = {"imgsz": imgsz, "conf": conf, "iou": iou, "rect": False, "verbose": False, "device": "cpu"}
@@ -234,10 +241,8 @@ def verify(
     counts_equal = [len(a) == len(b) for a, b in zip(pt_dets, onnx_dets)]
     box_diff = max((_box_distance(a, b) for a, b in zip(pt_dets, onnx_dets) if len(a) == len(b)), default=0.0)
 
-    val = {"data": str(data), "imgsz": imgsz, "batch": batch, "rect": False, "plots": False, "verbose": False}
-    val.update(conf=0.001, iou=iou, device="cpu")
-    pt_map = float(YOLO(str(weights)).val(**val).box.map)
-    onnx_map = float(YOLO(str(onnx_path), task="detect").val(**val).box.map)
+    pt_val, onnx_val = (validate(w, data, imgsz, batch, iou=iou, plots=False, rect=False) for w in (weights, onnx_path))
+    pt_map, onnx_map = pt_val["map50_95"], onnx_val["map50_95"]
     checks = {
         "raw_outputs": {"max_abs_diff": raw_diff, "tolerance": RAW_TOL, "passed": raw_diff <= RAW_TOL},
         "detections": {
@@ -256,28 +261,28 @@ def verify(
             "passed": abs(pt_map - onnx_map) <= MAP_TOL,
         },
     }
-    return {"checks": checks, "passed": all(c["passed"] for c in checks.values()), "map50_95": onnx_map}
+    passed = all(c["passed"] for c in checks.values())
+    return {"checks": checks, "passed": passed, "map50_95": onnx_map, "map50": onnx_val["map50"]}
 
 
-def compare_int8(fp32: Path, int8: Path, data: str | Path, imgsz: int, batch: int = 8) -> dict[str, Any]:
-    """mAP change and onnxruntime CPU speed-up of the INT8 model against FP32."""
-    from ultralytics import YOLO
+def compare_int8(
+    fp32: Path, int8: Path, data: str | Path, imgsz: int, fp32_map50: float, batch: int = 8, iou: float = 0.6
+) -> dict[str, Any]:
+    """mAP change (against ``fp32_map50``, the FP32 ONNX model's, from :func:`verify`) and onnxruntime CPU speed-up
+    of the INT8 model."""
+    from csfnet.evaluate import validate
 
-    val = {"data": str(data), "imgsz": imgsz, "batch": batch, "rect": False, "plots": False, "verbose": False}
-    metrics = {}
-    for name, path in (("fp32", fp32), ("int8", int8)):
-        box = YOLO(str(path), task="detect").val(device="cpu", **val).box
-        metrics[name] = {"map50": float(box.map50), "map50_95": float(box.map)}
+    int8_val = validate(int8, data, imgsz, batch, iou=iou, plots=False, rect=False)
     speed = {
         (name, batch): ort_latency_ms(path, imgsz, batch, repeats=20 if batch == 1 else 5)
         for name, path in (("fp32", fp32), ("int8", int8))
         for batch in (1, 8)
     }
     return {
-        "map50": metrics["int8"]["map50"],
-        "map50_95": metrics["int8"]["map50_95"],
-        "map50_change_points": 100 * (metrics["int8"]["map50"] - metrics["fp32"]["map50"]),
-        "fp32_map50": metrics["fp32"]["map50"],
+        "map50": int8_val["map50"],
+        "map50_95": int8_val["map50_95"],
+        "map50_change_points": 100 * (int8_val["map50"] - fp32_map50),
+        "fp32_map50": fp32_map50,
         "latency_ms_batch1": {"fp32": speed["fp32", 1], "int8": speed["int8", 1]},
         "latency_ms_batch8": {"fp32": speed["fp32", 8], "int8": speed["int8", 8]},
         "speedup_cpu": speed["fp32", 1] / speed["int8", 1],
@@ -287,32 +292,15 @@ def compare_int8(fp32: Path, int8: Path, data: str | Path, imgsz: int, batch: in
 
 def ort_latency_ms(path: str | Path, imgsz: int, batch: int, repeats: int = 20, provider: str = "CPU") -> float:
     """Median onnxruntime latency of one batch on random input."""
-    session = _onnx_session(path, provider)
+    runner = session(path, ["CUDAExecutionProvider", *CPU] if provider == "CUDA" else CPU)
     x = np.random.default_rng(0).random((batch, 3, imgsz, imgsz), dtype=np.float32)
-    session.run(None, {"images": x})  # warm-up
+    runner.run(None, {"images": x})  # warm-up
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
-        session.run(None, {"images": x})
+        runner.run(None, {"images": x})
         times.append(time.perf_counter() - start)
     return 1000 * float(np.median(times))
-
-
-def _onnx_session(path: str | Path, provider: str = "CPU"):
-    import onnxruntime as ort
-
-    providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if provider == "CUDA" else ["CPUExecutionProvider"]
-    return ort.InferenceSession(str(path), providers=providers)
-
-
-def _letterboxed(images: list[str], imgsz: int) -> np.ndarray:
-    """Frames as the exported graph takes them: letterboxed RGB, NCHW float32 in 0-1."""
-    import cv2
-    from ultralytics.data.augment import LetterBox
-
-    letterbox = LetterBox((imgsz, imgsz), auto=False)
-    batch = [letterbox(image=cv2.imread(p))[..., ::-1].transpose(2, 0, 1) for p in images]
-    return np.ascontiguousarray(np.stack(batch)).astype(np.float32) / 255.0
 
 
 def _torch_raw(weights: str | Path, x: np.ndarray) -> np.ndarray:

@@ -146,11 +146,11 @@ def build_model(
     return DetectionModel(cfg, ch=ch, nc=nc, verbose=verbose)
 
 
-def model_summary(name: str, imgsz: int = 640, nc: int = 1) -> dict[str, Any]:
-    """Layers, parameters and GFLOPs of a config, counted the way ultralytics counts them."""
+def model_summary(name: str | dict[str, Any], imgsz: int = 640, nc: int = 1) -> dict[str, Any]:
+    """Layers, parameters and GFLOPs of a config (name or resolved dict), counted the way ultralytics counts them."""
     model = build_model(name, nc=nc)
     return {
-        "name": name,
+        "name": name.get("name", "config") if isinstance(name, dict) else name,
         "layers": len(list(model.modules())),
         "params": sum(p.numel() for p in model.parameters()),
         "gflops": round(get_flops(model, imgsz), 2),

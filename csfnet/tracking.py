@@ -40,8 +40,11 @@ def configure(experiment: str | None = None) -> str:
     if found is not None:
         experiment_id = found.experiment_id
     else:
-        local = mlflow.get_tracking_uri().startswith("sqlite:") and not os.environ.get("MLFLOW_ARTIFACT_ROOT")
-        root = Path(DEFAULT_ARTIFACTS).resolve().as_uri() if local else os.environ.get("MLFLOW_ARTIFACT_ROOT")
+        uri = mlflow.get_tracking_uri()
+        local = uri.startswith("sqlite:///") and not os.environ.get("MLFLOW_ARTIFACT_ROOT")
+        # a SQLite store keeps its artifacts beside the database file, wherever the process runs
+        db_dir = Path(uri.removeprefix("sqlite:///")).parent
+        root = (db_dir / DEFAULT_ARTIFACTS).resolve().as_uri() if local else os.environ.get("MLFLOW_ARTIFACT_ROOT")
         try:
             experiment_id = mlflow.create_experiment(name, artifact_location=root)
         except mlflow.exceptions.MlflowException:  # created concurrently by another stage
@@ -143,11 +146,6 @@ def stage_run(
 def _param(value: Any) -> str:
     text = json.dumps(value) if isinstance(value, (list, dict)) else str(value)
     return text[:6000]
-
-
-def log_json(data: Mapping[str, Any], artifact_file: str) -> None:
-    """Log a dict as a JSON artifact of the active run."""
-    mlflow.log_dict(dict(data), artifact_file)
 
 
 def log_flat_metrics(metrics: Mapping[str, Any], prefix: str = "", step: int | None = None) -> None:

@@ -28,7 +28,7 @@ from optuna.storages import RDBStorage, RetryFailedTrialCallback, fail_stale_tri
 from optuna.trial import TrialState
 
 from csfnet.data.io import write_json
-from csfnet.model import build_model, resolve_config, takes_partition
+from csfnet.model import model_summary, resolve_config, takes_partition
 from csfnet.params import section
 from csfnet.tracking import data_hash, log_flat_metrics, stage_run
 
@@ -277,7 +277,7 @@ class _Objective:
             raise optuna.TrialPruned("study already complete")
         partition, config_file, overrides = self._suggest(trial)
         config = resolve_config(config_file, nc=self.nc)
-        gflops = _gflops(config, self.nc)
+        gflops = model_summary(config, nc=self.nc)["gflops"]
         trial.set_user_attr("worker", self.worker)
         trial.set_user_attr("partition", partition)
         trial.set_user_attr("gflops", gflops)
@@ -388,12 +388,6 @@ def _set_head_depth(config: dict[str, Any], blocks: int) -> None:
             row[1] = max(blocks / depth, 1)
             return
     raise ValueError(f"{config.get('name')} has no CReToNeXt layer, so head_depth cannot be tuned")
-
-
-def _gflops(config: dict[str, Any], nc: int, imgsz: int = 640) -> float:
-    from ultralytics.utils.torch_utils import get_flops
-
-    return round(float(get_flops(build_model(config, nc=nc), imgsz)), 2)
 
 
 def _run_params(settings: TuneSettings, model: str, name: str) -> dict[str, Any]:

@@ -79,11 +79,7 @@ def build_pipeline(
             kubernetes.use_secret_as_env(
                 raw,
                 MLFLOW_SECRET,
-                secret_key_to_env={
-                    "AWS_ACCESS_KEY_ID": "AWS_ACCESS_KEY_ID",
-                    "AWS_SECRET_ACCESS_KEY": "AWS_SECRET_ACCESS_KEY",
-                    "AWS_ENDPOINT_URL": "AWS_ENDPOINT_URL",
-                },
+                secret_key_to_env={k: k for k in MLFLOW_KEYS if k.startswith("AWS_")},  # S3 only: fetching raw data
             )
         data = heavy(extract_frames(run_id=run_id, raw=raw.outputs["raw"], stride=stride), gpu=False)
         dataset = data.outputs["dataset"]
