@@ -43,7 +43,7 @@ def dataset_stats(data: str | Path, imgsz: int = 640, out_dir: str | Path | None
         at_train = src * imgsz / long_side if len(src) else src
         histograms[split] = (src, at_train)
         result["splits"][split] = {
-            "objects": int(len(src)),
+            "objects": len(src),
             "source_px": _summary(src),
             "train_px": _summary(at_train),
             "below_stride_share": float((at_train < FINEST_STRIDE).mean()) if len(src) else 0.0,
@@ -66,8 +66,10 @@ def dataset_stats(data: str | Path, imgsz: int = 640, out_dir: str | Path | None
 def _summary(values: np.ndarray) -> dict[str, float]:
     if not len(values):
         return {"min": 0.0, "median": 0.0, "mean": 0.0, "max": 0.0}
-    return {k: round(float(f(values)), 2) for k, f in (("min", np.min), ("median", np.median), ("mean", np.mean),
-                                                       ("max", np.max))}
+    return {
+        k: round(float(f(values)), 2)
+        for k, f in (("min", np.min), ("median", np.median), ("mean", np.mean), ("max", np.max))
+    }
 
 
 def _plot(histograms: dict[str, tuple[np.ndarray, np.ndarray]], imgsz: int, path: Path) -> None:

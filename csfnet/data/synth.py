@@ -86,7 +86,9 @@ def _write_sequence(root: Path, spec: SynthSpec, split: str, index: int) -> None
     seq_dir.mkdir(parents=True)
     rng = np.random.default_rng([spec.seed, 0 if split == "train" else 1, index])
     n_targets = 1 if spec.format == "anti-uav" else int(rng.integers(1, 4))
-    writer = cv2.VideoWriter(str(seq_dir / f"{name}.mp4"), cv2.VideoWriter_fourcc(*"mp4v"), FPS, (spec.width, spec.height))
+    writer = cv2.VideoWriter(
+        str(seq_dir / f"{name}.mp4"), cv2.VideoWriter_fourcc(*"mp4v"), FPS, (spec.width, spec.height)
+    )
     if not writer.isOpened():
         shutil.rmtree(seq_dir)
         raise RuntimeError("OpenCV cannot encode mp4v video; is opencv-python installed with FFmpeg?")
@@ -133,7 +135,7 @@ def _render(rng: np.random.Generator, spec: SynthSpec, n_targets: int) -> Iterat
     jpeg_quality = int(rng.integers(35, 80))  # extra compression on top of the video codec
     for t in range(spec.frames):
         cam = np.clip(margin + pan * t + rng.normal(0, 0.7, 2), 0, 2 * margin)
-        x0, y0 = int(round(cam[0])), int(round(cam[1]))
+        x0, y0 = int(np.rint(cam[0])), int(np.rint(cam[1]))
         frame = canvas[y0 : y0 + spec.height, x0 : x0 + spec.width].astype(np.float32)
         for bird in birds:
             _step(rng, bird)
@@ -147,7 +149,7 @@ def _render(rng: np.random.Generator, spec: SynthSpec, n_targets: int) -> Iterat
                 frame_boxes.append((tid, *box))
         frame += rng.normal(0, noise_sigma, frame.shape).astype(np.float32)
         frame = np.clip(frame, 0, 255).astype(np.uint8)
-        ok, buf = cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality])
+        _, buf = cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality])  # blocking artefacts
         yield cv2.imdecode(buf, cv2.IMREAD_COLOR), frame_boxes
 
 
@@ -208,7 +210,12 @@ def _new_target(rng: np.random.Generator, spec: SynthSpec, scene: str) -> _Targe
     speed = rng.uniform(0.4, 3.0)
     if rng.random() < 0.3:  # enters from a side
         side = int(rng.integers(4))
-        pos = [(-10, rng.uniform(0, h)), (w + 10, rng.uniform(0, h)), (rng.uniform(0, w), -10), (rng.uniform(0, w), h + 10)]
+        pos = [
+            (-10, rng.uniform(0, h)),
+            (w + 10, rng.uniform(0, h)),
+            (rng.uniform(0, w), -10),
+            (rng.uniform(0, w), h + 10),
+        ]
         pos = np.array(pos[side], np.float64)
         direction = np.array([w / 2, h / 2]) - pos
     else:
@@ -231,37 +238,42 @@ def _step(rng: np.random.Generator, target: _Target) -> None:
 def _silhouette(shape: str, size: float, heading: float) -> np.ndarray:
     """Anti-aliased alpha mask (float32 0-1) of a UAV silhouette whose span is ``size`` pixels."""
     s = size * _SUPERSAMPLE
-    n = int(math.ceil(s * 1.5)) + 4
+    n = math.ceil(s * 1.5) + 4
     mask = np.zeros((n, n), np.uint8)
     c = np.array([n / 2, n / 2])
     rot = np.array([[math.cos(heading), -math.sin(heading)], [math.sin(heading), math.cos(heading)]])
 
     def pt(x: float, y: float) -> tuple[int, int]:
         p = c + rot @ np.array([x, y]) * s
-        return int(round(p[0])), int(round(p[1]))
+        return int(np.rint(p[0])), int(np.rint(p[1]))
 
-    thick = max(1, int(round(0.1 * s)))
+    thick = max(1, int(np.rint(0.1 * s)))
     if shape == "quad":
         for dx, dy in ((0.35, 0.35), (0.35, -0.35), (-0.35, 0.35), (-0.35, -0.35)):
             cv2.line(mask, pt(0, 0), pt(dx, dy), 255, thick)
-            cv2.circle(mask, pt(dx, dy), max(1, int(round(0.15 * s))), 255, -1)
+            cv2.circle(mask, pt(dx, dy), max(1, int(np.rint(0.15 * s))), 255, -1)
         cv2.rectangle(mask, pt(-0.12, -0.12), pt(0.12, 0.12), 255, -1)
     else:  # fixed wing: fuselage, main wing, tailplane
-        cv2.line(mask, pt(-0.5, 0), pt(0.5, 0), 255, max(1, int(round(0.12 * s))))
-        cv2.line(mask, pt(0.1, -0.5), pt(0.1, 0.5), 255, max(1, int(round(0.14 * s))))
+        cv2.line(mask, pt(-0.5, 0), pt(0.5, 0), 255, max(1, int(np.rint(0.12 * s))))
+        cv2.line(mask, pt(0.1, -0.5), pt(0.1, 0.5), 255, max(1, int(np.rint(0.14 * s))))
         cv2.line(mask, pt(-0.45, -0.2), pt(-0.45, 0.2), 255, thick)
     small = cv2.resize(mask, (max(1, n // _SUPERSAMPLE),) * 2, interpolation=cv2.INTER_AREA)
     return small.astype(np.float32) / 255.0
 
 
 def _motion_blur(alpha: np.ndarray, vel: np.ndarray) -> np.ndarray:
-    length = int(round(float(np.linalg.norm(vel))))
+    length = int(np.rint(float(np.linalg.norm(vel))))
     if length < 2:
         return alpha
     k = np.zeros((2 * length + 1, 2 * length + 1), np.float32)
     d = vel / np.linalg.norm(vel)
-    cv2.line(k, (int(length - d[0] * length / 2), int(length - d[1] * length / 2)),
-             (int(length + d[0] * length / 2), int(length + d[1] * length / 2)), 1.0, 1)
+    cv2.line(
+        k,
+        (int(length - d[0] * length / 2), int(length - d[1] * length / 2)),
+        (int(length + d[0] * length / 2), int(length + d[1] * length / 2)),
+        1.0,
+        1,
+    )
     alpha = np.pad(alpha, length)
     return cv2.filter2D(alpha, -1, k / k.sum())
 
@@ -285,12 +297,12 @@ def _draw_target(frame: np.ndarray, t: _Target, cam: np.ndarray, scene: str) -> 
     alpha = _motion_blur(_silhouette(t.shape, t.size, t.heading), t.vel)
     ah, aw = alpha.shape
     cx, cy = t.pos - cam
-    x0, y0 = int(round(cx - aw / 2)), int(round(cy - ah / 2))
+    x0, y0 = int(np.rint(cx - aw / 2)), int(np.rint(cy - ah / 2))
     visible = _blend(frame, alpha, x0, y0, np.full(3, t.shade, np.float32))
     if visible is None:
         return None
     if scene == "night":  # navigation light
-        lx, ly = int(round(cx)), int(round(cy))
+        lx, ly = int(np.rint(cx)), int(np.rint(cy))
         if 0 <= lx < frame.shape[1] and 0 <= ly < frame.shape[0]:
             frame[ly, lx] = (90, 90, 255)
     ys, xs = np.nonzero(visible > 0.3)
