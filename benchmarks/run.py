@@ -3,19 +3,25 @@
 1. Forward latency of YOLOv8n and CSF-Net-n at imgsz 640, batch 1 and 8, next to their GFLOPs ratio.
 2. Frame extraction throughput (video frames processed per second) against decode-only throughput of the same
    videos with the same decoder (OpenCV), with 1 worker and with every core, keeping every frame (stride 1) and
-   every 2nd frame (params.yaml's default).
+   every 2nd frame (params.yaml's default); medians of ``--repeats`` runs, datasets written to ``--scratch``
+   (default: the system's temporary folder; ``/dev/shm`` takes the disk out of the measurement).
 3. Deployment runtimes: PyTorch eager, onnxruntime FP32 and INT8 (and onnxruntime's CUDA provider when a GPU is
    present), batch 1 and 8, on trained weights (``--weights``, default runs/train/weights/best.pt) or, without them,
    an untrained CSF-Net-n (timing only).
 
 Usage: python benchmarks/run.py [--repeats 5] [--threads N] [--only latency extract deploy] [--weights PT] [--imgsz 640]
+       [--scratch DIR]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import os
 import platform
+import shutil
+import statistics
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -49,19 +55,29 @@ def _decode(video: str) -> int:
     return sum(1 for _ in video_frames(Path(video)))
 
 
-def decode_fps(videos: list[str], workers: int) -> tuple[float, int]:
-    """Decode-only throughput (every frame converted to BGR) and the number of frames."""
-    start = time.perf_counter()
-    with ProcessPoolExecutor(workers) as pool:
-        frames = sum(pool.map(_decode, videos))
-    return frames / (time.perf_counter() - start), frames
+def decode_fps(videos: list[str], workers: int, repeats: int) -> tuple[float, int]:
+    """Decode-only throughput (every frame converted to BGR; median of ``repeats``) and the number of frames."""
+    rates, frames = [], 0
+    for _ in range(repeats):
+        start = time.perf_counter()
+        with ProcessPoolExecutor(workers) as pool:
+            frames = sum(pool.map(_decode, videos))
+        rates.append(frames / (time.perf_counter() - start))
+    return statistics.median(rates), frames
 
 
-def extract_fps(raw: Path, out: Path, workers: int, stride: int, frames: int) -> float:
-    """Extraction throughput in video frames processed per second (validation, decoding, JPEG, labels)."""
-    start = time.perf_counter()
-    extract(raw, out, stride=stride, workers=workers)
-    return frames / (time.perf_counter() - start)
+def extract_fps(raw: Path, scratch: Path, workers: int, stride: int, frames: int, repeats: int) -> float:
+    """Extraction throughput in video frames processed per second (validation, decoding, JPEG, labels; median).
+
+    Each repeat writes a new dataset: deleting the previous one first would charge its deletion to the next run.
+    """
+    rates = []
+    for repeat in range(repeats):
+        start = time.perf_counter()
+        with contextlib.redirect_stderr(io.StringIO()):  # extraction's progress bars would bury the table
+            extract(raw, scratch / f"w{workers}-s{stride}-{repeat}", stride=stride, workers=workers)
+        rates.append(frames / (time.perf_counter() - start))
+    return statistics.median(rates)
 
 
 def torch_latency_ms(weights: Path, imgsz: int, batch: int, repeats: int, device: str = "cpu") -> float:
@@ -125,6 +141,7 @@ def main() -> None:
     )
     parser.add_argument("--weights", type=Path, default=Path("runs/train/weights/best.pt"))
     parser.add_argument("--imgsz", type=int, default=640, help="deployment benchmark image size")
+    parser.add_argument("--scratch", type=Path, default=None, help="folder for the extracted datasets")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     cores = len(os.sched_getaffinity(0))
@@ -143,16 +160,18 @@ def main() -> None:
             print(f"{batch:>5} {base:>11.1f} {ours:>12.1f} {ours / base:>14.2f} {ratio:>13.2f}")
 
     with tempfile.TemporaryDirectory() as tmp:
-        raw = generate(Path(tmp) / "raw", SynthSpec(train_videos=12, val_videos=4, frames=50, width=320, height=256))
+        raw = generate(Path(tmp) / "raw", SynthSpec(train_videos=24, val_videos=8, frames=50, width=320, height=256))
         if "extract" in args.only:
-            print("\n## Extraction vs decode-only (synthetic 320x256 videos, 50 frames each)")
+            scratch = Path(tempfile.mkdtemp(dir=args.scratch))
+            print(f"\n## Extraction vs decode-only (32 synthetic 320x256 videos x 50 frames, output in {scratch})")
             videos = [str(v) for v in raw.rglob("*.mp4")]
             print(f"{'workers':>7} {'stride':>6} {'decode fps':>11} {'extract fps':>12} {'ratio':>6}")
             for workers in sorted({1, cores}):
-                dec, frames = decode_fps(videos, workers)
+                dec, frames = decode_fps(videos, workers, args.repeats)
                 for stride in (1, 2):
-                    ext = extract_fps(raw, Path(tmp) / f"ds{workers}-{stride}", workers, stride, frames)
+                    ext = extract_fps(raw, scratch, workers, stride, frames, args.repeats)
                     print(f"{workers:>7} {stride:>6} {dec:>11.0f} {ext:>12.0f} {ext / dec:>6.2f}")
+            shutil.rmtree(scratch)
         if "deploy" in args.only:
             print(f"\n## Deployment runtimes, imgsz {args.imgsz} (median of {args.repeats} runs)")
             data = Path(tmp) / "calib"

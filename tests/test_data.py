@@ -82,6 +82,38 @@ def test_stride_and_rerun_reuses_finished_sequences(tiny_raw, tmp_path):
     assert (tmp_path / "ds/images/val/uav_val_0000_000000.jpg").stat().st_ino == stamp  # linked, not re-decoded
 
 
+def _video_to_img1(seq: Path, suffix: str) -> list[Path]:
+    """Replace a MOT sequence's video by an ``img1/`` folder of frames (``000001.jpg``... as in MOTChallenge)."""
+    video = next(seq.glob("*.mp4"))
+    (seq / "img1").mkdir()
+    paths = []
+    for index, frame in enumerate(_decoded_frames(video), 1):
+        paths.append(seq / "img1" / f"{index:06d}{suffix}")
+        cv2.imwrite(str(paths[-1]), frame, [cv2.IMWRITE_JPEG_QUALITY, 80])
+    video.unlink()
+    return paths
+
+
+def test_mot_frame_folders_keep_jpeg_bytes_and_encode_other_formats(tiny_raw, tmp_path):
+    raw = _copy(tiny_raw, tmp_path)
+    jpegs = _video_to_img1(raw / "train/uav_train_0000", ".jpg")
+    pngs = _video_to_img1(raw / "train/uav_train_0001", ".png")
+    report = extract(raw, tmp_path / "ds", stride=2, workers=2)
+    images = tmp_path / "ds/images/train"
+    assert report["splits"] == extract(tiny_raw, tmp_path / "from-video", stride=2)["splits"]
+    for index in range(0, TINY.frames, 2):
+        copied = images / f"uav_train_0000_{index:06d}.jpg"
+        assert copied.read_bytes() == jpegs[index].read_bytes()  # no second round of JPEG compression
+        encoded = cv2.imread(str(images / f"uav_train_0001_{index:06d}.jpg"))
+        assert np.abs(encoded.astype(int) - cv2.imread(str(pngs[index])).astype(int)).mean() < 2
+    assert not (images / "uav_train_0000_000001.jpg").exists()
+
+    jpegs[3].write_bytes(b"not a jpeg")
+    with pytest.raises(DataError, match=r"uav_train_0000.*000004\.jpg \(frame 3\)"):
+        extract(raw, tmp_path / "bad", workers=2)
+    assert not (tmp_path / "bad").exists()
+
+
 def _copy(tiny_raw: Path, tmp_path: Path) -> Path:
     raw = tmp_path / "raw"
     shutil.copytree(tiny_raw, raw)

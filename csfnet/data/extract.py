@@ -15,6 +15,7 @@ import shutil
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
+from itertools import repeat
 from pathlib import Path
 
 import cv2
@@ -69,23 +70,19 @@ def extract(
     if (fmt if fmt != "auto" else detect_format(source)) == "yolo":
         return _import_yolo(source, out, names)
     sequences = discover(source, fmt)
-    plans = [_plan(seq, len(names), fix) for seq in tqdm(sequences, desc="validate", unit="seq")]
     previous = _read_manifest(out)
-    with staging_dir(out) as tmp:
-        results: list[SequenceResult] = []
-        todo = []
-        for seq, ann, size in plans:
-            fingerprint = _fingerprint(seq, stride, fix)
-            done = previous.get(seq.key)
-            if done and done["fingerprint"] == fingerprint and _link_previous(out, tmp, done):
-                results.append(SequenceResult(**done))
-            else:
-                todo.append((seq, ann, size, fingerprint))
-        reused = len(results)
-        with ProcessPoolExecutor(worker_count(workers, len(todo))) as pool:
-            futures = [pool.submit(_extract_sequence, tmp, seq, ann, size, fp, stride, fix) for seq, ann, size, fp in todo]
+    with ProcessPoolExecutor(worker_count(workers, len(sequences))) as pool, staging_dir(out) as tmp:
+        try:
+            validate = pool.map(_plan, sequences, repeat(len(names)), repeat(fix))
+            plans = list(tqdm(validate, total=len(sequences), desc="validate", unit="seq"))
+            results, todo = _reuse_previous(plans, previous, out, tmp, stride, fix)
+            reused = len(results)
+            futures = [pool.submit(_extract_sequence, tmp, *job, stride, fix) for job in todo]
             for future in tqdm(futures, desc="extract", unit="seq"):
                 results.append(future.result())
+        except BaseException:
+            pool.shutdown(cancel_futures=True)  # fail now, not after every queued sequence has been decoded
+            raise
         report = _report(results, reused, stride, names)
         _write_dataset_files(tmp, results, report, names)
         replace_dir(tmp, out)
@@ -93,6 +90,7 @@ def extract(
 
 
 def _plan(seq: SequenceSource, n_classes: int, fix: bool) -> tuple[SequenceSource, Annotations, tuple]:
+    """Validate one sequence (size probe and annotations; runs in a worker process, all before any frame is written)."""
     width, height, stated = probe_size(seq)
     ann = read_annotations(seq, width, height, n_classes, fix)
     return seq, ann, (width, height, stated)
@@ -102,6 +100,21 @@ def _fingerprint(seq: SequenceSource, stride: int, fix: bool) -> str:
     media = [seq.video] if seq.video else frame_files(seq)
     parts = [f"{p.name}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in [*media, seq.annotation]]
     return hashlib.sha256(json.dumps([parts, stride, fix]).encode()).hexdigest()[:16]
+
+
+def _reuse_previous(
+    plans: list[tuple], previous: dict[str, dict], out: Path, tmp: Path, stride: int, fix: bool
+) -> tuple[list[SequenceResult], list[tuple]]:
+    """Link unchanged sequences of the previous extraction into ``tmp``; return them and the jobs still to run."""
+    reused, todo = [], []
+    for seq, ann, size in plans:
+        fingerprint = _fingerprint(seq, stride, fix)
+        done = previous.get(seq.key)
+        if done and done["fingerprint"] == fingerprint and _link_previous(out, tmp, done):
+            reused.append(SequenceResult(**done))
+        else:
+            todo.append((seq, ann, size, fingerprint))
+    return reused, todo
 
 
 def _read_manifest(out: Path) -> dict[str, dict]:
@@ -125,17 +138,20 @@ def _link_previous(out: Path, tmp: Path, done: dict) -> bool:
     return True
 
 
-def _frames(seq: SequenceSource, stride: int = 1) -> Iterator[np.ndarray | None]:
-    """Yield the BGR frames of a video or an ``img1/`` folder in order; ``None`` for frames the stride drops."""
+def _frames(seq: SequenceSource, stride: int = 1) -> Iterator[np.ndarray | Path | None]:
+    """Yield a sequence's frames in order: BGR arrays, ``None`` for frames the stride drops, and for ``img1/``
+    folders the path of frames that are already JPEG files (copied byte for byte: re-encoding would add a second
+    round of compression artefacts to targets a few pixels wide)."""
     if seq.frames_dir is not None:
         for index, path in enumerate(frame_files(seq)):
             if index % stride:
                 yield None
                 continue
-            image = cv2.imread(str(path))
+            is_jpeg = path.suffix.lower() in (".jpg", ".jpeg")
+            image = cv2.imread(str(path), cv2.IMREAD_REDUCED_GRAYSCALE_8 if is_jpeg else cv2.IMREAD_COLOR)
             if image is None:
-                raise DataError(f"sequence {seq.name}: cannot read frame image {path}")
-            yield image
+                raise DataError(f"sequence {seq.name}: cannot read frame image {path} (frame {index})")
+            yield path if is_jpeg else image
         return
     yield from video_frames(seq.video, stride)
 
@@ -183,7 +199,9 @@ def _extract_sequence(
         if frame is None:
             continue
         stem = f"{seq.name}_{index:06d}"
-        if not cv2.imwrite(str(images / f"{stem}.jpg"), frame, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY]):
+        if isinstance(frame, Path):
+            shutil.copyfile(frame, images / f"{stem}.jpg")
+        elif not cv2.imwrite(str(images / f"{stem}.jpg"), frame, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY]):
             raise OSError(f"cannot write {images / stem}.jpg")
         boxes = ann.boxes.get(index, [])
         (labels / f"{stem}.txt").write_text("".join(_yolo_line(b, width, height) for b in boxes))
@@ -198,9 +216,11 @@ def _check_length(seq: SequenceSource, ann: Annotations, decoded: int, stated: i
     if decoded == 0:
         raise DataError(f"{where}: no decodable frame (corrupt or truncated video)")
     if seq.video is not None and stated and decoded < stated:
-        raise DataError(f"{where}: truncated: the container states {stated} frames but decoding stops at frame {decoded}")
+        raise DataError(
+            f"{where}: truncated: the container states {stated} frames but decoding stops at frame {decoded}"
+        )
     beyond = [f for f in ann.boxes if f >= decoded]
-    if seq.expected_frames is not None and seq.expected_frames != decoded or beyond:
+    if (seq.expected_frames is not None and seq.expected_frames != decoded) or beyond:
         expected = seq.expected_frames if seq.expected_frames is not None else max(beyond) + 1
         if not fix:
             raise DataError(
@@ -226,7 +246,13 @@ def _report(results: list[SequenceResult], reused: int, stride: int, names: tupl
         split["images"] += r.frames
         split["boxes"] += r.boxes
         fixes.add(Fixes(**r.fixes))
-    return {"splits": splits, "fixes": asdict(fixes), "reused_sequences": reused, "stride": stride, "names": list(names)}
+    return {
+        "splits": splits,
+        "fixes": asdict(fixes),
+        "reused_sequences": reused,
+        "stride": stride,
+        "names": list(names),
+    }
 
 
 def _write_dataset_files(root: Path, results: list[SequenceResult], report: dict, names: tuple[str, ...]) -> None:
