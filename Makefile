@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 
 run: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc metrics show
+	$(BIN)/csfnet summary   # every value: .venv/bin/dvc metrics show
 
 test: $(STAMP)
 	$(BIN)/ruff check .

@@ -271,6 +271,17 @@ def cmd_register(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_summary(args: argparse.Namespace) -> int:
+    from csfnet.summary import stage_metrics, summary
+
+    metrics = stage_metrics(args.dvc_file)
+    if not metrics:
+        print(f"no metrics yet: run `dvc repro` (looked for the metrics files named in {args.dvc_file})")
+        return 1
+    print(summary(metrics))
+    return 0
+
+
 def _cluster_options(args: argparse.Namespace) -> dict[str, Any]:
     from csfnet.kubeflow import parse_params
 
@@ -423,6 +434,10 @@ def build_parser() -> argparse.ArgumentParser:
     reg.add_argument("--out", help="JSON with the version and the promotion decision")
     reg.add_argument("--final", action="store_true", help="last stage of the pipeline: close the parent run")
     reg.set_defaults(func=cmd_register)
+
+    summ = sub.add_parser("summary", help="headline figures of the last pipeline run (from dvc.yaml's metrics)")
+    summ.add_argument("--dvc-file", default="dvc.yaml", help="dvc.yaml whose stages name the metrics files")
+    summ.set_defaults(func=cmd_summary)
 
     pipeline = sub.add_parser("pipeline", help="Kubeflow Pipelines").add_subparsers(dest="action", required=True)
     for action, func, helptext in (

@@ -186,6 +186,7 @@ def band_metrics(
                 elif j < 0 and pred_in_band[i]:
                     tp.append(0), conf.append(scores[i])
         out[name] = {
+            "px": [lo, hi if math.isfinite(hi) else None],  # sqrt of box area in source pixels, [lo, hi)
             "objects": n_gt,
             "ap50": _ap(np.array(tp), np.array(conf), n_gt),
             "recall": hits / n_gt if n_gt else 0.0,

@@ -30,6 +30,7 @@ def test_evaluate_writes_documented_metrics_and_plots(tiny_weights, tiny_data, t
     for key in ("map50", "map50_95", "precision", "recall"):
         assert 0 <= saved[key] <= 1
     assert set(saved["size_bands"]) == {"very_tiny", "tiny", "small"}
+    assert [b["px"] for b in saved["size_bands"].values()] == [[0, 8], [8, 16], [16, None]]
     assert sum(b["objects"] for b in saved["size_bands"].values()) == saved["objects"] > 0
     assert set(saved["per_sequence_recall"]) == {"uav_val_0000"}
     assert saved["latency_ms_per_image"] > 0

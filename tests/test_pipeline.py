@@ -50,6 +50,20 @@ def test_dvc_repro_runs_the_whole_pipeline(tmp_path, monkeypatch):
     noise = files["metrics/robustness/robustness.json"]["data"]
     assert set(noise) == {"sigma_0", "sigma_10"}
     assert noise["sigma_0"]["map50"] == round(eval_metrics["map50"], 5)
+    summary = subprocess.run(
+        [tool("csfnet"), "summary"], cwd=repo, env=env, check=True, capture_output=True, text=True
+    ).stdout.splitlines()
+    assert [line.split("  ")[0] for line in summary] == [
+        "data",
+        "CSwitch partition",
+        "validation",
+        "AP50 by target size",
+        "mAP50 under noise",
+        "ONNX export",
+        "MLflow registry",
+    ]
+    assert f"mAP50 {eval_metrics['map50']:.3f}" in summary[2] and "verified" in summary[5]
+    assert "version 1: champion" in summary[6]
     subprocess.run([tool("dvc"), "plots", "show", "-o", "plots"], cwd=repo, env=env, check=True, capture_output=True)
     assert (repo / "plots" / "index.html").is_file()
     assert (repo / "runs/train/weights/best.pt").is_file()

@@ -1,0 +1,106 @@
+"""One screen of headline figures from the pipeline's metrics files (``dvc metrics show`` has every value).
+
+The files are found through ``dvc.yaml``: each stage's first ``metrics`` entry. Stages that have not run yet are
+left out.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+def stage_metrics(dvc_file: str | Path = "dvc.yaml") -> dict[str, dict]:
+    """``{stage: metrics}`` for every stage of ``dvc_file`` whose metrics file exists (paths relative to it)."""
+    dvc_file = Path(dvc_file)
+    stages = yaml.safe_load(dvc_file.read_text()).get("stages", {})
+    found = {}
+    for name, stage in stages.items():
+        entries = stage.get("metrics") or []
+        if not entries:
+            continue
+        first = entries[0]
+        path = dvc_file.parent / (first if isinstance(first, str) else next(iter(first)))
+        if path.is_file():
+            found[name] = json.loads(path.read_text())
+    return found
+
+
+def summary(metrics: dict[str, dict]) -> str:
+    """Aligned ``label  figures`` lines for the stages present in ``metrics``."""
+    lines = [(label, fmt(metrics[stage])) for stage, label, fmt in _ROWS if stage in metrics]
+    width = max((len(label) for label, _ in lines), default=0)
+    return "\n".join(f"{label:<{width}}  {text}" for label, text in lines)
+
+
+def _stats(m: dict) -> str:
+    parts = [
+        f"{split}: {s['objects']} objects, median {s['source_px']['median']:g} px, "
+        f"{100 * s['below_stride_share']:.0f}% below the {m['finest_stride']} px stride at imgsz {m['imgsz']}"
+        for split, s in m["splits"].items()
+    ]
+    return "; ".join(parts)
+
+
+def _tune(m: dict) -> str:
+    if not m.get("partition"):
+        return f"no tunable CSwitch ({m.get('reason', '')})".strip()
+    trials = sum(m.get("counts", {}).values())
+    return f"{'/'.join(map(str, m['partition']))} (trial {m['trial']} of {trials}, mAP50-95 {m['value']:.3f})"
+
+
+def _eval(m: dict) -> str:
+    return (
+        f"mAP50 {m['map50']:.3f}  mAP50-95 {m['map50_95']:.3f}  precision {m['precision']:.3f}  "
+        f"recall {m['recall']:.3f}  ({m['images']} images, {m['objects']} objects)"
+    )
+
+
+def _bands(m: dict) -> str:
+    def span(band: dict) -> str:
+        lo, hi = band["px"]
+        return f"<{hi:g} px" if not lo else f">={lo:g} px" if hi is None else f"{lo:g}-{hi:g} px"
+
+    bands = [b for b in m["size_bands"].values() if b["objects"]]
+    return "  ".join(f"{span(b)} {b['ap50']:.2f} ({b['objects']} objects)" for b in bands)
+
+
+def _robustness(m: dict) -> str:
+    rows = sorted(m.values(), key=lambda r: r["sigma"])
+    return "  ".join(f"σ {r['sigma']:g}: {r['map50']:.3f}" for r in rows)
+
+
+def _export(m: dict) -> str:
+    v = m["verification"]
+    if not v.get("passed"):
+        failed = [name for name, check in v.get("checks", {}).items() if not check.get("passed")]
+        return f"NOT verified: {', '.join(failed)} failed"
+    raw = v["checks"]["raw_outputs"]["max_abs_diff"]
+    text = f"verified ({m['fp32']['size_mb']:g} MB; max |Δ| {raw:.1e}, mAP50-95 {v['map50_95']:.3f} in both)"
+    q = m.get("int8")
+    if q:
+        text += (
+            f"; INT8 {q['size_mb']:g} MB, {q['speedup_cpu']:.2f}x (batch 1) / {q['speedup_cpu_batch8']:.2f}x "
+            f"(batch 8) on CPU, mAP50 {q['map50_change_points']:+.1f} points"
+        )
+    return text
+
+
+def _register(m: dict) -> str:
+    role = "champion" if m.get("champion") == m.get("version") else "challenger"
+    return f"{m['name']} version {m['version']}: {role} ({m['reason']})"
+
+
+_ROWS: list[tuple[str, str, Callable[[Any], str]]] = [
+    ("stats", "data", _stats),
+    ("tune", "CSwitch partition", _tune),
+    ("eval", "validation", _eval),
+    ("eval", "AP50 by target size", _bands),
+    ("robustness", "mAP50 under noise", _robustness),
+    ("export", "ONNX export", _export),
+    ("register", "MLflow registry", _register),
+]
