@@ -148,6 +148,7 @@ BAD_INPUTS = {
         lambda raw: _edit_gt(raw, 0, f"{TINY.frames + 3},1,10,10,5,5,1,1,1"),
         "uav_train_0000.*covers 11 frames but the video has 8",
     ),
+    "empty val split": (lambda raw: shutil.rmtree(raw / "val/uav_val_0000"), "val/ holds no sequence"),
     "same sequence in two splits": (
         lambda raw: shutil.copytree(raw / "train/uav_train_0000", raw / "val/uav_train_0000"),
         "uav_train_0000.*two splits",
@@ -180,6 +181,30 @@ def test_anti_uav_length_mismatch_names_the_file(tmp_path):
     report = extract(raw, tmp_path / "ds", fix=True)
     assert report["fixes"]["skipped_frames"] == 2
     assert report["splits"]["val"]["images"] == 6
+
+
+def test_anti_uav_release_layout_uses_the_visible_stream_and_a_test_split(tmp_path):
+    """Anti-UAV ships visible.mp4/visible.json next to infrared.mp4/infrared.json in every sequence folder."""
+    raw = generate(tmp_path / "raw", SynthSpec(**{**TINY.__dict__, "format": "anti-uav"}))
+    seq = raw / "train/uav_train_0000"
+    (seq / "uav_train_0000.mp4").rename(seq / "visible.mp4")
+    (seq / "uav_train_0000.json").rename(seq / "visible.json")
+    shutil.copy(raw / "train/uav_train_0001/uav_train_0001.mp4", seq / "infrared.mp4")
+    (seq / "infrared.json").write_text(json.dumps({"exist": [1] * TINY.frames, "gt_rect": [[1, 1, 3, 3]] * 9}))
+    (raw / "test/uav_test_0000").mkdir(parents=True)
+    for src in (raw / "val/uav_val_0000").iterdir():
+        shutil.copy(src, raw / "test/uav_test_0000" / src.name.replace("val", "test"))
+    expected = sum(json.loads((seq / "visible.json").read_text())["exist"])
+
+    report = extract(raw, tmp_path / "ds", workers=2)
+    data = check_det_dataset(str(tmp_path / "ds/data.yaml"))
+    assert report["splits"]["test"]["images"] == TINY.frames and "test" in data
+    labels = (tmp_path / "ds/labels/train").glob("uav_train_0000_*.txt")
+    assert sum(len(f.read_text().splitlines()) for f in labels) == expected  # not infrared.json's box per frame
+
+    (seq / "visible.mp4").rename(seq / "rgb.mp4")
+    with pytest.raises(DataError, match=r"uav_train_0000: several videos \(infrared\.mp4, rgb\.mp4\)"):
+        extract(raw, tmp_path / "ambiguous")
 
 
 def test_fix_clips_boxes_and_counts_it(tiny_raw, tmp_path):

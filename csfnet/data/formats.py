@@ -116,22 +116,31 @@ def discover(root: str | Path, fmt: str = "auto") -> list[SequenceSource]:
                 raise DataError(f"sequence {seq.name!r} is in two splits: {seen[seq.name]} and {split}")
             seen[seq.name] = split
             sources.append(_anti_uav_source(split, seq) if fmt == "anti-uav" else _mot_source(split, seq))
-    if not sources:
-        raise DataError(f"{root}: no sequences found")
+    for split in ("train", "val"):
+        if not any(s.split == split for s in sources):
+            raise DataError(f"{root}: {split}/ holds no sequence folder")
     return sources
 
 
 def _find_video(seq: Path) -> Path | None:
+    """The sequence's video: the only one, else the one named like the folder, else the RGB stream ``visible.*``
+    (Anti-UAV ships ``visible.mp4`` next to ``infrared.mp4``); several others are ambiguous and rejected."""
     videos = sorted(p for p in seq.iterdir() if p.suffix.lower() in VIDEO_SUFFIXES)
-    same_stem = [v for v in videos if v.stem == seq.name]
-    return (same_stem or videos or [None])[0]
+    if len(videos) <= 1:
+        return videos[0] if videos else None
+    preferred = [v for v in videos if v.stem == seq.name] or [v for v in videos if v.stem.lower() == "visible"]
+    if len(preferred) != 1:
+        names = ", ".join(v.name for v in videos)
+        raise DataError(f"sequence {seq.name}: several videos ({names}); keep one, or name it {seq.name}.mp4")
+    return preferred[0]
 
 
 def _anti_uav_source(split: str, seq: Path) -> SequenceSource:
     video = _find_video(seq)
     if video is None:
         raise DataError(f"sequence {seq.name}: no video (*.mp4, *.avi) in {seq}")
-    candidates = [seq / f"{video.stem}.json", seq / "visible.json", *sorted(seq.glob("*.json"))]
+    others = sorted(seq.glob("*.json"))
+    candidates = [seq / f"{video.stem}.json", seq / "visible.json", *(others if len(others) == 1 else [])]
     annotation = next((c for c in candidates if c.is_file()), None)
     if annotation is None:
         raise DataError(f"sequence {seq.name}: no annotation JSON ({video.stem}.json or visible.json) in {seq}")
