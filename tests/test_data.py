@@ -12,6 +12,7 @@ import pytest
 from ultralytics.data import YOLODataset
 from ultralytics.data.utils import check_det_dataset
 
+from csfnet.data import extract as extract_module
 from csfnet.data.extract import extract
 from csfnet.data.formats import DataError
 from csfnet.data.stats import dataset_stats
@@ -73,13 +74,15 @@ def test_synth_extract_load_with_ultralytics_counts_match(tmp_path, fmt):
     assert name == "uav_train_0000_000003.jpg"
 
 
-def test_stride_and_rerun_reuses_finished_sequences(tiny_raw, tmp_path):
+def test_stride_and_rerun_reuses_finished_sequences(tiny_raw, tmp_path, monkeypatch):
     first = extract(tiny_raw, tmp_path / "ds", stride=2)
     assert first["splits"]["train"]["images"] == 2 * TINY.frames // 2
     stamp = (tmp_path / "ds/images/val/uav_val_0000_000000.jpg").stat().st_ino
     again = extract(tiny_raw, tmp_path / "ds", stride=2)
     assert again["reused_sequences"] == 3 and again["splits"] == first["splits"]
     assert (tmp_path / "ds/images/val/uav_val_0000_000000.jpg").stat().st_ino == stamp  # linked, not re-decoded
+    monkeypatch.setattr(extract_module, "OUTPUT_VERSION", extract_module.OUTPUT_VERSION + 1)
+    assert extract(tiny_raw, tmp_path / "ds", stride=2)["reused_sequences"] == 0  # newer code writes afresh
 
 
 def _video_to_img1(seq: Path, suffix: str) -> list[Path]:

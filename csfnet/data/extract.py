@@ -40,6 +40,7 @@ from csfnet.data.io import replace_dir, staging_dir, worker_count
 
 MANIFEST = "manifest.json"
 JPEG_QUALITY = 95
+OUTPUT_VERSION = 2  # bump when the files written for a sequence change, so re-runs do not reuse older output
 
 
 @dataclass
@@ -99,7 +100,8 @@ def _plan(seq: SequenceSource, n_classes: int, fix: bool) -> tuple[SequenceSourc
 def _fingerprint(seq: SequenceSource, stride: int, fix: bool) -> str:
     media = [seq.video] if seq.video else frame_files(seq)
     parts = [f"{p.name}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in [*media, seq.annotation]]
-    return hashlib.sha256(json.dumps([parts, stride, fix]).encode()).hexdigest()[:16]
+    settings = [stride, fix, JPEG_QUALITY, OUTPUT_VERSION]
+    return hashlib.sha256(json.dumps([parts, settings]).encode()).hexdigest()[:16]
 
 
 def _reuse_previous(
