@@ -32,18 +32,21 @@ def stage_metrics(dvc_file: str | Path = "dvc.yaml") -> dict[str, dict]:
 
 def summary(metrics: dict[str, dict]) -> str:
     """Aligned ``label  figures`` lines for the stages present in ``metrics``."""
-    lines = [(label, fmt(metrics[stage])) for stage, label, fmt in _ROWS if stage in metrics]
+    rows = [(label, fmt(metrics[stage])) for stage, label, fmt in _ROWS if stage in metrics]
+    lines = [(label, text) for label, text in rows if text]
     width = max((len(label) for label, _ in lines), default=0)
     return "\n".join(f"{label:<{width}}  {text}" for label, text in lines)
 
 
 def _stats(m: dict) -> str:
-    parts = [
-        f"{split}: {s['objects']} objects, median {s['source_px']['median']:g} px, "
-        f"{100 * s['below_stride_share']:.0f}% below the {m['finest_stride']} px stride at imgsz {m['imgsz']}"
-        for split, s in m["splits"].items()
+    splits = m["splits"]
+    per_split = [
+        " / ".join(f"{s['objects']}" for s in splits.values()) + f" objects ({' / '.join(splits)})",
+        "median " + " / ".join(f"{s['source_px']['median']:g}" for s in splits.values()) + " px",
+        f"below the {m['finest_stride']} px stride at imgsz {m['imgsz']}: "
+        + " / ".join(f"{100 * s['below_stride_share']:.0f}%" for s in splits.values()),
     ]
-    return "; ".join(parts)
+    return ", ".join(per_split)
 
 
 def _tune(m: dict) -> str:
@@ -80,14 +83,17 @@ def _export(m: dict) -> str:
         failed = [name for name, check in v.get("checks", {}).items() if not check.get("passed")]
         return f"NOT verified: {', '.join(failed)} failed"
     raw = v["checks"]["raw_outputs"]["max_abs_diff"]
-    text = f"verified ({m['fp32']['size_mb']:g} MB; max |Δ| {raw:.1e}, mAP50-95 {v['map50_95']:.3f} in both)"
+    return f"verified, {m['fp32']['size_mb']:g} MB (max |Δ| {raw:.1e}, mAP50-95 {v['map50_95']:.3f} in both runtimes)"
+
+
+def _int8(m: dict) -> str:
     q = m.get("int8")
-    if q:
-        text += (
-            f"; INT8 {q['size_mb']:g} MB, {q['speedup_cpu']:.2f}x (batch 1) / {q['speedup_cpu_batch8']:.2f}x "
-            f"(batch 8) on CPU, mAP50 {q['map50_change_points']:+.1f} points"
-        )
-    return text
+    if not q:
+        return ""
+    return (
+        f"{q['size_mb']:g} MB, {q['speedup_cpu']:.2f}x (batch 1) / {q['speedup_cpu_batch8']:.2f}x (batch 8) "
+        f"faster on CPU, mAP50 {q['map50_change_points']:+.1f} points"
+    )
 
 
 def _register(m: dict) -> str:
@@ -102,5 +108,6 @@ _ROWS: list[tuple[str, str, Callable[[Any], str]]] = [
     ("eval", "AP50 by target size", _bands),
     ("robustness", "mAP50 under noise", _robustness),
     ("export", "ONNX export", _export),
+    ("export", "INT8 model", _int8),
     ("register", "MLflow registry", _register),
 ]

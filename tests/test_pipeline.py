@@ -60,10 +60,11 @@ def test_dvc_repro_runs_the_whole_pipeline(tmp_path, monkeypatch):
         "AP50 by target size",
         "mAP50 under noise",
         "ONNX export",
+        "INT8 model",
         "MLflow registry",
     ]
-    assert f"mAP50 {eval_metrics['map50']:.3f}" in summary[2] and "verified" in summary[5]
-    assert "version 1: champion" in summary[6]
+    assert f"mAP50 {eval_metrics['map50']:.3f}" in summary[2] and summary[5].split()[2] == "verified,"
+    assert "version 1: champion" in summary[7]
     subprocess.run([tool("dvc"), "plots", "show", "-o", "plots"], cwd=repo, env=env, check=True, capture_output=True)
     assert (repo / "plots" / "index.html").is_file()
     assert (repo / "runs/train/weights/best.pt").is_file()
