@@ -145,7 +145,8 @@ def tune(
         return result
 
     work_dir.mkdir(parents=True, exist_ok=True)
-    storage_url = settings.storage or os.environ.get(STORAGE_ENV) or f"sqlite:///{(work_dir / 'study.db').resolve()}"
+    # a relative work dir gives a relative SQLite URL, so best_partition.json (a DVC output) is the same on every clone
+    storage_url = settings.storage or os.environ.get(STORAGE_ENV) or f"sqlite:///{work_dir / 'study.db'}"
     name = settings.study_name or _study_name(model, data, settings)
     study = _load_study(name, storage_url, settings, worker, _baseline(config, settings))
     objective = _Objective(settings, data, model, nc, preset, device, work_dir, track, worker)
