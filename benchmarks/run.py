@@ -4,7 +4,8 @@
 2. Frame extraction throughput (video frames processed per second) against decode-only throughput of the same
    videos with the same decoder (OpenCV), with 1 worker and with every core, keeping every frame (stride 1) and
    every 2nd frame (params.yaml's default); medians of ``--repeats`` runs, datasets written to ``--scratch``
-   (default: the system's temporary folder; ``/dev/shm`` takes the disk out of the measurement).
+   (default: the system's temporary folder; ``/dev/shm`` takes the disk out of the measurement); then the per-frame
+   decode and JPEG-encode costs, and the ceiling they put on the stride-1 ratio.
 3. Deployment runtimes: PyTorch eager, onnxruntime FP32 and INT8 (and onnxruntime's CUDA provider when a GPU is
    present), batch 1 and 8, on trained weights (``--weights``, default runs/train/weights/best.pt) or, without them,
    an untrained CSF-Net-n (timing only).
@@ -31,7 +32,7 @@ import cv2
 import torch
 
 import csfnet  # noqa: F401  (offline defaults)
-from csfnet.data.extract import extract, video_frames
+from csfnet.data.extract import JPEG_QUALITY, extract, video_frames
 from csfnet.data.synth import SynthSpec, generate
 from csfnet.export import onnx_export, ort_latency_ms, quantize_int8
 from csfnet.model import build_model, model_summary
@@ -64,6 +65,24 @@ def decode_fps(videos: list[str], workers: int, repeats: int) -> tuple[float, in
             frames = sum(pool.map(_decode, videos))
         rates.append(frames / (time.perf_counter() - start))
     return statistics.median(rates), frames
+
+
+def jpeg_ceiling(videos: list[str]) -> tuple[float, float]:
+    """Per-frame decode and JPEG-encode cost (ms, one process, same frames and quality as extraction).
+
+    Extraction must do both for every kept frame, so at stride 1 its throughput cannot exceed
+    decode / (decode + encode) of decode-only, whatever the parallelism.
+    """
+    cv2.setNumThreads(1)
+    frames, start = [], time.perf_counter()
+    for video in videos:
+        frames += list(video_frames(Path(video)))
+    decode = time.perf_counter() - start
+    start = time.perf_counter()
+    for frame in frames:
+        cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
+    encode = time.perf_counter() - start
+    return 1000 * decode / len(frames), 1000 * encode / len(frames)
 
 
 def extract_fps(raw: Path, scratch: Path, workers: int, stride: int, frames: int, repeats: int) -> float:
@@ -172,6 +191,11 @@ def main() -> None:
                     ext = extract_fps(raw, scratch, workers, stride, frames, args.repeats)
                     print(f"{workers:>7} {stride:>6} {dec:>11.0f} {ext:>12.0f} {ext / dec:>6.2f}")
             shutil.rmtree(scratch)
+            dec_ms, enc_ms = jpeg_ceiling(videos)
+            print(
+                f"per frame (1 process): decode {dec_ms:.3f} ms, JPEG q{JPEG_QUALITY} encode {enc_ms:.3f} ms -> "
+                f"stride-1 ceiling {dec_ms / (dec_ms + enc_ms):.2f} of decode-only"
+            )
         if "deploy" in args.only:
             print(f"\n## Deployment runtimes, imgsz {args.imgsz} (median of {args.repeats} runs)")
             data = Path(tmp) / "calib"
