@@ -111,14 +111,14 @@ def discover(root: str | Path, fmt: str = "auto") -> list[SequenceSource]:
         raise DataError(f"{root}: needs train/ and val/ folders (found: {splits or 'none'})")
     sources, seen = [], {}
     for split in splits:
-        for seq in sorted(p for p in (root / split).iterdir() if p.is_dir()):
+        folders = sorted(p for p in (root / split).iterdir() if p.is_dir())
+        if not folders and split in ("train", "val"):
+            raise DataError(f"{root}: {split}/ holds no sequence folder")
+        for seq in folders:
             if seq.name in seen:
                 raise DataError(f"sequence {seq.name!r} is in two splits: {seen[seq.name]} and {split}")
             seen[seq.name] = split
             sources.append(_anti_uav_source(split, seq) if fmt == "anti-uav" else _mot_source(split, seq))
-    for split in ("train", "val"):
-        if not any(s.split == split for s in sources):
-            raise DataError(f"{root}: {split}/ holds no sequence folder")
     return sources
 
 
