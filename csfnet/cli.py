@@ -487,12 +487,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``csfnet`` console command."""
     args = build_parser().parse_args(argv)
-    from csfnet.data.formats import DataError
-    from csfnet.export import VerificationError
+    from csfnet.errors import CsfnetError
 
     try:
         return args.func(args)
-    except (DataError, FileNotFoundError, ValueError, VerificationError) as e:
+    except (CsfnetError, FileNotFoundError, ValueError) as e:
         print(f"csfnet {args.command}: error: {e}", file=sys.stderr)
         return 2
 

@@ -30,15 +30,12 @@ from tqdm import tqdm
 from csfnet.data.dataset import split_images
 from csfnet.data.io import write_json
 from csfnet.detector import preprocess, session
+from csfnet.errors import VerificationError
 
 RAW_TOL = 1e-3  # absolute, on the raw head output
 BOX_TOL_PX = 1.0
 MAP_TOL = 0.005
 CPU = ["CPUExecutionProvider"]
-
-
-class VerificationError(RuntimeError):
-    """The exported model does not reproduce the PyTorch model; the report says which check failed."""
 
 
 @dataclass

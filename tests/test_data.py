@@ -14,7 +14,7 @@ from ultralytics.data.utils import check_det_dataset
 
 from csfnet.data import extract as extract_module
 from csfnet.data.extract import extract
-from csfnet.data.formats import DataError
+from csfnet.errors import DataError
 from csfnet.data.stats import dataset_stats
 from csfnet.data.synth import SynthSpec, generate
 

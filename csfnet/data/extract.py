@@ -27,7 +27,6 @@ from csfnet.data.formats import (
     IMAGE_SUFFIXES,
     Annotations,
     Box,
-    DataError,
     Fixes,
     SequenceSource,
     detect_format,
@@ -37,6 +36,7 @@ from csfnet.data.formats import (
     read_annotations,
 )
 from csfnet.data.io import replace_dir, staging_dir, worker_count
+from csfnet.errors import DataError
 
 MANIFEST = "manifest.json"
 JPEG_QUALITY = 95

@@ -14,14 +14,12 @@ from pathlib import Path
 
 import cv2
 
+from csfnet.errors import DataError
+
 SPLITS = ("train", "val", "test")
 FORMATS = ("auto", "anti-uav", "mot", "yolo")
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
-
-
-class DataError(ValueError):
-    """Bad input data; the message says where (sequence, file, frame) and what is wrong."""
 
 
 @dataclass(frozen=True)
