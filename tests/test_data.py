@@ -14,9 +14,9 @@ from ultralytics.data.utils import check_det_dataset
 
 from csfnet.data import extract as extract_module
 from csfnet.data.extract import extract
-from csfnet.errors import DataError
 from csfnet.data.stats import dataset_stats
 from csfnet.data.synth import SynthSpec, generate
+from csfnet.errors import DataError
 
 from .conftest import TINY
 
@@ -205,9 +205,26 @@ def test_anti_uav_release_layout_uses_the_visible_stream_and_a_test_split(tmp_pa
     labels = (tmp_path / "ds/labels/train").glob("uav_train_0000_*.txt")
     assert sum(len(f.read_text().splitlines()) for f in labels) == expected  # not infrared.json's box per frame
 
-    (seq / "visible.mp4").rename(seq / "rgb.mp4")
-    with pytest.raises(DataError, match=r"uav_train_0000: several videos \(infrared\.mp4, rgb\.mp4\)"):
+    (seq / "visible.mp4").rename(seq / "zoom.mp4")
+    with pytest.raises(DataError, match=r"uav_train_0000: several videos \(infrared\.mp4, zoom\.mp4\)"):
         extract(raw, tmp_path / "ambiguous")
+    assert not (tmp_path / "ambiguous").exists()
+
+
+def test_anti_uav_first_release_uses_rgb_beside_ir_and_label_suffix(tmp_path):
+    """Anti-UAV's first release: RGB.mp4 + RGB_label.json next to IR.mp4 + IR_label.json; later `<stem>_label.json`."""
+    raw = generate(tmp_path / "raw", SynthSpec(**{**TINY.__dict__, "format": "anti-uav"}))
+    seq = raw / "train/uav_train_0000"
+    (seq / "uav_train_0000.mp4").rename(seq / "RGB.mp4")
+    (seq / "uav_train_0000.json").rename(seq / "RGB_label.json")
+    shutil.copy(raw / "train/uav_train_0001/uav_train_0001.mp4", seq / "IR.mp4")
+    (seq / "IR_label.json").write_text(json.dumps({"exist": [1] * TINY.frames, "gt_rect": [[1, 1, 3, 3]] * 9}))
+    other = raw / "train/uav_train_0001"
+    (other / "uav_train_0001.json").rename(other / "uav_train_0001_label.json")
+    report = extract(raw, tmp_path / "ds", workers=2)
+    rgb = json.loads((seq / "RGB_label.json").read_text())
+    assert report["sequences"]["train/uav_train_0000"]["media"] == "RGB.mp4"
+    assert report["sequences"]["train/uav_train_0000"]["objects"] == sum(rgb["exist"])
 
 
 def test_fix_clips_boxes_and_counts_it(tiny_raw, tmp_path):
@@ -253,3 +270,13 @@ def test_stats_report_sizes_share_below_stride_and_plot(tiny_data, tmp_path):
     assert (tmp_path / "stats/size_histogram.png").stat().st_size > 5000
     big = dataset_stats(tiny_data, imgsz=1024)
     assert big["splits"]["train"]["below_stride_share"] < train["below_stride_share"]
+
+
+def test_stats_compare_downscaling_with_tiles_and_recommend(tiny_data):
+    """96x64 frames: at imgsz 32 whole frames shrink 3x; 32 px tiles keep native scale."""
+    stats = dataset_stats(tiny_data, imgsz=32, tile=32)
+    tiling = stats["tiling"]
+    assert tiling["tile_below_stride"] + 0.05 <= tiling["downscale_below_stride"]
+    assert tiling["recommendation"] == "tile" and "extract.tile: 32" in tiling["reason"]
+    whole = dataset_stats(tiny_data, imgsz=32, tile=128)["tiling"]  # frames fit in a tile: nothing to gain
+    assert whole["recommendation"] == "downscale" and whole["tile_below_stride"] == whole["downscale_below_stride"]

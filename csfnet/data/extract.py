@@ -2,6 +2,8 @@
 
 Output: ``images/<split>/<sequence>_<frame>.jpg`` and ``labels/<split>/<same stem>.txt`` (``<frame>`` is the 0-based
 frame index in six digits; frames without targets are kept as negatives), ``data.yaml``, and ``report.json``.
+With ``tile`` > 0, frames of the tiled splits larger than the tile become native-resolution tiles named
+``<sequence>_<frame>_x<x>_y<y>`` (see :mod:`csfnet.data.tiles`); other splits keep whole frames.
 Everything is written to a staging folder and renamed into place only when complete. Sequences already extracted
 with the same inputs and options are reused (hard-linked) instead of decoded again.
 """
@@ -14,7 +16,7 @@ import os
 import shutil
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from itertools import repeat
 from pathlib import Path
 
@@ -36,11 +38,27 @@ from csfnet.data.formats import (
     read_annotations,
 )
 from csfnet.data.io import replace_dir, staging_dir, worker_count
+from csfnet.data.tiles import check_tiling, choose_negatives, clip_boxes, grid, tile_name
 from csfnet.errors import DataError
 
 MANIFEST = "manifest.json"
 JPEG_QUALITY = 95
-OUTPUT_VERSION = 2  # bump when the files written for a sequence change, so re-runs do not reuse older output
+OUTPUT_VERSION = 3  # bump when the files written for a sequence change, so re-runs do not reuse older output
+
+
+@dataclass(frozen=True)
+class Tiling:
+    """How frames of the tiled splits are cut (``tile`` 0: never)."""
+
+    tile: int = 0
+    overlap: float = 0.2
+    min_visible: float = 0.5
+    negatives: float = 1.0
+    splits: tuple[str, ...] = ("train",)
+    seed: int = 0
+
+    def applies(self, split: str) -> bool:
+        return self.tile > 0 and split in self.splits
 
 
 @dataclass
@@ -50,9 +68,11 @@ class SequenceResult:
     key: str
     fingerprint: str
     files: list[str]  # image paths relative to the dataset root
-    frames: int
+    frames: int  # images written (frames or tiles)
     boxes: int
     fixes: dict[str, int]
+    decoded: int = 0  # frames in the source
+    tiles: dict[str, int] = field(default_factory=dict)  # positives, negatives, clipped, dropped (tiled splits)
 
 
 def extract(
@@ -63,54 +83,96 @@ def extract(
     names: tuple[str, ...] = ("uav",),
     fix: bool = False,
     workers: int | None = None,
+    tiling: Tiling = Tiling(),
+    report_dir: str | Path | None = None,
 ) -> dict:
-    """Validate ``source`` and write the YOLO dataset ``out``; return the extraction report."""
+    """Validate ``source`` and write the YOLO dataset ``out``; return the extraction report.
+
+    ``report_dir``: also write the ingestion report there (``ingest.json``, ``ingest.html``, see
+    :mod:`csfnet.data.report`).
+    """
     source, out = Path(source), Path(out)
     if stride < 1:
         raise DataError(f"stride must be >= 1, got {stride}")
-    if (fmt if fmt != "auto" else detect_format(source)) == "yolo":
-        return _import_yolo(source, out, names)
+    check_tiling(tiling.tile, tiling.overlap, tiling.min_visible, tiling.negatives)
+    if fmt in ("auto", "yolo") and detect_format(source) == "yolo":
+        report = _import_yolo(source, out, names)
+    else:
+        report = _extract_sequences(source, out, stride, fmt, tuple(names), fix, workers, tiling)
+    if report_dir is not None:
+        from csfnet.data.report import write_report
+
+        write_report(report, out, report_dir)
+    return report
+
+
+def _extract_sequences(
+    source: Path,
+    out: Path,
+    stride: int,
+    fmt: str,
+    names: tuple[str, ...],
+    fix: bool,
+    workers: int | None,
+    tiling: Tiling,
+) -> dict:
     sequences = discover(source, fmt)
     previous = _read_manifest(out)
     with ProcessPoolExecutor(worker_count(workers, len(sequences))) as pool, staging_dir(out) as tmp:
         try:
-            validate = pool.map(_plan, sequences, repeat(len(names)), repeat(fix))
+            validate = pool.map(_plan, sequences, repeat(names), repeat(fix))
             plans = list(tqdm(validate, total=len(sequences), desc="validate", unit="seq"))
-            results, todo = _reuse_previous(plans, previous, out, tmp, stride, fix)
+            results, todo = _reuse_previous(plans, previous, out, tmp, stride, fix, tiling)
             reused = len(results)
-            futures = [pool.submit(_extract_sequence, tmp, *job, stride, fix) for job in todo]
+            futures = [pool.submit(_extract_sequence, tmp, *job, stride, fix, tiling) for job in todo]
             for future in tqdm(futures, desc="extract", unit="seq"):
                 results.append(future.result())
         except BaseException:
             pool.shutdown(cancel_futures=True)  # fail now, not after every queued sequence has been decoded
             raise
-        report = _report(results, reused, stride, names)
+        report = _report(plans, results, reused, stride, names, tiling)
         _write_dataset_files(tmp, results, report, names)
         replace_dir(tmp, out)
     return report
 
 
-def _plan(seq: SequenceSource, n_classes: int, fix: bool) -> tuple[SequenceSource, Annotations, tuple]:
-    """Validate one sequence (size probe and annotations; runs in a worker process, all before any frame is written)."""
+def _plan(seq: SequenceSource, names: tuple[str, ...], fix: bool) -> tuple[SequenceSource, Annotations, tuple, dict]:
+    """Validate one sequence (size probe and annotations; runs in a worker process, all before any frame is written)
+    and describe its source (resolution, fps, codec)."""
     width, height, stated = probe_size(seq)
-    ann = read_annotations(seq, width, height, n_classes, fix)
-    return seq, ann, (width, height, stated)
+    ann = read_annotations(seq, width, height, len(names), fix, names)
+    return seq, ann, (width, height, stated), _source_info(seq, width, height)
 
 
-def _fingerprint(seq: SequenceSource, stride: int, fix: bool) -> str:
+def _source_info(seq: SequenceSource, width: int, height: int) -> dict:
+    info: dict = {"format": seq.format, "media": seq.media.name, "width": width, "height": height}
+    if seq.video is None:
+        return info | {"fps": None, "codec": next(iter(frame_files(seq))).suffix.lstrip(".").lower()}
+    cap = cv2.VideoCapture(str(seq.video))
+    try:
+        fourcc = int(cap.get(cv2.CAP_PROP_FOURCC))
+        codec = "".join(chr((fourcc >> (8 * i)) & 0xFF) for i in range(4)).strip("\x00 ") or "unknown"
+        return info | {"fps": round(float(cap.get(cv2.CAP_PROP_FPS)), 3) or None, "codec": codec}
+    finally:
+        cap.release()
+
+
+def _fingerprint(seq: SequenceSource, stride: int, fix: bool, tiling: Tiling) -> str:
     media = [seq.video] if seq.video else frame_files(seq)
-    parts = [f"{p.name}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in [*media, seq.annotation]]
-    settings = [stride, fix, JPEG_QUALITY, OUTPUT_VERSION]
+    labels = sorted(seq.annotation.glob("*.txt")) if seq.annotation.is_dir() else [seq.annotation]
+    parts = [f"{p.name}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in [*media, *labels]]
+    cut = asdict(tiling) if tiling.applies(seq.split) else None
+    settings = [stride, fix, JPEG_QUALITY, OUTPUT_VERSION, cut]
     return hashlib.sha256(json.dumps([parts, settings]).encode()).hexdigest()[:16]
 
 
 def _reuse_previous(
-    plans: list[tuple], previous: dict[str, dict], out: Path, tmp: Path, stride: int, fix: bool
+    plans: list[tuple], previous: dict[str, dict], out: Path, tmp: Path, stride: int, fix: bool, tiling: Tiling
 ) -> tuple[list[SequenceResult], list[tuple]]:
     """Link unchanged sequences of the previous extraction into ``tmp``; return them and the jobs still to run."""
     reused, todo = [], []
-    for seq, ann, size in plans:
-        fingerprint = _fingerprint(seq, stride, fix)
+    for seq, ann, size, _ in plans:
+        fingerprint = _fingerprint(seq, stride, fix, tiling)
         done = previous.get(seq.key)
         if done and done["fingerprint"] == fingerprint and _link_previous(out, tmp, done):
             reused.append(SequenceResult(**done))
@@ -140,16 +202,16 @@ def _link_previous(out: Path, tmp: Path, done: dict) -> bool:
     return True
 
 
-def _frames(seq: SequenceSource, stride: int = 1) -> Iterator[np.ndarray | Path | None]:
-    """Yield a sequence's frames in order: BGR arrays, ``None`` for frames the stride drops, and for ``img1/``
-    folders the path of frames that are already JPEG files (copied byte for byte: re-encoding would add a second
-    round of compression artefacts to targets a few pixels wide)."""
+def _frames(seq: SequenceSource, stride: int = 1, decode: bool = False) -> Iterator[np.ndarray | Path | None]:
+    """Yield a sequence's frames in order: BGR arrays, ``None`` for frames the stride drops, and for frame folders
+    the path of frames that are already JPEG files (copied byte for byte: re-encoding would add a second round of
+    compression artefacts to targets a few pixels wide) unless ``decode`` (tiles need the pixels)."""
     if seq.frames_dir is not None:
         for index, path in enumerate(frame_files(seq)):
             if index % stride:
                 yield None
                 continue
-            is_jpeg = path.suffix.lower() in (".jpg", ".jpeg")
+            is_jpeg = path.suffix.lower() in (".jpg", ".jpeg") and not decode
             image = cv2.imread(str(path), cv2.IMREAD_REDUCED_GRAYSCALE_8 if is_jpeg else cv2.IMREAD_COLOR)
             if image is None:
                 raise DataError(f"sequence {seq.name}: cannot read frame image {path} (frame {index})")
@@ -181,9 +243,16 @@ def video_frames(video: Path, stride: int = 1) -> Iterator[np.ndarray | None]:
 
 
 def _extract_sequence(
-    root: Path, seq: SequenceSource, ann: Annotations, size: tuple, fingerprint: str, stride: int, fix: bool
+    root: Path,
+    seq: SequenceSource,
+    ann: Annotations,
+    size: tuple,
+    fingerprint: str,
+    stride: int,
+    fix: bool,
+    tiling: Tiling,
 ) -> SequenceResult:
-    """Decode one sequence and write every ``stride``-th frame with its labels (runs in a worker process)."""
+    """Decode one sequence and write every ``stride``-th frame (or its tiles) with its labels (in a worker)."""
     cv2.setNumThreads(1)
     width, height, stated = size
     images, labels = root / "images" / seq.split, root / "labels" / seq.split
@@ -191,7 +260,26 @@ def _extract_sequence(
     labels.mkdir(parents=True, exist_ok=True)
     fixes, files, n_boxes, decoded = Fixes(**vars(ann.fixes)), [], 0, 0
     limit = seq.expected_frames
-    for index, frame in enumerate(_frames(seq, stride)):
+    cut = tiling.applies(seq.split) and (width > tiling.tile or height > tiling.tile)
+    tiles = grid(width, height, tiling.tile, tiling.overlap) if cut else []
+    keep_negatives, counts = set(), {"positives": 0, "negatives": 0, "clipped": 0, "dropped": 0}
+    if cut:  # planned on the frame count the source states; frames beyond it contribute positives only
+        planned = range(0, limit or stated or max(ann.boxes, default=-1) + 1, stride)
+        keep_negatives = choose_negatives(
+            ann.boxes, planned, tiles, tiling.negatives, tiling.seed, seq.key, tiling.min_visible
+        )
+
+    def write(stem: str, image: np.ndarray | Path, boxes: list[Box], w: int, h: int) -> None:
+        nonlocal n_boxes
+        if isinstance(image, Path):
+            shutil.copyfile(image, images / f"{stem}.jpg")
+        elif not cv2.imwrite(str(images / f"{stem}.jpg"), image, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY]):
+            raise OSError(f"cannot write {images / stem}.jpg")
+        (labels / f"{stem}.txt").write_text("".join(_yolo_line(b, w, h) for b in boxes))
+        files.append(f"images/{seq.split}/{stem}.jpg")
+        n_boxes += len(boxes)
+
+    for index, frame in enumerate(_frames(seq, stride, decode=cut)):
         decoded = index + 1
         if limit is not None and index >= limit:
             if not fix:
@@ -200,17 +288,22 @@ def _extract_sequence(
             continue
         if frame is None:
             continue
-        stem = f"{seq.name}_{index:06d}"
-        if isinstance(frame, Path):
-            shutil.copyfile(frame, images / f"{stem}.jpg")
-        elif not cv2.imwrite(str(images / f"{stem}.jpg"), frame, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY]):
-            raise OSError(f"cannot write {images / stem}.jpg")
         boxes = ann.boxes.get(index, [])
-        (labels / f"{stem}.txt").write_text("".join(_yolo_line(b, width, height) for b in boxes))
-        files.append(f"images/{seq.split}/{stem}.jpg")
-        n_boxes += len(boxes)
+        if not cut:
+            write(tile_name(seq.name, index), frame, boxes, width, height)
+            continue
+        for t in tiles:
+            kept, dropped, clipped = clip_boxes(boxes, t, tiling.min_visible)
+            counts["dropped"] += dropped
+            counts["clipped"] += clipped
+            if not kept and (index, t.x, t.y) not in keep_negatives:
+                continue
+            counts["positives" if kept else "negatives"] += 1
+            write(tile_name(seq.name, index, t), frame[t.y : t.y + t.h, t.x : t.x + t.w], kept, t.w, t.h)
     _check_length(seq, ann, decoded, stated, fix, fixes)
-    return SequenceResult(seq.key, fingerprint, files, len(files), n_boxes, asdict(fixes))
+    return SequenceResult(
+        seq.key, fingerprint, files, len(files), n_boxes, asdict(fixes), decoded, counts if cut else {}
+    )
 
 
 def _check_length(seq: SequenceSource, ann: Annotations, decoded: int, stated: int | None, fix: bool, fixes: Fixes):
@@ -239,21 +332,69 @@ def _yolo_line(box: Box, width: int, height: int) -> str:
     return f"{box.cls} {cx:.6f} {cy:.6f} {box.w / width:.6f} {box.h / height:.6f}\n"
 
 
-def _report(results: list[SequenceResult], reused: int, stride: int, names: tuple[str, ...]) -> dict:
-    splits: dict[str, dict[str, int]] = {}
+PERCENTILES = (5, 25, 50, 75, 95)
+HISTOGRAM_EDGES = [*range(0, 65, 2), 128]
+
+
+def size_percentiles(sizes: list[float] | np.ndarray) -> dict[str, float]:
+    """Percentiles of object sizes (sqrt of box area, px) as ``{"p5": ..., "p95": ...}`` (zeros when empty)."""
+    values = np.percentile(sizes, PERCENTILES) if len(sizes) else np.zeros(len(PERCENTILES))
+    return {f"p{q}": round(float(v), 2) for q, v in zip(PERCENTILES, values)}
+
+
+def _report(
+    plans: list[tuple],
+    results: list[SequenceResult],
+    reused: int,
+    stride: int,
+    names: tuple[str, ...],
+    tiling: Tiling,
+) -> dict:
+    """Counts per split (images, boxes, negatives as before) and per sequence: resolution, fps, codec, frames,
+    annotated frames, objects, source object size percentiles, repairs, tiles."""
+    by_key = {r.key: r for r in results}
+    splits: dict[str, dict] = {}
+    sequences: dict[str, dict] = {}
+    sizes_by_split: dict[str, list[float]] = {}
     fixes = Fixes()
-    for r in results:
-        split = splits.setdefault(r.key.split("/")[0], {"sequences": 0, "images": 0, "boxes": 0, "negatives": 0})
+    for seq, ann, _size, info in sorted(plans, key=lambda plan: plan[0].key):
+        r = by_key[seq.key]
+        split = splits.setdefault(seq.split, {"sequences": 0, "images": 0, "boxes": 0, "negatives": 0})
         split["sequences"] += 1
         split["images"] += r.frames
         split["boxes"] += r.boxes
         fixes.add(Fixes(**r.fixes))
+        sizes = [float(np.sqrt(b.w * b.h)) for boxes in ann.boxes.values() for b in boxes]
+        sizes_by_split.setdefault(seq.split, []).extend(sizes)
+        sequences[seq.key] = info | {
+            "split": seq.split,
+            "frames": r.decoded,
+            "annotated_frames": len(ann.boxes),
+            "objects": ann.count,
+            "size_px": size_percentiles(sizes),
+            "images": r.frames,
+            "boxes": r.boxes,
+            "fixes": r.fixes,
+            "tiles": r.tiles,
+        }
+    for name, split in splits.items():
+        members = [s for s in sequences.values() if s["split"] == name]
+        split["frames"] = sum(s["frames"] for s in members)
+        split["annotated_frames"] = sum(s["annotated_frames"] for s in members)
+        split["objects"] = sum(s["objects"] for s in members)
+        split["resolutions"] = sorted({f"{s['width']}x{s['height']}" for s in members})
+        split["size_px"] = size_percentiles(sizes_by_split[name])
+        counts, _ = np.histogram(np.minimum(sizes_by_split[name], HISTOGRAM_EDGES[-1] - 1e-6), HISTOGRAM_EDGES)
+        split["size_histogram"] = {"edges": HISTOGRAM_EDGES, "counts": counts.tolist()}  # last bin: 64 px and more
+        split["tiled"] = tiling.applies(name)
     return {
         "splits": splits,
         "fixes": asdict(fixes),
         "reused_sequences": reused,
         "stride": stride,
         "names": list(names),
+        "tiling": asdict(tiling),
+        "sequences": sequences,
     }
 
 

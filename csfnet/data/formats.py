@@ -1,8 +1,20 @@
-"""Readers and validators for raw micro-UAV datasets: Anti-UAV, MOT and already extracted YOLO layouts.
+"""Readers and validators for raw micro-UAV datasets: Anti-UAV, MOT, Drone-vs-Bird and YOLO-frame sequences.
 
-A raw root holds ``train/`` and ``val/`` (optionally ``test/``) with one folder per sequence. Every problem is
-reported as a ``DataError`` naming the sequence, the file and the frame; repairs (clipping boxes, dropping invalid
-ones, skipping unannotated frames) happen only when ``fix`` is on, and each one is counted.
+A raw root holds ``train/`` and ``val/`` (optionally ``test/``) with one folder per sequence; the layout is detected
+per sequence, so one root can mix them (a root that is itself an extracted YOLO dataset, ``images/`` + ``labels/``,
+is imported as a whole). Every problem is reported as a ``DataError`` naming the sequence, the file and the frame;
+repairs (clipping boxes, dropping invalid ones, skipping unannotated frames) happen only when ``fix`` is on, and
+each one is counted.
+
+Sequence layouts (``<seq>/`` is one folder under a split):
+
+- Anti-UAV: a video + JSON ``{"exist": [...], "gt_rect": [[x, y, w, h], ...]}`` named ``<video stem>.json``,
+  ``<video stem>_label.json`` or ``visible.json``; with several videos (``visible.mp4`` + ``infrared.mp4``, or the
+  first release's ``RGB.mp4`` + ``IR.mp4``) the one named like the folder, else the RGB/visible stream, is used.
+- MOT: ``gt/gt.txt`` (``frame,id,x,y,w,h,conf,class,visibility``, 1-based frames) + a video or ``img1/`` frames.
+- Drone-vs-Bird: a video + ``<video stem>.txt``, one line per frame: ``frame num_objects x y w h class ...``
+  (0-based frames; ``class`` a number or a class name such as ``drone``).
+- YOLO frames: ``images/`` (frame images in order) + ``labels/<image stem>.txt`` (``class cx cy w h``, normalised).
 """
 
 from __future__ import annotations
@@ -17,7 +29,9 @@ import cv2
 from csfnet.errors import DataError
 
 SPLITS = ("train", "val", "test")
-FORMATS = ("auto", "anti-uav", "mot", "yolo")
+FORMATS = ("auto", "anti-uav", "mot", "drone-vs-bird", "yolo")
+SEQUENCE_FORMATS = ("anti-uav", "mot", "drone-vs-bird", "yolo")
+CLASS_ALIASES = {"drone": "uav", "uav": "drone"}  # Drone-vs-Bird says "drone" where this project says "uav"
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 
@@ -82,31 +96,40 @@ class Annotations:
 
 
 def detect_format(root: Path) -> str:
-    """Guess the layout of a raw root from its files."""
-    if (root / "images").is_dir() and (root / "labels").is_dir():
+    """``yolo`` when the root itself is an extracted YOLO dataset (``images/`` + ``labels/``), else ``auto``
+    (sequence folders whose layouts are detected one by one)."""
+    return "yolo" if (root / "images").is_dir() and (root / "labels").is_dir() else "auto"
+
+
+def sequence_format(seq: Path) -> str:
+    """The layout of one sequence folder, from its files."""
+    if (seq / "gt" / "gt.txt").is_file():
+        return "mot"
+    if (seq / "images").is_dir() and (seq / "labels").is_dir():
         return "yolo"
-    for split in SPLITS:
-        for seq in sorted(p for p in (root / split).glob("*") if p.is_dir()):
-            if (seq / "gt" / "gt.txt").is_file():
-                return "mot"
-            if any(seq.glob("*.json")):
-                return "anti-uav"
-    raise DataError(f"{root}: cannot detect the format: no images/+labels/, no <split>/<seq>/gt/gt.txt, no *.json")
+    if any(seq.glob("*.json")):
+        return "anti-uav"
+    videos = {p.stem for p in seq.iterdir() if p.suffix.lower() in VIDEO_SUFFIXES}
+    if any(p.stem in videos for p in seq.glob("*.txt")):
+        return "drone-vs-bird"
+    raise DataError(
+        f"sequence {seq.name}: cannot tell its layout in {seq}: expected gt/gt.txt (MOT), images/ + labels/ "
+        "(YOLO frames), a video + JSON (Anti-UAV) or a video + <video stem>.txt (Drone-vs-Bird)"
+    )
 
 
 def discover(root: str | Path, fmt: str = "auto") -> list[SequenceSource]:
-    """List the sequences of a raw Anti-UAV or MOT root, checking that no sequence appears in two splits."""
+    """List the sequences of a raw root (layout detected per sequence unless ``fmt`` forces one), checking that no
+    sequence appears in two splits."""
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"{root}: raw data folder not found")
     if fmt not in FORMATS:
         raise DataError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
-    fmt = detect_format(root) if fmt == "auto" else fmt
-    if fmt == "yolo":
-        raise DataError(f"{root}: a YOLO dataset has no sequences to discover; use read_yolo_dataset")
     splits = [s for s in SPLITS if (root / s).is_dir()]
     if "train" not in splits or "val" not in splits:
         raise DataError(f"{root}: needs train/ and val/ folders (found: {splits or 'none'})")
+    readers = {"anti-uav": _anti_uav_source, "mot": _mot_source, "drone-vs-bird": _dvb_source, "yolo": _yolo_source}
     sources, seen = [], {}
     for split in splits:
         folders = sorted(p for p in (root / split).iterdir() if p.is_dir())
@@ -116,17 +139,18 @@ def discover(root: str | Path, fmt: str = "auto") -> list[SequenceSource]:
             if seq.name in seen:
                 raise DataError(f"sequence {seq.name!r} is in two splits: {seen[seq.name]} and {split}")
             seen[seq.name] = split
-            sources.append(_anti_uav_source(split, seq) if fmt == "anti-uav" else _mot_source(split, seq))
+            sources.append(readers[sequence_format(seq) if fmt == "auto" else fmt](split, seq))
     return sources
 
 
 def _find_video(seq: Path) -> Path | None:
-    """The sequence's video: the only one, else the one named like the folder, else the RGB stream ``visible.*``
-    (Anti-UAV ships ``visible.mp4`` next to ``infrared.mp4``); several others are ambiguous and rejected."""
+    """The sequence's video: the only one, else the one named like the folder, else the RGB stream (Anti-UAV ships
+    ``visible.mp4`` next to ``infrared.mp4``, its first release ``RGB.mp4`` next to ``IR.mp4``); several others are
+    ambiguous and rejected."""
     videos = sorted(p for p in seq.iterdir() if p.suffix.lower() in VIDEO_SUFFIXES)
     if len(videos) <= 1:
         return videos[0] if videos else None
-    preferred = [v for v in videos if v.stem == seq.name] or [v for v in videos if v.stem.lower() == "visible"]
+    preferred = [v for v in videos if v.stem == seq.name] or [v for v in videos if v.stem.lower() in ("visible", "rgb")]
     if len(preferred) != 1:
         names = ", ".join(v.name for v in videos)
         raise DataError(f"sequence {seq.name}: several videos ({names}); keep one, or name it {seq.name}.mp4")
@@ -138,11 +162,28 @@ def _anti_uav_source(split: str, seq: Path) -> SequenceSource:
     if video is None:
         raise DataError(f"sequence {seq.name}: no video (*.mp4, *.avi) in {seq}")
     others = sorted(seq.glob("*.json"))
-    candidates = [seq / f"{video.stem}.json", seq / "visible.json", *(others if len(others) == 1 else [])]
+    names = (f"{video.stem}.json", f"{video.stem}_label.json", "visible.json")
+    candidates = [seq / n for n in names] + (others if len(others) == 1 else [])
     annotation = next((c for c in candidates if c.is_file()), None)
     if annotation is None:
-        raise DataError(f"sequence {seq.name}: no annotation JSON ({video.stem}.json or visible.json) in {seq}")
+        raise DataError(f"sequence {seq.name}: no annotation JSON ({' or '.join(names)}) in {seq}")
     return SequenceSource(split, seq.name, "anti-uav", annotation, video=video)
+
+
+def _dvb_source(split: str, seq: Path) -> SequenceSource:
+    video = _find_video(seq)
+    if video is None:
+        raise DataError(f"sequence {seq.name}: no video (*.mp4, *.avi) in {seq}")
+    annotation = seq / f"{video.stem}.txt"
+    if not annotation.is_file():
+        raise DataError(f"sequence {seq.name}: missing Drone-vs-Bird annotation file {annotation}")
+    return SequenceSource(split, seq.name, "drone-vs-bird", annotation, video=video)
+
+
+def _yolo_source(split: str, seq: Path) -> SequenceSource:
+    if not (seq / "images").is_dir() or not (seq / "labels").is_dir():
+        raise DataError(f"sequence {seq.name}: a YOLO-frame sequence needs images/ and labels/ in {seq}")
+    return SequenceSource(split, seq.name, "yolo", seq / "labels", frames_dir=seq / "images")
 
 
 def _mot_source(split: str, seq: Path) -> SequenceSource:
@@ -185,14 +226,28 @@ def frame_files(source: SequenceSource) -> list[Path]:
     return sorted(p for p in source.frames_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
 
 
-def read_annotations(source: SequenceSource, width: int, height: int, n_classes: int, fix: bool = False) -> Annotations:
-    """Parse and validate a sequence's boxes against the frame size and the class list."""
-    raw = _read_anti_uav(source) if source.format == "anti-uav" else _read_mot(source)
+def read_annotations(
+    source: SequenceSource, width: int, height: int, n_classes: int, fix: bool = False, names: tuple[str, ...] = ()
+) -> Annotations:
+    """Parse and validate a sequence's boxes against the frame size and the class list (``names`` resolves
+    Drone-vs-Bird's class names; default: ``n_classes`` unnamed classes)."""
+    names = tuple(names) or tuple(str(i) for i in range(n_classes))
+    if source.format == "anti-uav":
+        raw = _read_anti_uav(source)
+    elif source.format == "mot":
+        raw = _read_mot(source)
+    elif source.format == "drone-vs-bird":
+        raw = _read_drone_vs_bird(source, names)
+    else:
+        raw = _read_yolo_frames(source, width, height)
     result = Annotations()
+    files = frame_files(source) if source.format == "yolo" else None
+    base = 1 if source.format == "mot" else 0  # MOT numbers classes from 1
     for box in raw:
-        where = f"sequence {source.name}, file {source.annotation}, frame {box.frame}"
+        file = source.annotation / f"{files[box.frame].stem}.txt" if files else source.annotation
+        where = f"sequence {source.name}, file {file}, frame {box.frame}"
         if not 0 <= box.cls < n_classes:
-            raise DataError(f"{where}: unknown class {box.cls + 1} (known: 1..{n_classes})")
+            raise DataError(f"{where}: unknown class {box.cls + base} (known: {base}..{n_classes - 1 + base})")
         box = _check_box(box, width, height, where, fix, result.fixes)
         if box is not None:
             result.boxes.setdefault(box.frame, []).append(box)
@@ -262,6 +317,79 @@ def _read_mot(source: SequenceSource) -> list[Box]:
         cls = int(float(cols[7])) - 1 if len(cols) > 7 else 0
         boxes.append(Box(frame, cls, *(_float(v, source, frame) for v in cols[2:6])))
     return boxes
+
+
+def _read_drone_vs_bird(source: SequenceSource, names: tuple[str, ...]) -> list[Box]:
+    """``frame num_objects x y w h class [x y w h class ...]`` per line, 0-based frames."""
+    path = source.annotation
+    boxes, seen = [], set()
+    for line_no, line in enumerate(path.read_text().splitlines(), 1):
+        tokens = line.split()
+        if not tokens:
+            continue
+        where = f"sequence {source.name}, file {path}, line {line_no}"
+        try:
+            frame, count = int(tokens[0]), int(tokens[1]) if len(tokens) > 1 else -1
+        except ValueError as e:
+            raise DataError(f"{where}: expected 'frame num_objects x y w h class ...', got {line!r}") from e
+        if frame < 0 or count < 0 or len(tokens) != 2 + 5 * count:
+            raise DataError(
+                f"{where}, frame {frame}: expected 'frame num_objects' and 5 values per object, got {line!r}"
+            )
+        if frame in seen:
+            raise DataError(f"{where}, frame {frame}: frame listed twice")
+        seen.add(frame)
+        for k in range(count):
+            x, y, w, h, label = tokens[2 + 5 * k : 7 + 5 * k]
+            cls = _class_index(label, names, f"sequence {source.name}, file {path}, frame {frame}")
+            boxes.append(Box(frame, cls, *(_float(v, source, frame) for v in (x, y, w, h))))
+    return boxes
+
+
+def _class_index(label: str, names: tuple[str, ...], where: str) -> int:
+    """A Drone-vs-Bird class: a 0-based index, or a name (``drone`` and ``uav`` are the same class)."""
+    if label.isdigit():
+        return int(label)
+    lowered = [n.lower() for n in names]
+    for candidate in (label.lower(), CLASS_ALIASES.get(label.lower())):
+        if candidate in lowered:
+            return lowered.index(candidate)
+    raise DataError(f"{where}: unknown class {label!r} (known: {', '.join(names)}; set extract.names)")
+
+
+def _read_yolo_frames(source: SequenceSource, width: int, height: int) -> list[Box]:
+    """``labels/<image stem>.txt`` of every frame image (``class cx cy w h`` normalised); a missing file is a frame
+    without targets."""
+    boxes = []
+    for frame, image in enumerate(frame_files(source)):
+        label = source.annotation / f"{image.stem}.txt"
+        if not label.is_file():
+            continue
+        for line_no, line in enumerate(label.read_text().splitlines(), 1):
+            row = line.split()
+            if not row:
+                continue
+            where = f"sequence {source.name}, file {label}, frame {frame}, line {line_no}"
+            if len(row) != 5:
+                raise DataError(f"{where}: expected 'class cx cy w h', got {line!r}")
+            try:
+                cls, (cx, cy, w, h) = int(row[0]), (float(v) for v in row[1:])
+            except ValueError as e:
+                raise DataError(f"{where}: not numbers: {line!r}") from e
+            x0, y0 = (cx - w / 2) * width, (cy - h / 2) * height
+            boxes.append(Box(frame, cls, *_snap(x0, y0, w * width, h * height, width, height)))
+    return boxes
+
+
+def _snap(x: float, y: float, w: float, h: float, width: int, height: int) -> tuple[float, float, float, float]:
+    """Undo float rounding of normalised coordinates at the frame edges (within 1e-3 px), nothing more."""
+    if -1e-3 < x < 0:
+        w, x = w + x, 0.0
+    if -1e-3 < y < 0:
+        h, y = h + y, 0.0
+    w = width - x if 0 < x + w - width < 1e-3 else w
+    h = height - y if 0 < y + h - height < 1e-3 else h
+    return x, y, w, h
 
 
 def _float(value: object, source: SequenceSource, frame: int) -> float:

@@ -53,15 +53,10 @@ def fetch(uri: str, out: str | Path) -> Path:
     """Copy a raw dataset folder from any fsspec URI (``s3://bucket/raw``, ``gs://...``, a local path) to ``out``.
 
     S3-compatible stores take their endpoint from ``$AWS_ENDPOINT_URL`` (MinIO, moto) and credentials from the usual
-    AWS variables. The copy lands in a staging folder first, so a failed transfer leaves nothing behind.
+    AWS variables. See :func:`csfnet.data.source.ingest`: only changed files are transferred, the copy is staged and
+    swapped in when complete, and an unreachable source fails within seconds leaving ``out`` untouched.
     """
-    import fsspec
+    from csfnet.data.source import ingest
 
-    out = Path(out)
-    fs, root = fsspec.core.url_to_fs(uri)
-    if not fs.isdir(root):
-        raise FileNotFoundError(f"{uri} is not a folder (expected a raw dataset root with train/ and val/)")
-    with staging_dir(out) as tmp:
-        fs.get(root.rstrip("/") + "/", str(tmp), recursive=True)
-        replace_dir(tmp, out)
-    return out
+    ingest(uri, out)
+    return Path(out)

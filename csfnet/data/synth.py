@@ -278,8 +278,9 @@ def _motion_blur(alpha: np.ndarray, vel: np.ndarray) -> np.ndarray:
     return cv2.filter2D(alpha, -1, k / k.sum())
 
 
-def _blend(frame: np.ndarray, alpha: np.ndarray, x0: int, y0: int, color: np.ndarray) -> np.ndarray | None:
-    """Alpha-blend ``color`` through ``alpha`` at (x0, y0); return the visible part of the mask (or None)."""
+def _blend(frame: np.ndarray, alpha: np.ndarray, x0: int, y0: int, color: np.ndarray) -> tuple | None:
+    """Alpha-blend ``color`` through ``alpha`` at (x0, y0); return the visible part of the mask and its top-left
+    corner in the frame (or None)."""
     h, w = frame.shape[:2]
     ah, aw = alpha.shape
     fx0, fy0, fx1, fy1 = max(x0, 0), max(y0, 0), min(x0 + aw, w), min(y0 + ah, h)
@@ -287,9 +288,7 @@ def _blend(frame: np.ndarray, alpha: np.ndarray, x0: int, y0: int, color: np.nda
         return None
     a = alpha[fy0 - y0 : fy1 - y0, fx0 - x0 : fx1 - x0, None]
     frame[fy0:fy1, fx0:fx1] = frame[fy0:fy1, fx0:fx1] * (1 - a) + color * a
-    visible = np.zeros((h, w), np.float32)
-    visible[fy0:fy1, fx0:fx1] = a[..., 0]
-    return visible
+    return a[..., 0], fx0, fy0
 
 
 def _draw_target(frame: np.ndarray, t: _Target, cam: np.ndarray, scene: str) -> tuple[float, ...] | None:
@@ -305,9 +304,11 @@ def _draw_target(frame: np.ndarray, t: _Target, cam: np.ndarray, scene: str) -> 
         lx, ly = int(np.rint(cx)), int(np.rint(cy))
         if 0 <= lx < frame.shape[1] and 0 <= ly < frame.shape[0]:
             frame[ly, lx] = (90, 90, 255)
-    ys, xs = np.nonzero(visible > 0.3)
+    mask, ox, oy = visible
+    ys, xs = np.nonzero(mask > 0.3)
     if len(xs) < 2:
         return None
+    xs, ys = xs + ox, ys + oy
     x, y = float(xs.min()), float(ys.min())
     return x, y, float(xs.max()) + 1 - x, float(ys.max()) + 1 - y
 
