@@ -1,16 +1,20 @@
 """A detector over an exported ONNX model: images in, boxes with scores out.
 
 Pre- and post-processing are ultralytics' own (letterbox, NMS, box rescaling), so its detections match
-``YOLO(model.onnx).predict`` while the network runs in a bare onnxruntime session. The MLflow model serves it.
+``YOLO(model.onnx).predict`` while the network runs in a bare onnxruntime session; slicing is ``csfnet detect``'s.
+The MLflow model serves it.
 """
 
 from __future__ import annotations
 
-import ast
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from csfnet.detect.predict import SliceOptions
 
 COLUMNS = ["image", "x1", "y1", "x2", "y2", "score", "class_id", "class_name"]
 
@@ -35,7 +39,10 @@ def preprocess(images: Sequence[np.ndarray], imgsz: int) -> np.ndarray:
 
 
 class OnnxDetector:
-    """Run an ultralytics-exported detection ONNX model on BGR images.
+    """Run an ultralytics-exported detection ONNX model on BGR images, whole or sliced.
+
+    The same :class:`csfnet.detect.predict.Predictor` as ``csfnet detect``, so served predictions equal the
+    command's on the same frame and options.
 
     Args:
         path: The ``.onnx`` file (its metadata gives imgsz, stride and class names).
@@ -43,27 +50,19 @@ class OnnxDetector:
     """
 
     def __init__(self, path: str | Path, providers: Sequence[str] | None = None):
-        self.session = session(path, providers)
-        meta = self.session.get_modelmeta().custom_metadata_map
-        self.imgsz = int(ast.literal_eval(meta.get("imgsz", "[640, 640]"))[0])
-        self.names = {int(k): str(v) for k, v in ast.literal_eval(meta.get("names", "{0: 'object'}")).items()}
-        self.input = self.session.get_inputs()[0].name
+        from csfnet.detect.runtimes import OnnxRuntime
 
-    def __call__(self, images: Sequence[np.ndarray], conf: float = 0.25, iou: float = 0.6) -> list[np.ndarray]:
+        self.runtime = OnnxRuntime(path, providers=list(providers) if providers else None)
+        self.session, self.imgsz, self.names = self.runtime.session, self.runtime.imgsz, self.runtime.names
+        self.input = self.runtime.input
+
+    def __call__(
+        self, images: Sequence[np.ndarray], conf: float = 0.25, iou: float = 0.6, slicing: SliceOptions | None = None
+    ) -> list[np.ndarray]:
         """Detections per image as ``(n, 6)`` arrays ``x1, y1, x2, y2, score, class`` in source pixels."""
-        import torch
-        from ultralytics.utils import nms, ops
+        from csfnet.detect.predict import Predictor
 
-        if not images:
-            return []
-        x = preprocess(images, self.imgsz)
-        raw = self.session.run(None, {self.input: x})[0]
-        results = nms.non_max_suppression(torch.from_numpy(raw), conf, iou, max_det=300)
-        out = []
-        for det, image in zip(results, images):
-            det[:, :4] = ops.scale_boxes(x.shape[2:], det[:, :4], image.shape[:2])
-            out.append(det.numpy())
-        return out
+        return Predictor(self.runtime, conf, iou, slicing)(list(images))
 
     def to_rows(self, detections: Sequence[np.ndarray]) -> list[list]:
         """Flat table rows (see ``COLUMNS``), one per box."""

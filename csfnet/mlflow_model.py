@@ -2,6 +2,6 @@
 
 from mlflow.models import set_model
 
-from csfnet.registry import DetectorModel
+from csfnet.detect.serving import SlicedDetectorModel
 
-set_model(DetectorModel())
+set_model(SlicedDetectorModel())

@@ -1,0 +1,170 @@
+"""``csfnet detect``: a model and a source in, an annotated video, MOT rows and JSON lines out, all or nothing."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from csfnet.data.io import replace_dir, staging_dir, write_json
+from csfnet.detect.predict import Predictor, SliceOptions
+from csfnet.detect.runtimes import Runtime, load_runtime
+from csfnet.detect.sources import open_source
+from csfnet.detect.tracking import TRACKERS, Tracker
+
+VIDEO, MOT, JSONL, SUMMARY = "annotated.mp4", "mot.txt", "detections.jsonl", "summary.json"
+
+
+@dataclass
+class DetectResult:
+    """What one run produced; ``fps`` counts every frame end to end (decoding, inference, tracking, writing)."""
+
+    out: Path
+    model: str
+    runtime: str
+    source: str
+    frames: int
+    detections: int
+    tracks: int
+    seconds: float
+    fps: float
+    crops_per_frame: int
+    slice: int | None
+    tracker: str | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {**asdict(self), "out": str(self.out)}
+
+
+def detect(
+    model: str | Path | Runtime,
+    source: str | Path,
+    out: str | Path,
+    *,
+    conf: float = 0.25,
+    iou: float = 0.6,
+    imgsz: int | None = None,
+    slice_size: int | None = None,
+    overlap: float = 0.2,
+    full_frame: bool = True,
+    merge: str = "nmm",
+    merge_threshold: float = 0.5,
+    track: str | None = None,
+    tracker_overrides: dict[str, Any] | None = None,
+    batch: int = 8,
+    device: str = "cpu",
+    save_video: bool = True,
+    max_frames: int | None = None,
+    progress: bool = True,
+) -> DetectResult:
+    """Detect (and optionally track) objects in every frame of ``source`` and write the results to ``out``.
+
+    Args:
+        model: A ``.pt``, ``.onnx`` (FP32 or INT8), an OpenVINO folder, a registry URI (``models:/name@alias``) or an
+            already loaded runtime.
+        source: A video file, an image file, a folder or glob of images, or a stream URL.
+        out: Output folder: ``annotated.mp4``, ``mot.txt``, ``detections.jsonl``, ``summary.json``; it appears only
+            when the run completes (replacing an earlier one).
+        conf: Confidence threshold of the reported detections.
+        iou: NMS IoU threshold.
+        imgsz: Model input size where the model allows a choice (default: the model's).
+        slice_size: Slice side in source pixels; None or 0: whole frames, letterboxed to imgsz.
+        overlap: Slice overlap (fraction of the side).
+        full_frame: With slicing, also run the whole frame downscaled.
+        merge: How detections are merged across slices: ``nmm`` or ``nms``.
+        merge_threshold: Overlap (IoS) at which two detections are the same target.
+        track: ``bytetrack``, ``botsort`` or None.
+        tracker_overrides: Settings replacing the tracker config's.
+        batch: Crops per runtime call.
+        device: PyTorch device of a ``.pt`` model.
+        save_video: Write the annotated video.
+        max_frames: Stop after this many frames.
+        progress: Show a progress bar.
+
+    Raises:
+        csfnet.errors.CsfnetError: Bad model or source (nothing is written).
+    """
+    if track is not None and track not in TRACKERS:
+        raise ValueError(f"unknown tracker {track!r}; choose one of {', '.join(TRACKERS)}")
+    out = Path(out)
+    slicing = SliceOptions(slice_size or None, overlap, full_frame, merge, merge_threshold)
+    src = open_source(source)  # before the model: a bad source fails fast
+    try:
+        runtime = model if isinstance(model, Runtime) else load_runtime(model, imgsz, device)
+        tracker = Tracker(track, tracker_overrides) if track else None
+        det_conf = min(conf, tracker.min_score) if tracker else conf
+        predictor = Predictor(runtime, det_conf, iou, slicing, batch)
+        with staging_dir(out) as tmp:
+            counts = _run(src, predictor, tracker, tmp, conf, save_video, max_frames, progress)
+            frames, n_dets, track_ids, seconds = counts
+            result = DetectResult(
+                out=out,
+                model=str(model if not isinstance(model, Runtime) else runtime.describe()),
+                runtime=runtime.kind,
+                source=str(source),
+                frames=frames,
+                detections=n_dets,
+                tracks=track_ids,
+                seconds=round(seconds, 3),
+                fps=round(frames / seconds, 3) if seconds > 0 else 0.0,
+                crops_per_frame=predictor.slices_per_frame(src.height, src.width),
+                slice=slicing.size,
+                tracker=track,
+            )
+            write_json(tmp / SUMMARY, result.to_json())
+            replace_dir(tmp, out)
+    finally:
+        src.close()
+    return result
+
+
+def _run(
+    src,
+    predictor: Predictor,
+    tracker: Tracker | None,
+    tmp: Path,
+    conf: float,
+    save_video: bool,
+    max_frames: int | None,
+    progress: bool,
+) -> tuple[int, int, int, float]:
+    from csfnet.detect.writers import AnnotatedVideo, JsonLinesWriter, MotWriter
+
+    names = predictor.runtime.names
+    video = AnnotatedVideo(tmp / VIDEO, src.fps, src.width, src.height, names) if save_video else None
+    mot, jsonl = MotWriter(tmp / MOT), JsonLinesWriter(tmp / JSONL, names)
+    total = min(src.frames or 0, max_frames or 1 << 62) or None
+    frames = n_dets = 0
+    track_ids: set[int] = set()
+    start = time.perf_counter()
+    try:
+        bar = tqdm(total=total, desc="detect", unit="frame", disable=not progress)
+        for frame in src:
+            if max_frames is not None and frames >= max_frames:
+                break
+            dets = predictor([frame])[0]
+            if tracker is not None:
+                tracks = tracker.update(dets, frame)
+                # x1, y1, x2, y2, id, score, cls -> x1, y1, x2, y2, score, cls, id
+                rows = tracks[:, [0, 1, 2, 3, 5, 6, 4]] if len(tracks) else np.zeros((0, 7), np.float32)
+                track_ids.update(int(t) for t in rows[:, 6])
+            else:
+                dets = dets[dets[:, 4] >= conf]
+                rows = np.concatenate([dets, -np.ones((len(dets), 1), np.float32)], axis=1)
+            frames += 1
+            n_dets += len(rows)
+            mot.write(frames, rows)
+            jsonl.write(frames, rows, Path(src.names[frames - 1]).name if src.names else None)
+            if video is not None:
+                video.write(frame, rows)
+            bar.update()
+        bar.close()
+    finally:
+        for writer in (video, mot, jsonl):
+            if writer is not None:
+                writer.close()
+    return frames, n_dets, len(track_ids), time.perf_counter() - start

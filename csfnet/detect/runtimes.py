@@ -1,0 +1,227 @@
+"""Inference back ends behind one interface: a batch of letterboxed images in, the raw detection head out.
+
+Every runtime takes ``(N, 3, S, S)`` float32 RGB in 0-1 (``S`` = :attr:`Runtime.imgsz`) and returns the Detect head's
+``(N, 4 + classes, anchors)`` array, so pre-processing, NMS and slicing are shared and the runtimes stay
+interchangeable: PyTorch (a ``.pt`` checkpoint), onnxruntime (FP32 or INT8 ``.onnx``) and OpenVINO (a folder or
+``.xml`` written by ultralytics' exporter, FP32 or INT8). A model is checked before it is used: a missing or corrupt
+file, or a model that is not a detector, raises :mod:`csfnet.errors` with a one-line message, and nothing is ever
+downloaded.
+"""
+
+from __future__ import annotations
+
+import ast
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from csfnet.errors import CheckpointError, InputNotFoundError, ServiceError
+
+REGISTRY_SCHEMES = ("models:/", "runs:/")
+
+
+class Runtime:
+    """One loaded model. ``batch`` is None when the model takes any batch size in one call."""
+
+    kind: str = "?"
+    imgsz: int = 640
+    names: dict[int, str]
+    batch: int | None = None
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        """Raw head output ``(N, 4 + classes, anchors)`` of ``x`` ``(N, 3, imgsz, imgsz)``."""
+        raise NotImplementedError
+
+    def __call__(self, x: np.ndarray, batch: int = 8) -> np.ndarray:
+        """:meth:`forward` in chunks of at most ``batch`` images (of exactly the model's batch when it is fixed)."""
+        step = self.batch or max(1, batch)
+        outs = []
+        for i in range(0, len(x), step):
+            chunk = x[i : i + step]
+            if self.batch and len(chunk) < self.batch:  # a fixed-batch model: pad the last chunk
+                pad = np.zeros((self.batch - len(chunk), *chunk.shape[1:]), chunk.dtype)
+                outs.append(self.forward(np.concatenate([chunk, pad]))[: len(chunk)])
+            else:
+                outs.append(self.forward(chunk))
+        return np.concatenate(outs) if outs else np.zeros((0, 4 + len(self.names), 0), np.float32)
+
+    def describe(self) -> str:
+        return f"{self.kind} (imgsz {self.imgsz})"
+
+
+class TorchRuntime(Runtime):
+    """An ultralytics ``.pt`` checkpoint, loaded with ``torch.load`` (never through ultralytics' downloader)."""
+
+    kind = "pytorch"
+
+    def __init__(self, path: str | Path, imgsz: int | None = None, device: str = "cpu"):
+        import torch
+        from ultralytics.nn.modules.head import Detect
+
+        path = Path(path)
+        try:
+            ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as e:  # truncated zip, pickle errors, missing classes ...
+            raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({type(e).__name__}: {e})") from e
+        model = (ckpt.get("ema") or ckpt.get("model")) if isinstance(ckpt, dict) else None
+        if not isinstance(model, torch.nn.Module) or not isinstance(getattr(model, "model", [None])[-1], Detect):
+            raise CheckpointError(f"{path}: not an ultralytics detection checkpoint (no model with a Detect head)")
+        self.device = torch.device(device if device not in ("", None) else "cpu")
+        self.model = model.float().fuse().eval().to(self.device)
+        train_imgsz = (ckpt.get("train_args") or {}).get("imgsz", 640)
+        self.imgsz = int(imgsz or (train_imgsz[0] if isinstance(train_imgsz, (list, tuple)) else train_imgsz))
+        self.names = {int(k): str(v) for k, v in dict(getattr(model, "names", {0: "object"})).items()}
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        import torch
+
+        with torch.inference_mode():
+            y = self.model(torch.from_numpy(x).to(self.device))
+        return (y[0] if isinstance(y, (list, tuple)) else y).float().cpu().numpy()
+
+
+class OnnxRuntime(Runtime):
+    """An ultralytics-exported detection ONNX model (FP32 or INT8) in an onnxruntime session."""
+
+    kind = "onnxruntime"
+
+    def __init__(self, path: str | Path, imgsz: int | None = None, providers: list[str] | None = None):
+        import onnxruntime as ort
+
+        path = Path(path)
+        available = ort.get_available_providers()
+        default = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
+        try:
+            self.session = ort.InferenceSession(str(path), providers=providers or default)
+        except Exception as e:
+            raise CheckpointError(f"{path}: not a loadable ONNX model ({type(e).__name__})") from e
+        meta = self.session.get_modelmeta().custom_metadata_map
+        inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
+        self.names = _names(meta.get("names"))
+        shape = inputs[0].shape if len(inputs) == 1 else []
+        out = outputs[0].shape
+        if (
+            meta.get("task", "detect") != "detect"
+            or not self.names
+            or len(shape) != 4
+            or len(out) != 3
+            or (isinstance(out[1], int) and out[1] != 4 + len(self.names))
+        ):
+            raise CheckpointError(f"{path}: not an ultralytics detection model (input {shape}, output {out})")
+        self.input = inputs[0].name
+        fixed = shape[2] if isinstance(shape[2], int) else None
+        self.imgsz = int(fixed or imgsz or ast.literal_eval(meta.get("imgsz", "[640, 640]"))[0])
+        self.batch = shape[0] if isinstance(shape[0], int) else None
+        self.kind = "onnxruntime-int8" if _is_quantised(path) else "onnxruntime"
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        return self.session.run(None, {self.input: x})[0]
+
+
+class OpenVinoRuntime(Runtime):
+    """An OpenVINO model written by ultralytics' exporter (``<name>_openvino_model/`` with ``metadata.yaml``)."""
+
+    kind = "openvino"
+
+    def __init__(self, path: str | Path, imgsz: int | None = None, device: str = "CPU"):
+        import openvino as ov
+        import yaml
+
+        path = Path(path)
+        xml = path if path.suffix == ".xml" else next(iter(sorted(path.glob("*.xml"))), None)
+        meta_file = (xml.parent if xml else path) / "metadata.yaml"
+        if xml is None or not xml.with_suffix(".bin").is_file() or not meta_file.is_file():
+            raise CheckpointError(f"{path}: not an OpenVINO model folder (needs <model>.xml, .bin and metadata.yaml)")
+        meta = yaml.safe_load(meta_file.read_text()) or {}
+        self.names = {int(k): str(v) for k, v in (meta.get("names") or {}).items()}
+        if meta.get("task", "detect") != "detect" or not self.names:
+            raise CheckpointError(f"{path}: not an ultralytics detection model (task {meta.get('task')!r})")
+        core = ov.Core()
+        try:
+            model = core.read_model(str(xml))
+        except Exception as e:
+            raise CheckpointError(f"{xml}: not a readable OpenVINO model ({type(e).__name__})") from e
+        shape = model.inputs[0].get_partial_shape()
+        fixed = shape[2].get_length() if shape[2].is_static else None
+        self.imgsz = int(fixed or imgsz or (meta.get("imgsz") or [640])[0])
+        if shape[0].is_dynamic or not shape[2].is_static:  # any batch, image size pinned: faster plans
+            model.reshape([-1, 3, self.imgsz, self.imgsz])
+        self.batch = None if model.inputs[0].get_partial_shape()[0].is_dynamic else shape[0].get_length()
+        self.compiled = core.compile_model(model, device, {"PERFORMANCE_HINT": "LATENCY"})
+        self.request = self.compiled.create_infer_request()
+        self.kind = "openvino-int8" if meta.get("args", {}).get("int8") or "int8" in xml.parent.name else "openvino"
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        return np.asarray(self.request.infer({0: x})[self.compiled.outputs[0]])
+
+
+def load_runtime(model: str | Path, imgsz: int | None = None, device: str = "cpu") -> Runtime:
+    """The runtime for ``model``: a ``.pt``, an ``.onnx``, an OpenVINO folder/``.xml``, or a registry URI
+    (``models:/name@alias``, ``models:/name/3``, ``runs:/...``) whose ONNX artifact is loaded.
+
+    ``imgsz`` applies where the model allows it (a ``.pt``, or an export with a dynamic image size).
+
+    Raises:
+        InputNotFoundError: The file or registered model/alias does not exist.
+        CheckpointError: The file exists but is not a usable detection model.
+        ServiceError: The MLflow registry cannot be reached.
+    """
+    text = str(model)
+    if text.startswith(REGISTRY_SCHEMES):
+        return _from_registry(text, imgsz)
+    path = Path(model)
+    if not path.exists():
+        raise InputNotFoundError(f"model {path} not found")
+    if path.is_dir() or path.suffix == ".xml":
+        return OpenVinoRuntime(path, imgsz)
+    if path.suffix == ".onnx":
+        return OnnxRuntime(path, imgsz)
+    if path.suffix in (".pt", ".pth"):
+        return TorchRuntime(path, imgsz, device)
+    raise CheckpointError(f"{path}: unknown model type (expected .pt, .onnx, an OpenVINO folder or models:/...)")
+
+
+def _from_registry(uri: str, imgsz: int | None) -> Runtime:
+    """Download the registered pyfunc's artifacts and load its ONNX model (the session keeps it in memory)."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    tmp = Path(tempfile.mkdtemp(prefix="csfnet-model-"))
+    try:
+        try:
+            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(tmp)))
+        except MlflowException as e:
+            if e.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"):
+                raise InputNotFoundError(f"{uri}: no such registered model, version or alias") from e
+            raise ServiceError(f"{uri}: MLflow registry error ({e.error_code})") from e
+        except (ConnectionError, OSError) as e:
+            raise ServiceError(f"{uri}: cannot reach the MLflow registry ({type(e).__name__})") from e
+        found = sorted(local.rglob("*.onnx"))
+        if not found:
+            raise CheckpointError(f"{uri}: the registered model has no ONNX artifact")
+        runtime = OnnxRuntime(found[0], imgsz)
+        runtime.source = uri  # type: ignore[attr-defined]
+        return runtime
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _names(value: Any) -> dict[int, str]:
+    try:
+        parsed = ast.literal_eval(value) if isinstance(value, str) else value
+        return {int(k): str(v) for k, v in dict(parsed).items()}
+    except (ValueError, SyntaxError, TypeError):
+        return {}
+
+
+def _is_quantised(path: Path) -> bool:
+    import onnx
+
+    try:
+        graph = onnx.load(str(path), load_external_data=False).graph
+    except Exception:
+        return False
+    return any(n.op_type in ("QuantizeLinear", "QLinearConv") for n in graph.node)
