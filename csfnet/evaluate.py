@@ -20,13 +20,19 @@ from pathlib import Path
 from typing import Any
 
 import cv2
+import mlflow
 import numpy as np
 import torch
 from ultralytics import YOLO
 from ultralytics.utils.metrics import box_iou, compute_ap
 
 from csfnet._offline import disable_ultralytics_integrations
+from csfnet.checks import check_checkpoint, check_dataset
 from csfnet.data.dataset import read_labels, split_images
+from csfnet.data.io import replace_dir, staging_dir
+from csfnet.device import resolve_device
+from csfnet.settings import Settings, load_settings
+from csfnet.tracking import log_flat_metrics, stage_run_if
 
 _SEQUENCE = re.compile(r"^(?P<seq>.+)_(?P<frame>\d{6})$")
 
@@ -81,20 +87,44 @@ def evaluate(
     weights: str | Path,
     data: str | Path,
     out_dir: str | Path,
-    imgsz: int,
-    batch: int = 16,
-    conf: float = 0.001,
-    iou: float = 0.6,
-    report_conf: float = 0.25,
-    size_bands: Sequence[float] = (8, 16, 32),
-    samples: int = 6,
-    device: str = "cpu",
+    imgsz: int | None = None,
+    device: str | None = None,
+    track: bool = True,
+    settings: Settings | None = None,
+    **overrides: Any,
 ) -> dict[str, Any]:
-    """Full evaluation of ``weights`` on the validation split; writes ``metrics.json`` and plots to ``out_dir``."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    """Full evaluation of ``weights`` on the validation split, as the ``eval`` stage (an MLflow run when tracked).
+
+    Writes ``metrics.json``, the PR curve, the confusion matrix and sample frames to ``out_dir``, all or nothing.
+
+    Args:
+        weights: Trained ``.pt`` (or an exported model ultralytics can validate).
+        data: ``data.yaml``; its ``val`` split is evaluated.
+        out_dir: Folder receiving the outputs (replaced).
+        imgsz: Image size (default: the active preset's).
+        device: ``""`` auto, ``cpu``, ``0`` ... (default: ``train.device``).
+        track: Log parameters, metrics and outputs as the ``eval`` stage run.
+        settings: Validated settings (default: :func:`csfnet.settings.load_settings`).
+        **overrides: ``eval`` settings (``conf``, ``size_bands``, ``samples`` ...).
+    """
+    settings = (settings or load_settings()).override({f"eval.{k}": v for k, v in overrides.items()}, "options")
+    weights, data, out_dir = check_checkpoint(weights), Path(data), Path(out_dir)
+    check_dataset(data)
+    s = settings.eval
+    params = {**s.model_dump(), "imgsz": imgsz or settings.imgsz, "device": resolve_device(device, settings)}
+    with stage_run_if(track, "eval", params, data, weights), staging_dir(out_dir) as tmp:
+        metrics = _evaluate(weights, data, tmp, params)
+        replace_dir(tmp, out_dir)
+        if track:
+            log_flat_metrics({k: v for k, v in metrics.items() if k != "per_sequence_recall"})
+            mlflow.log_artifacts(str(out_dir), "eval")
+    return metrics
+
+
+def _evaluate(weights: Path, data: Path, out_dir: Path, p: dict[str, Any]) -> dict[str, Any]:
+    imgsz, conf, iou, device, report_conf = p["imgsz"], p["conf"], p["iou"], p["device"], p["report_conf"]
     with tempfile.TemporaryDirectory() as tmp:
-        base = validate(weights, data, imgsz, batch, conf, iou, device, save_dir=Path(tmp) / "val")
+        base = validate(weights, data, imgsz, p["batch"], conf, iou, device, save_dir=Path(tmp) / "val")
         for name in ("PR_curve.png", "BoxPR_curve.png", "confusion_matrix.png"):
             src = Path(base["save_dir"]) / name
             if src.is_file():
@@ -103,7 +133,7 @@ def evaluate(
     model = YOLO(str(weights))
     predictions, latency = predict(model, images, imgsz, conf, iou, device)
     truths = [read_labels(p) for p in images]
-    bands = band_metrics(truths, predictions, size_bands, report_conf)
+    bands = band_metrics(truths, predictions, p["size_bands"], report_conf)
     per_sequence = sequence_recall(images, truths, predictions, report_conf)
     metrics = {
         **{k: v for k, v in base.items() if k != "save_dir"},
@@ -115,7 +145,7 @@ def evaluate(
         "objects": int(sum(len(t[0]) for t in truths)),
     }
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    draw_samples(images, truths, predictions, out_dir / "samples.jpg", samples, report_conf)
+    draw_samples(images, truths, predictions, out_dir / "samples.jpg", p["samples"], report_conf)
     return metrics
 
 

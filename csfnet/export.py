@@ -22,15 +22,19 @@ from pathlib import Path
 from typing import Any
 
 import cv2
+import mlflow
 import numpy as np
 import onnx
 from onnx.tools.update_model_dims import update_inputs_outputs_dims
 from tqdm import tqdm
 
+from csfnet.checks import check_checkpoint, check_dataset
 from csfnet.data.dataset import split_images
 from csfnet.data.io import write_json
 from csfnet.detector import preprocess, session
 from csfnet.errors import VerificationError
+from csfnet.settings import Settings, load_settings
+from csfnet.tracking import log_flat_metrics, stage_run_if
 
 RAW_TOL = 1e-3  # absolute, on the raw head output
 BOX_TOL_PX = 1.0
@@ -47,22 +51,59 @@ class ExportResult:
     report: dict[str, Any]
 
 
+EVAL_KEYS = {"batch": "eval.batch", "conf": "eval.report_conf", "iou": "eval.iou"}  # export's view of eval
+
+
 def export(
     weights: str | Path,
     out: str | Path,
     data: str | Path,
-    imgsz: int = 640,
-    opset: int = 17,
-    dynamic_size: bool = False,
-    int8: bool = False,
+    imgsz: int | None = None,
     calib_data: str | Path | None = None,
-    calib_frames: int = 100,
     int8_out: str | Path | None = None,
     report_path: str | Path | None = None,
-    verify_frames: int = 8,
-    batch: int = 8,
-    conf: float = 0.25,
-    iou: float = 0.6,
+    track: bool = True,
+    settings: Settings | None = None,
+    **overrides: Any,
+) -> ExportResult:
+    """The ``export`` stage: :func:`export_verified` with settings from ``params.yaml``, as an MLflow run.
+
+    ``overrides`` are ``export`` settings (``opset``, ``dynamic_size``, ``int8``, ``calib_frames``,
+    ``verify_frames``) and ``batch``, ``conf``, ``iou`` (``eval.batch``, ``eval.report_conf``, ``eval.iou``).
+    """
+    keys = {k: EVAL_KEYS.get(k, f"export.{k}") for k in overrides}
+    settings = (settings or load_settings()).override({keys[k]: v for k, v in overrides.items()}, "options")
+    x, e = settings.export, settings.eval
+    weights, data = check_checkpoint(weights), Path(data)
+    check_dataset(data)
+    kwargs = {**x.model_dump(), "imgsz": imgsz or settings.imgsz, "batch": e.batch, "conf": e.report_conf, "iou": e.iou}
+    with stage_run_if(track, "export", kwargs, data, weights):
+        result = export_verified(
+            weights, out, data, calib_data=calib_data, int8_out=int8_out, report_path=report_path, **kwargs
+        )
+        if track:
+            report = result.report
+            log_flat_metrics({"verification": report["verification"]["checks"], "int8": report.get("int8", {})})
+            mlflow.log_dict(report, "export/report.json")
+    return result
+
+
+def export_verified(
+    weights: str | Path,
+    out: str | Path,
+    data: str | Path,
+    imgsz: int,
+    opset: int,
+    dynamic_size: bool,
+    int8: bool,
+    calib_frames: int,
+    verify_frames: int,
+    batch: int,
+    conf: float,
+    iou: float,
+    calib_data: str | Path | None = None,
+    int8_out: str | Path | None = None,
+    report_path: str | Path | None = None,
 ) -> ExportResult:
     """Export ``weights`` to ONNX at ``out``, verify it on ``data``'s validation split, optionally add INT8.
 

@@ -9,6 +9,8 @@ candidate instead of leaving whichever wrote last.
 from __future__ import annotations
 
 import base64
+import hashlib
+import json
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -20,12 +22,19 @@ import numpy as np
 from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
 
+from csfnet.checks import check_checkpoint, require_file
+from csfnet.data.dataset import split_images
+from csfnet.data.io import write_json
 from csfnet.detector import COLUMNS, OnnxDetector
+from csfnet.errors import VerificationError
+from csfnet.settings import Settings, load_settings
+from csfnet.tracking import data_hash, git_commit, stage_run
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 METRIC_TAG = "csfnet.map50_95"
 CANDIDATE_TAG = "csfnet.candidate"
 DECISION_TAG = "csfnet.promotion"
+SHA_TAG = "csfnet.onnx_sha256"
 
 
 class DetectorModel(mlflow.pyfunc.PythonModel):
@@ -109,13 +118,68 @@ def _requirements() -> list[str]:
     return [f"{p}=={version(p)}" for p in packages]
 
 
-def register(
-    model_uri: str, name: str, map50_95: float, margin: float, tags: Mapping[str, str] | None = None
+def register_export(
+    onnx: str | Path,
+    report: str | Path,
+    name: str | None = None,
+    margin: float | None = None,
+    out: str | Path | None = None,
+    final: bool = False,
+    settings: Settings | None = None,
 ) -> Decision:
-    """Register ``model_uri`` as a new version of ``name``, make it challenger, promote it if it earns it."""
+    """The ``register`` stage: register a verified export as an MLflow run, with lineage tags, and promote it.
+
+    Registering the same ONNX file again (a ``dvc repro`` killed mid-registration) completes its version instead
+    of adding another one. ``name``/``margin`` default to ``register.*``; ``final`` closes the pipeline's parent run.
+    """
+    settings = (settings or load_settings()).override({"register.name": name, "register.margin": margin}, "options")
+    name, margin = settings.register.name, settings.register.margin
+    onnx = check_checkpoint(onnx)
+    verification = json.loads(require_file(report, "export report").read_text())
+    if not verification.get("passed"):
+        raise VerificationError(f"{report}: the export did not pass verification; refusing to register it")
+    data = verification["data"]
+    digest = hashlib.sha256(onnx.read_bytes()).hexdigest()
+    lineage = {"csfnet.git_commit": git_commit(), "csfnet.data_hash": data_hash(data), SHA_TAG: digest}
+    with stage_run("register", params={"name": name, "margin": margin}, tags=lineage, final=final) as run:
+        existing = _version_of(MlflowClient(), name, digest)
+        if existing is not None:
+            model_uri = existing.source
+        else:
+            model_uri = log_detector(onnx, split_images(data, "val")[0]).model_uri
+            mlflow.log_dict(verification, "export/report.json")
+        tags = {**lineage, "csfnet.run_id": run.info.run_id, "csfnet.weights": verification["weights"]}
+        decision = register(model_uri, name, verification["verification"]["map50_95"], margin, tags, existing)
+        mlflow.set_tags({"csfnet.registered_version": decision.version, "csfnet.promotion": decision.reason})
+    if out:
+        write_json(out, decision.to_json())
+    return decision
+
+
+def register(
+    model_uri: str,
+    name: str,
+    map50_95: float,
+    margin: float,
+    tags: Mapping[str, str] | None = None,
+    existing: ModelVersion | None = None,
+) -> Decision:
+    """Register ``model_uri`` as a new version of ``name`` (or complete ``existing``), make it challenger, promote
+    it if it earns it."""
     client = MlflowClient()
-    version = mlflow.register_model(model_uri, name, tags={**(tags or {}), METRIC_TAG: repr(float(map50_95))})
+    all_tags = {**(tags or {}), METRIC_TAG: repr(float(map50_95))}
+    if existing is None:
+        version = mlflow.register_model(model_uri, name, tags=all_tags)
+    else:
+        version = existing
+        for key, value in all_tags.items():
+            client.set_model_version_tag(name, version.version, key, value)
     client.set_registered_model_alias(name, CHALLENGER, version.version)
+    if existing is not None and DECISION_TAG in existing.tags:  # decided before the kill: only settle again
+        candidate = existing.tags.get(CANDIDATE_TAG) == "true"
+        return Decision(
+            name, version.version, map50_95, candidate, settle_champion(client, name), existing.tags[DECISION_TAG]
+        )
     champion = _champion(client, name)
     if champion is None:
         candidate, reason = True, "first version: becomes champion"
@@ -143,6 +207,15 @@ def settle_champion(client: MlflowClient, name: str, attempts: int = 20) -> str 
         client.set_registered_model_alias(name, CHAMPION, target)
         time.sleep(0.05)
     raise RuntimeError(f"registered model {name}: champion alias did not settle after {attempts} attempts")
+
+
+def _version_of(client: MlflowClient, name: str, digest: str) -> ModelVersion | None:
+    """The version of ``name`` registered from the ONNX file with this SHA-256, if any."""
+    try:
+        versions = client.search_model_versions(f"name='{name}'")
+    except mlflow.exceptions.MlflowException:
+        return None
+    return next((v for v in versions if v.tags.get(SHA_TAG) == digest), None)
 
 
 def _champion(client: MlflowClient, name: str) -> ModelVersion | None:

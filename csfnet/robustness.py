@@ -10,13 +10,18 @@ from pathlib import Path
 from typing import Any
 
 import cv2
+import mlflow
 import numpy as np
 import yaml
 from tqdm import tqdm
 
+from csfnet.checks import check_checkpoint, check_dataset
 from csfnet.data.dataset import label_path, split_images
-from csfnet.data.io import staging_dir
+from csfnet.data.io import replace_dir, staging_dir
+from csfnet.device import resolve_device
 from csfnet.evaluate import validate
+from csfnet.settings import Settings, load_settings
+from csfnet.tracking import stage_run_if
 
 METRICS = ("map50", "map50_95", "precision", "recall")
 
@@ -35,33 +40,45 @@ def noise_sweep(
     weights: str | Path,
     data: str | Path,
     out_dir: str | Path,
-    sigmas: Sequence[float],
-    imgsz: int,
-    batch: int = 16,
-    conf: float = 0.001,
-    iou: float = 0.6,
-    seed: int = 0,
-    device: str = "cpu",
+    sigmas: Sequence[float] | None = None,
+    imgsz: int | None = None,
+    device: str | None = None,
+    track: bool = True,
+    final: bool = False,
+    settings: Settings | None = None,
 ) -> list[dict[str, Any]]:
-    """Validate ``weights`` on noisy copies of the validation split; write ``robustness.json``/``.csv``/``.png``.
+    """Validate ``weights`` on noisy copies of the validation split, as the ``robustness`` stage.
 
-    σ = 0 validates the original frames, so its row equals plain evaluation. Noisy frames are written losslessly
-    (PNG) to a temporary dataset next to ``out_dir`` and removed afterwards.
+    Writes ``robustness.json``/``.csv``/``.png`` to ``out_dir`` (all or nothing). σ = 0 validates the original
+    frames, so its row equals plain evaluation. Noisy frames are written losslessly (PNG) to a temporary dataset
+    next to ``out_dir`` and removed afterwards. ``sigmas`` default to ``robustness.sigmas``, validation settings
+    come from ``eval``; ``final`` closes the pipeline's MLflow parent run.
     """
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    settings = (settings or load_settings()).override({"robustness.sigmas": sigmas}, "options")
+    weights, data, out_dir = check_checkpoint(weights), Path(data), Path(out_dir)
+    check_dataset(data)
+    e, r = settings.eval, settings.robustness
+    imgsz, device = imgsz or settings.imgsz, resolve_device(device, settings)
+    params = {"sigmas": r.sigmas, "seed": r.seed, "imgsz": imgsz, "batch": e.batch, "conf": e.conf, "iou": e.iou}
     images = split_images(data, "val")
-    names = yaml.safe_load(Path(data).read_text())["names"]
-    rows = []
-    for sigma in tqdm(sigmas, desc="noise sweep", unit="sigma"):
-        if sigma == 0:
-            metrics = validate(weights, data, imgsz, batch, conf, iou, device, plots=False)
-        else:
-            with staging_dir(out_dir / f"noise-{sigma}") as tmp:
-                noisy_data = _noisy_dataset(images, names, tmp, sigma, seed)
-                metrics = validate(weights, noisy_data, imgsz, batch, conf, iou, device, plots=False)
-        rows.append({"sigma": float(sigma), **{k: round(metrics[k], 5) for k in METRICS}})
-    write_outputs(rows, out_dir)
+    names = yaml.safe_load(data.read_text())["names"]
+    with stage_run_if(track, "robustness", {**params, "device": device}, data, weights, final):
+        rows = []
+        for sigma in tqdm(r.sigmas, desc="noise sweep", unit="sigma"):
+            if sigma == 0:
+                metrics = validate(weights, data, imgsz, e.batch, e.conf, e.iou, device, plots=False)
+            else:
+                with staging_dir(out_dir) as tmp:  # beside out_dir: nothing is left inside it on failure
+                    noisy_data = _noisy_dataset(images, names, tmp, sigma, r.seed)
+                    metrics = validate(weights, noisy_data, imgsz, e.batch, e.conf, e.iou, device, plots=False)
+            rows.append({"sigma": float(sigma), **{k: round(metrics[k], 5) for k in METRICS}})
+        with staging_dir(out_dir) as tmp:
+            write_outputs(rows, tmp)
+            replace_dir(tmp, out_dir)
+        if track:
+            for row in rows:
+                mlflow.log_metrics({f"noise_{k}": v for k, v in row.items() if k != "sigma"}, step=int(row["sigma"]))
+            mlflow.log_artifacts(str(out_dir), "robustness")
     return rows
 
 

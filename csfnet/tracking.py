@@ -13,6 +13,7 @@ import functools
 import hashlib
 import json
 import os
+import socket
 import subprocess
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -22,20 +23,24 @@ import mlflow
 import yaml
 from mlflow.tracking import MlflowClient
 
-from csfnet.params import params_path, section
+from csfnet.services import probe_tracking
+from csfnet.settings import load_settings, params_path
 
 PARENT_ENV = "CSFNET_PARENT_RUN_ID"
 PIPELINE_ENV = "CSFNET_PIPELINE_ID"
 DEFAULT_DB = "mlruns.db"
 DEFAULT_ARTIFACTS = "mlartifacts"
 FINAL_STAGE_TAG = "csfnet.final_stage"
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}  # MLflow 3 opens it on the training runs
 
 
 def configure(experiment: str | None = None) -> str:
-    """Point MLflow at the configured store and experiment; return the experiment id."""
+    """Point MLflow at the configured store and experiment (probed first); return the experiment id."""
     if not os.environ.get("MLFLOW_TRACKING_URI"):
         mlflow.set_tracking_uri(f"sqlite:///{Path(DEFAULT_DB).resolve()}")
-    name = experiment or section("mlflow").get("experiment") or "csfnet"
+    settings = load_settings()
+    _probe(mlflow.get_tracking_uri(), settings.services.timeout)
+    name = experiment or settings.mlflow.experiment
     found = mlflow.get_experiment_by_name(name)
     if found is not None:
         experiment_id = found.experiment_id
@@ -46,11 +51,19 @@ def configure(experiment: str | None = None) -> str:
         db_dir = Path(uri.removeprefix("sqlite:///")).parent
         root = (db_dir / DEFAULT_ARTIFACTS).resolve().as_uri() if local else os.environ.get("MLFLOW_ARTIFACT_ROOT")
         try:
-            experiment_id = mlflow.create_experiment(name, artifact_location=root)
+            experiment_id = mlflow.create_experiment(name, artifact_location=root, tags=EXPERIMENT_KIND)
         except mlflow.exceptions.MlflowException:  # created concurrently by another stage
             experiment_id = mlflow.get_experiment_by_name(name).experiment_id
+    if found is not None and found.tags.get("mlflow.experimentKind") is None:  # created before the kind existed
+        MlflowClient().set_experiment_tag(experiment_id, *next(iter(EXPERIMENT_KIND.items())))
     mlflow.set_experiment(experiment_id=experiment_id)
     return experiment_id
+
+
+@functools.cache
+def _probe(uri: str, timeout: float) -> None:
+    """Probe each tracking store once per process: unreachable fails within ``timeout`` instead of minutes."""
+    probe_tracking(uri, timeout)
 
 
 @functools.cache
@@ -127,7 +140,14 @@ def stage_run(
     """
     experiment_id = configure()
     parent = _parent_run_id(experiment_id)
-    all_tags = {"csfnet.stage": stage, "csfnet.git_commit": git_commit(), "mlflow.parentRunId": parent, **(tags or {})}
+    _close_orphans(experiment_id, parent, stage)
+    all_tags = {
+        "csfnet.stage": stage,
+        "csfnet.git_commit": git_commit(),
+        "mlflow.parentRunId": parent,
+        "csfnet.process": f"{socket.gethostname()}:{os.getpid()}",
+        **(tags or {}),
+    }
     # Nest by tag rather than by re-entering the parent: leaving a resumed parent run would mark it finished.
     with mlflow.start_run(
         run_name=all_tags.get("mlflow.runName", stage), experiment_id=experiment_id, tags=all_tags
@@ -141,6 +161,48 @@ def stage_run(
             raise
     if final and not os.environ.get(PARENT_ENV):
         MlflowClient().set_terminated(parent, "FINISHED")
+
+
+def stage_run_if(
+    track: bool,
+    stage: str,
+    params: Mapping[str, Any],
+    data: str | Path,
+    weights: str | Path | None = None,
+    final: bool = False,
+) -> contextlib.AbstractContextManager:
+    """:func:`stage_run` tagged with the data's hash (and the weights' path) when ``track``, else a no-op context."""
+    if not track:
+        return contextlib.nullcontext()
+    tags = {"csfnet.data_hash": data_hash(data)}
+    if weights is not None:
+        tags["csfnet.weights"] = str(Path(weights).resolve())
+    return stage_run(stage, params=params, tags=tags, final=final)
+
+
+def _close_orphans(experiment_id: str, parent: str, stage: str) -> None:
+    """Mark KILLED the runs of ``stage`` left RUNNING by a killed process of this host (a SIGKILLed ``dvc repro``)."""
+    client = MlflowClient()
+    running = client.search_runs(
+        [experiment_id],
+        filter_string=f"tags.`mlflow.parentRunId` = '{parent}' and tags.`csfnet.stage` = '{stage}' "
+        "and attributes.status = 'RUNNING'",
+    )
+    host = socket.gethostname()
+    for run in running:
+        run_host, _, pid = run.data.tags.get("csfnet.process", "").rpartition(":")
+        if run_host == host and pid.isdigit() and not _alive(int(pid)):
+            client.set_terminated(run.info.run_id, "KILLED")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _param(value: Any) -> str:

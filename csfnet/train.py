@@ -13,12 +13,13 @@ from typing import Any
 import mlflow
 import torch
 import yaml
-from ultralytics.utils import LOGGER
 
 from csfnet._offline import disable_ultralytics_integrations
-from csfnet.model import resolve_config, takes_partition
-from csfnet.params import preset as load_preset
-from csfnet.params import section
+from csfnet.checks import check_dataset, require_file
+from csfnet.device import resolve_device
+from csfnet.errors import DataError
+from csfnet.model import resolve_config
+from csfnet.settings import Settings, load_settings
 from csfnet.tracking import data_hash, log_flat_metrics, stage_run
 from csfnet.trainer import CSFNetTrainer
 
@@ -36,13 +37,6 @@ class TrainResult:
     resumed: bool
 
 
-def resolve_device(device: str | int | None) -> str:
-    """``""``/``None`` -> first CUDA GPU when present, else CPU; anything else is passed to ultralytics as is."""
-    if device is None or str(device).strip() == "":
-        return "0" if torch.cuda.is_available() else "cpu"
-    return str(device)
-
-
 def read_partition(spec: str | Path | Sequence[int] | None) -> list[int] | None:
     """A partition given inline or as a JSON file (``{"partition": [...]}`` as ``csfnet tune`` writes, or a list).
 
@@ -52,17 +46,18 @@ def read_partition(spec: str | Path | Sequence[int] | None) -> list[int] | None:
         return None
     if isinstance(spec, (list, tuple)):
         return [int(c) for c in spec] or None
-    path = Path(spec)
-    if not path.is_file():
-        raise FileNotFoundError(f"partition file {path} not found (run `csfnet tune` or clear train.partition)")
-    data = json.loads(path.read_text())
-    values = data.get("partition") if isinstance(data, dict) else data
-    return [int(c) for c in values] if values else None
+    path = require_file(spec, "partition file")
+    try:
+        data = json.loads(path.read_text())
+        values = data.get("partition") if isinstance(data, dict) else data
+        return [int(c) for c in values] if values else None
+    except (ValueError, TypeError, AttributeError):
+        raise DataError(f"{path}: expected {{'partition': [channels ...]}} as `csfnet tune` writes") from None
 
 
 def train(
     data: str | Path,
-    model: str | None = None,
+    model: str | dict[str, Any] | None = None,
     out: str | Path = "runs/train",
     preset: str | None = None,
     overrides: Mapping[str, Any] | None = None,
@@ -71,59 +66,61 @@ def train(
     partition: str | Path | Sequence[int] | None = None,
     track: bool = True,
     callbacks: Mapping[str, Any] | None = None,
+    settings: Settings | None = None,
 ) -> TrainResult:
-    """Train a model on a YOLO dataset; unspecified settings come from ``params.yaml``.
+    """Train a model on a YOLO dataset; what is not given comes from ``settings`` (default: ``params.yaml``).
 
     A folder holding an unfinished run started with the same settings is resumed from its ``last.pt``; any other
     content of ``out`` is replaced.
 
     Args:
         data: ``data.yaml`` of the dataset.
-        model: Config name or YAML (``train.model``).
+        model: Config name or YAML (``train.model``), or a resolved config dict (as tuning builds per trial).
         out: Run folder; receives ``weights/best.pt`` and ``weights/last.pt``.
         preset: Name of a preset in ``params.yaml`` (``train.preset``).
         overrides: ultralytics training arguments on top of the preset (``epochs``, ``imgsz``, ``batch`` ...).
         device: ``""`` for auto, ``cpu``, ``0``, ``0,1`` (DDP) ...
         pretrained: Optional local checkpoint whose shape-matching tensors initialise the model.
-        partition: CSwitch partition (list or JSON file) replacing the config's; ``[]`` keeps the config's. One
-            from ``params.yaml`` is ignored, with a warning, by configs that take none (baseline, ablations).
+        partition: CSwitch partition (list or ``csfnet tune``'s JSON file) replacing the config's own.
         track: Log to MLflow as the ``train`` stage.
         callbacks: Extra ultralytics callbacks ``{event: fn}`` (used by tuning to report to Optuna).
+        settings: Validated settings (default: :func:`csfnet.settings.load_settings`).
     """
-    settings = section("train")
-    model = model or settings.get("model", "csfnet-n")
-    preset = preset or settings.get("preset", "quick")
-    args = {**load_preset(preset), **{k: v for k, v in (overrides or {}).items() if v is not None}}
-    pretrained = pretrained if pretrained is not None else settings.get("pretrained") or None
-    partition_list = read_partition(partition if partition is not None else settings.get("partition"))
-    if partition is None and partition_list and not takes_partition(resolve_config(model)):
-        LOGGER.warning(f"{model} takes no CSwitch partition: ignoring train.partition from params.yaml")
-        partition_list = None
+    named = {"train.model": model} if not isinstance(model, dict) else {}
+    settings = (settings or load_settings()).override(
+        {**named, "train.preset": preset, "train.device": device, "train.pretrained": _text(pretrained)}, "options"
+    )
+    settings = settings.override({f"args.{k}": v for k, v in (overrides or {}).items()}, "training overrides")
     data, out = Path(data).resolve(), Path(out).resolve()
-    if not data.is_file():
-        raise FileNotFoundError(f"dataset file {data} not found (run `csfnet data extract` first)")
-    if pretrained and not Path(pretrained).is_file():
-        raise FileNotFoundError(f"pretrained checkpoint {pretrained} not found (it is a local file, never downloaded)")
+    info = check_dataset(data, ("train", "val"))
+    pretrained = settings.train.pretrained or None
+    if pretrained:
+        require_file(pretrained, "pretrained checkpoint", "a local file, never downloaded")
+    partition_list = read_partition(partition)
+    if isinstance(model, dict):
+        model_name, config = str(model.get("name", "custom")), model
+    else:
+        model_name = settings.train.model
+        config = resolve_config(model_name, nc=len(info["names"]), partition=partition_list)
 
-    nc = len((yaml.safe_load(data.read_text()) or {}).get("names") or [0])
-    config = resolve_config(model, nc=nc, partition=partition_list)
+    args = settings.train_args()
     args.update(
         data=str(data),
-        device=resolve_device(device if device is not None else settings.get("device")),
-        seed=int(args.get("seed", settings.get("seed", 0))),
+        device=resolve_device(settings.train.device),
+        seed=int(args.get("seed", settings.train.seed)),
         pretrained=str(Path(pretrained).resolve()) if pretrained else False,
         project=str(out.parent),
         name=out.name,
         exist_ok=True,
         plots=args.get("plots", True),
     )
-    state = {"model": model, "config": config, "args": {k: v for k, v in args.items() if k != "device"}}
+    state = {"model": model_name, "config": config, "args": {k: v for k, v in args.items() if k != "device"}}
     resume_from = _resumable(out, state)
     if resume_from is None:
         shutil.rmtree(out, ignore_errors=True)
         out.mkdir(parents=True)
         (out / STATE_FILE).write_text(json.dumps(state, indent=2, default=str))
-    if isinstance(config, dict):
+    if isinstance(config, dict):  # ultralytics (and its DDP workers) take the model as a file
         model_file = out / "model.yaml"
         model_file.write_text(yaml.safe_dump(config, sort_keys=False))
         args["model"] = str(model_file)
@@ -133,8 +130,9 @@ def train(
         args["resume"] = str(resume_from)
 
     disable_ultralytics_integrations()
-    tags = {"csfnet.model_config": str(model), "csfnet.data_hash": data_hash(data), "csfnet.preset": preset}
-    run_params = {"model": model, "preset": preset, "partition": partition_list, **args}
+    preset = settings.train.preset
+    tags = {"csfnet.model_config": model_name, "csfnet.data_hash": data_hash(data), "csfnet.preset": preset}
+    run_params = {"model": model_name, "preset": preset, "partition": partition_list, **args}
     context = stage_run("train", params=run_params, tags=tags) if track else contextlib.nullcontext()
     with context:
         trainer = CSFNetTrainer(overrides=args)
@@ -154,6 +152,10 @@ def train(
             _log_outputs(result, getattr(trainer, "pretrained_tensors", None))
             _log_data_stats(data, int(args.get("imgsz", 640)), result.run_dir / "data_stats")
     return result
+
+
+def _text(value: str | Path | None) -> str | None:
+    return None if value is None else str(value)
 
 
 def _log_data_stats(data: Path, imgsz: int, out_dir: Path) -> None:

@@ -17,19 +17,20 @@ import os
 import shutil
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import mlflow
 import optuna
-import yaml
 from optuna.storages import RDBStorage, RetryFailedTrialCallback, fail_stale_trials
 from optuna.trial import TrialState
 
+from csfnet.checks import check_dataset
 from csfnet.data.io import write_json
 from csfnet.model import model_summary, resolve_config, takes_partition
-from csfnet.params import section
+from csfnet.services import probe_database
+from csfnet.settings import Settings, Tune, load_settings
 from csfnet.tracking import data_hash, log_flat_metrics, stage_run
 
 METRIC = "metrics/mAP50-95(B)"
@@ -42,50 +43,6 @@ PRUNERS = {
 }
 STORAGE_ENV = "CSFNET_OPTUNA_STORAGE"  # a shared study database, e.g. from a Kubernetes secret
 COUNTED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
-
-
-@dataclass
-class TuneSettings:
-    """What to search and how; every field has a ``tune:`` key of the same name in ``params.yaml``."""
-
-    trials: int = 3
-    epochs: int = 2
-    imgsz: int = 160
-    fraction: float = 1.0  # share of the training split each trial trains on
-    objective: str = "map50_95"
-    storage: str = ""  # SQLAlchemy URL; "" = $CSFNET_OPTUNA_STORAGE, else sqlite:///<work dir>/study.db
-    study_name: str = ""  # "" = derived from model, data and search space, so changed inputs start a new study
-    seed: int = 0
-    partition: dict[str, Any] = field(
-        default_factory=lambda: {"min": [32, 64, 128], "max": [128, 256, 512], "step": 16}
-    )
-    head_depth: list[int] | None = None  # [low, high] CReToNeXt blocks, or None to keep the config's
-    lr0: list[float] | None = None  # [low, high] (log scale), or None to keep the preset's
-    pruner: dict[str, Any] = field(default_factory=lambda: {"type": "median", "n_startup_trials": 2})
-    heartbeat_interval: int = 30  # seconds; a trial silent for grace_period is failed and retried
-    grace_period: int = 90
-    max_retry: int = 1
-
-    @classmethod
-    def from_params(cls, **overrides: Any) -> TuneSettings:
-        """``params.yaml``'s ``tune`` section with non-None ``overrides`` on top."""
-        known = cls.__dataclass_fields__
-        values = {k: v for k, v in section("tune").items() if k in known}
-        values.update({k: v for k, v in overrides.items() if v is not None})
-        settings = cls(**values)
-        settings.check()
-        return settings
-
-    def check(self) -> None:
-        if self.objective not in OBJECTIVES:
-            raise ValueError(f"tune objective must be one of {OBJECTIVES}, got {self.objective!r}")
-        if self.pruner.get("type", "median") not in PRUNERS:
-            raise ValueError(f"tune pruner type must be one of {sorted(PRUNERS)}, got {self.pruner.get('type')!r}")
-        low, high, step = self.partition["min"], self.partition["max"], int(self.partition.get("step", 16))
-        if len(low) != len(high) or any(lo < step or lo > hi for lo, hi in zip(low, high)):
-            raise ValueError(f"tune partition bounds need step <= min <= max per stage, got {self.partition}")
-        if self.trials < 1 or self.epochs < 1:
-            raise ValueError("tune trials and epochs must be >= 1")
 
 
 @dataclass
@@ -115,6 +72,7 @@ def tune(
     device: str | None = None,
     worker: int = 0,
     track: bool = True,
+    settings: Settings | None = None,
     **overrides: Any,
 ) -> TuneResult:
     """Run (or continue) a study until it holds ``trials`` finished trials; write the best partition to ``out``.
@@ -128,16 +86,14 @@ def tune(
         device: Training device; one device per worker (several workers share a study instead of DDP).
         worker: Index of this worker among those sharing the study; offsets the sampler seed.
         track: Log the study and its trials to MLflow.
-        **overrides: :class:`TuneSettings` fields (``trials``, ``epochs``, ``storage`` ...).
+        settings: Validated settings (default: :func:`csfnet.settings.load_settings`).
+        **overrides: ``tune`` settings (``trials``, ``epochs``, ``storage`` ...).
     """
-    settings = TuneSettings.from_params(**overrides)
-    train_settings = section("train")
-    model = model or train_settings.get("model", "csfnet-n")
-    preset = preset or train_settings.get("preset", "quick")
+    every = (settings or load_settings()).override({"train.model": model, "train.preset": preset}, "options")
+    every = every.override({f"tune.{k}": v for k, v in overrides.items()}, "options")
+    settings, model, preset = every.tune, every.train.model, every.train.preset
     data, out, work_dir = Path(data).resolve(), Path(out), Path(work_dir)
-    if not data.is_file():
-        raise FileNotFoundError(f"dataset file {data} not found (run `csfnet data extract` first)")
-    nc = len((yaml.safe_load(data.read_text()) or {}).get("names") or [0])
+    nc = len(check_dataset(data, ("train", "val"))["names"])
     config = resolve_config(model, nc=nc)
     if not takes_partition(config):
         result = _empty_result(f"{model} has no CSwitch feeding DFuse: nothing to tune")
@@ -147,9 +103,10 @@ def tune(
     work_dir.mkdir(parents=True, exist_ok=True)
     # a relative work dir gives a relative SQLite URL, so best_partition.json (a DVC output) is the same on every clone
     storage_url = settings.storage or os.environ.get(STORAGE_ENV) or f"sqlite:///{work_dir / 'study.db'}"
+    probe_database(storage_url, every.services.timeout, "Optuna storage")
     name = settings.study_name or _study_name(model, data, settings)
     study = _load_study(name, storage_url, settings, worker, _baseline(config, settings))
-    objective = _Objective(settings, data, model, nc, preset, device, work_dir, track, worker)
+    objective = _Objective(every, data, nc, device, work_dir, track, worker)
     context = (
         stage_run("tune", params=_run_params(settings, model, name), tags={"csfnet.data_hash": data_hash(data)})
         if track
@@ -164,26 +121,24 @@ def tune(
     return result
 
 
-def _baseline(config: dict[str, Any], settings: TuneSettings) -> dict[str, int] | None:
+def _baseline(config: dict[str, Any], settings: Tune) -> dict[str, int] | None:
     """The config's own (hand-set, width-scaled) partition as trial parameters, if it lies in the search space."""
     from csfnet.nn.builder import scaled_partition
 
-    step = int(settings.partition.get("step", 16))
+    step = settings.partition.step
     params = {f"partition_p{i + 3}": c for i, c in enumerate(scaled_partition(config))}
-    bounds = zip(params.values(), settings.partition["min"], settings.partition["max"])
-    inside = len(params) == len(settings.partition["min"]) and all(
-        lo <= c <= hi and c % step == 0 for c, lo, hi in bounds
-    )
+    bounds = zip(params.values(), settings.partition.min, settings.partition.max)
+    inside = len(params) == len(settings.partition.min) and all(lo <= c <= hi and c % step == 0 for c, lo, hi in bounds)
     return params if inside else None
 
 
-def _study_name(model: str, data: Path, settings: TuneSettings) -> str:
-    keys = ("epochs", "imgsz", "fraction", "objective", "partition", "head_depth", "lr0")
-    space = json.dumps([model, data_hash(data), {k: getattr(settings, k) for k in keys}], sort_keys=True)
+def _study_name(model: str, data: Path, settings: Tune) -> str:
+    keys = {"epochs", "imgsz", "fraction", "objective", "partition", "head_depth", "lr0"}
+    space = json.dumps([model, data_hash(data), settings.model_dump(include=keys)], sort_keys=True)
     return f"{model}-partition-{hashlib.sha256(space.encode()).hexdigest()[:10]}"
 
 
-def _storage(url: str, settings: TuneSettings, attempts: int = 5) -> RDBStorage:
+def _storage(url: str, settings: Tune, attempts: int = 5) -> RDBStorage:
     """The study database; workers starting together race to create its tables, so retry on a conflict."""
     from sqlalchemy.exc import IntegrityError, OperationalError
 
@@ -205,12 +160,12 @@ def _storage(url: str, settings: TuneSettings, attempts: int = 5) -> RDBStorage:
 
 
 def _load_study(
-    name: str, url: str, settings: TuneSettings, worker: int, baseline: dict[str, int] | None = None
+    name: str, url: str, settings: Tune, worker: int, baseline: dict[str, int] | None = None
 ) -> optuna.Study:
     storage = _storage(url, settings)
-    kwargs = {k: v for k, v in settings.pruner.items() if k != "type"}
+    kwargs = dict(settings.pruner.model_extra or {})
     multi = settings.objective == "pareto"
-    pruner = optuna.pruners.NopPruner() if multi else PRUNERS[settings.pruner.get("type", "median")](**kwargs)
+    pruner = optuna.pruners.NopPruner() if multi else PRUNERS[settings.pruner.type](**kwargs)
     study = optuna.create_study(
         storage=storage,
         study_name=name,
@@ -232,7 +187,7 @@ def _counted(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
     return [t for t in study.get_trials(deepcopy=False, states=COUNTED) if not t.user_attrs.get("surplus")]
 
 
-def _optimize(study: optuna.Study, objective: _Objective, settings: TuneSettings) -> None:
+def _optimize(study: optuna.Study, objective: _Objective, settings: Tune) -> None:
     """Run trials one by one until the study holds ``settings.trials`` counted trials."""
     while True:
         with _quiet_experimental():
@@ -254,20 +209,11 @@ class _Objective:
     """Builds a trial's model, trains it, reports every epoch and returns mAP50-95 (and GFLOPs when Pareto)."""
 
     def __init__(
-        self,
-        settings: TuneSettings,
-        data: Path,
-        model: str,
-        nc: int,
-        preset: str,
-        device: str | None,
-        work_dir: Path,
-        track: bool,
-        worker: int,
+        self, every: Settings, data: Path, nc: int, device: str | None, work_dir: Path, track: bool, worker: int
     ):
-        self.settings, self.data, self.model, self.nc = settings, data, model, nc
-        self.preset, self.device, self.work_dir, self.track = preset, _single_device(device), work_dir, track
-        self.worker = worker
+        self.every, self.settings, self.model = every, every.tune, every.train.model
+        self.data, self.nc, self.device = data, nc, _single_device(device)
+        self.work_dir, self.track, self.worker = work_dir, track, worker
 
     def __call__(self, trial: optuna.Trial) -> float | tuple[float, float]:
         study = trial.study
@@ -276,8 +222,7 @@ class _Objective:
             trial.set_user_attr("surplus", True)
             study.stop()
             raise optuna.TrialPruned("study already complete")
-        partition, config_file, overrides = self._suggest(trial)
-        config = resolve_config(config_file, nc=self.nc)
+        partition, config, overrides = self._suggest(trial)
         gflops = model_summary(config, nc=self.nc)["gflops"]
         trial.set_user_attr("worker", self.worker)
         trial.set_user_attr("partition", partition)
@@ -288,7 +233,7 @@ class _Objective:
         if self.track:
             self._start_run(trial, partition, overrides, gflops)
         try:
-            value = self._train(trial, config_file, run_dir, overrides)
+            value = self._train(trial, config, run_dir, overrides)
         except optuna.TrialPruned:
             self._end_run("PRUNED", started)
             raise
@@ -301,11 +246,12 @@ class _Objective:
         self._end_run("COMPLETE", started, value)
         return (value, gflops) if self.settings.objective == "pareto" else value
 
-    def _suggest(self, trial: optuna.Trial) -> tuple[list[int], Path, dict[str, Any]]:
-        bounds, step = self.settings.partition, int(self.settings.partition.get("step", 16))
+    def _suggest(self, trial: optuna.Trial) -> tuple[list[int], dict[str, Any], dict[str, Any]]:
+        """The trial's partition, its resolved model config (passed on as data) and training overrides."""
+        bounds = self.settings.partition
         partition = [
-            trial.suggest_int(f"partition_p{i + 3}", int(lo), int(hi), step=step)
-            for i, (lo, hi) in enumerate(zip(bounds["min"], bounds["max"]))
+            trial.suggest_int(f"partition_p{i + 3}", lo, hi, step=bounds.step)
+            for i, (lo, hi) in enumerate(zip(bounds.min, bounds.max))
         ]
         config = resolve_config(self.model, nc=self.nc, partition=partition)
         if self.settings.head_depth:
@@ -320,12 +266,9 @@ class _Objective:
         }
         if self.settings.lr0:
             overrides["lr0"] = trial.suggest_float("lr0", *map(float, self.settings.lr0), log=True)
-        config_file = self.work_dir / "configs" / f"{trial.study.study_name}-{trial.number:04d}.yaml"
-        config_file.parent.mkdir(parents=True, exist_ok=True)
-        config_file.write_text(yaml.safe_dump(config, sort_keys=False))
-        return partition, config_file, overrides
+        return partition, config, overrides
 
-    def _train(self, trial: optuna.Trial, config_file: Path, run_dir: Path, overrides: dict[str, Any]) -> float:
+    def _train(self, trial: optuna.Trial, config: dict[str, Any], run_dir: Path, overrides: dict[str, Any]) -> float:
         from csfnet.train import train
 
         multi = self.settings.objective == "pareto"
@@ -344,14 +287,13 @@ class _Objective:
 
         result = train(
             self.data,
-            model=str(config_file),
+            model=config,  # holds the trial's partition
             out=run_dir,
-            preset=self.preset,
             overrides=overrides,
             device=self.device,
-            partition=[],  # the config file already holds the trial's partition
             track=False,
             callbacks={"on_fit_epoch_end": report},
+            settings=self.every,
         )
         value = float(result.metrics.get(METRIC, 0.0))
         return 0.0 if math.isnan(value) else value
@@ -391,15 +333,15 @@ def _set_head_depth(config: dict[str, Any], blocks: int) -> None:
     raise ValueError(f"{config.get('name')} has no CReToNeXt layer, so head_depth cannot be tuned")
 
 
-def _run_params(settings: TuneSettings, model: str, name: str) -> dict[str, Any]:
-    return {"study": name, "model": model, **{k: v for k, v in vars(settings).items() if k != "storage"}}
+def _run_params(settings: Tune, model: str, name: str) -> dict[str, Any]:
+    return {"study": name, "model": model, **settings.model_dump(exclude={"storage"})}
 
 
 def _empty_result(reason: str) -> TuneResult:
     return TuneResult("", "", None, None, {}, None, [], {}, reason)
 
 
-def _result(study: optuna.Study, name: str, url: str, settings: TuneSettings) -> TuneResult:
+def _result(study: optuna.Study, name: str, url: str, settings: Tune) -> TuneResult:
     states = [t.state for t in study.get_trials(deepcopy=False)]
     counts = {s.name.lower(): states.count(s) for s in TrialState if states.count(s)}
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
@@ -433,7 +375,7 @@ def _redact(url: str) -> str:
     return make_url(url).render_as_string(hide_password=True)
 
 
-def _log_study(study: optuna.Study, result: TuneResult, out: Path, settings: TuneSettings) -> None:
+def _log_study(study: optuna.Study, result: TuneResult, out: Path, settings: Tune) -> None:
     """Study outcome and plots as artifacts of the study's run."""
     mlflow.log_artifact(str(out))
     if result.value is not None:
@@ -443,7 +385,7 @@ def _log_study(study: optuna.Study, result: TuneResult, out: Path, settings: Tun
         mlflow.log_figure(figure, f"plots/{name}.png")
 
 
-def _study_plots(study: optuna.Study, settings: TuneSettings) -> Mapping[str, Any]:
+def _study_plots(study: optuna.Study, settings: Tune) -> Mapping[str, Any]:
     import matplotlib
 
     matplotlib.use("Agg")

@@ -35,7 +35,7 @@ pytestmark = pytest.mark.slow
 def exported(tiny_weights, tiny_data, tmp_path_factory):
     out = tmp_path_factory.mktemp("export") / "model.onnx"
     # conf 0.001: the one-epoch model's detections are all low-confidence, and there must be boxes to compare
-    result = export(tiny_weights, out, tiny_data, imgsz=64, int8=True, conf=0.001, batch=4)
+    result = export(tiny_weights, out, tiny_data, imgsz=64, track=False, int8=True, conf=0.001, batch=4)
     return result
 
 
@@ -66,7 +66,16 @@ def test_int8_model_is_quantised_and_reported(exported):
 
 
 def test_dynamic_size_export(tiny_weights, tiny_data, tmp_path):
-    result = export(tiny_weights, tmp_path / "dyn.onnx", tiny_data, imgsz=64, dynamic_size=True, verify_frames=2)
+    result = export(
+        tiny_weights,
+        tmp_path / "dyn.onnx",
+        tiny_data,
+        imgsz=64,
+        track=False,
+        dynamic_size=True,
+        verify_frames=2,
+        int8=False,
+    )
     session = ort.InferenceSession(str(result.onnx), providers=["CPUExecutionProvider"])
     assert session.run(None, {"images": np.zeros((2, 3, 96, 64), np.float32)})[0].shape == (
         2,
@@ -90,7 +99,7 @@ def test_failed_export_leaves_nothing(tiny_weights, tiny_data, tmp_path):
     broken.write_bytes(tiny_weights.read_bytes()[:5000])  # cut off mid-write
     out = tmp_path / "models" / "model.onnx"
     with pytest.raises(Exception):  # noqa: B017  (torch/ultralytics decide the exact type)
-        export(broken, out, tiny_data, imgsz=64)
+        export(broken, out, tiny_data, imgsz=64, track=False, int8=False)
     assert not out.parent.exists() or list(out.parent.iterdir()) == []
 
 

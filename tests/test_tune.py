@@ -175,7 +175,7 @@ def test_pareto_search_over_partition_depth_and_learning_rate(tiny_data, tmp_pat
     assert result.partition == result.pareto_front[0]["partition"]  # the most accurate Pareto-optimal trial
     assert {"head_depth", "lr0"} <= set(result.params) and 0.001 <= result.params["lr0"] <= 0.01
 
-    config = next((tmp_path / "runs" / "configs").glob(f"*-{result.trial:04d}.yaml"))
+    config = next((tmp_path / "runs" / "trials").glob(f"*-{result.trial:04d}/model.yaml"))  # the trained config
     (head,) = [m for m in CSFNetModel(yaml.safe_load(config.read_text())).modules() if isinstance(m, CReToNeXt)]
     assert len(head.blocks) == result.params["head_depth"]  # the trial trained the depth it was given
     (study_run,) = mlflow.search_runs(experiment_names=["csfnet"], filter_string="tags.`csfnet.stage` = 'tune'")[

@@ -1,0 +1,393 @@
+"""The settings schema: every section of ``params.yaml``, validated once, with its defaults.
+
+``params.yaml`` (or ``$CSFNET_PARAMS``) holds the same defaults as this schema (a test keeps them equal); keys it
+leaves out take the schema's. Command-line options override single keys (:meth:`Settings.override`) and never
+re-default. Every problem is a :class:`~csfnet.errors.SettingsError` naming the file, the key and the value, with
+the closest valid key suggested for a misspelt one.
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import itertools
+import os
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from csfnet.errors import SettingsError
+
+PARAMS_ENV = "CSFNET_PARAMS"
+ACTIVE_PRESET = "args"  # override prefix for the active preset's ultralytics arguments: args.epochs=3
+
+PositiveInt = Annotated[int, Field(gt=0)]
+Fraction = Annotated[float, Field(ge=0, le=1)]
+
+
+class Section(BaseModel):
+    """A section of params.yaml: unknown keys are errors, values are checked on assignment too."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, strict=False)
+
+
+class Data(Section):
+    """Where the raw videos come from."""
+
+    source: str = "synth"  # synth, a local folder, or any fsspec URI (s3://bucket/raw)
+
+
+class Synth(Section):
+    """The deterministic synthetic micro-UAV benchmark (``csfnet data synth``)."""
+
+    train_videos: PositiveInt = 8
+    val_videos: PositiveInt = 4
+    frames: PositiveInt = 50
+    width: Annotated[int, Field(ge=32)] = 160
+    height: Annotated[int, Field(ge=32)] = 128
+    seed: int = 0
+    format: Literal["mot", "anti-uav"] = "mot"
+
+
+class Extract(Section):
+    """Frame extraction from raw videos into a YOLO dataset."""
+
+    stride: PositiveInt = 2
+    format: Literal["auto", "anti-uav", "mot", "yolo"] = "auto"
+    fix: bool = False
+    names: Annotated[list[str], Field(min_length=1)] = ["uav"]
+
+
+class Train(Section):
+    """What to train and where."""
+
+    model: str = "csfnet-n"
+    preset: str = "quick"
+    device: str = ""
+    pretrained: str = ""
+    seed: int = 0
+
+    @field_validator("device", mode="before")
+    @classmethod
+    def _device_text(cls, value: Any) -> Any:
+        return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+    @field_validator("model")
+    @classmethod
+    def _known_model(cls, value: str) -> str:
+        from csfnet.model import ALL_CONFIGS
+
+        if value in ALL_CONFIGS or value.endswith((".yaml", ".yml")):
+            return value
+        raise ValueError(_unknown(value, ALL_CONFIGS, "a model configuration") + " or a YAML file")
+
+
+class PartitionSpace(Section):
+    """Channels CSwitch may send to fusion P3, P4, P5: multiples of ``step`` within ``min``..``max``."""
+
+    min: Annotated[list[PositiveInt], Field(min_length=1)] = [32, 64, 128]
+    max: Annotated[list[PositiveInt], Field(min_length=1)] = [128, 256, 512]
+    step: PositiveInt = 16
+
+    @model_validator(mode="after")
+    def _bounds(self) -> PartitionSpace:
+        if len(self.min) != len(self.max):
+            raise ValueError(f"min and max need one value per stage, got {self.min} and {self.max}")
+        if any(lo < self.step or lo > hi for lo, hi in zip(self.min, self.max)):
+            raise ValueError(f"need step <= min <= max per stage, got min {self.min}, max {self.max}, step {self.step}")
+        return self
+
+
+class Pruner(BaseModel):
+    """An Optuna pruner: ``type`` plus that pruner's own keyword arguments."""
+
+    model_config = ConfigDict(extra="allow")
+    type: Literal["none", "median", "successive_halving", "hyperband"] = "median"
+
+
+class Tune(Section):
+    """Optuna search for the CSwitch partition (``csfnet tune``)."""
+
+    trials: PositiveInt = 3
+    epochs: PositiveInt = 2
+    imgsz: Annotated[int, Field(ge=32)] = 160
+    fraction: Annotated[float, Field(gt=0, le=1)] = 1.0
+    objective: Literal["map50_95", "pareto"] = "map50_95"
+    storage: str = ""
+    study_name: str = ""
+    seed: int = 0
+    partition: PartitionSpace = PartitionSpace()
+    head_depth: tuple[PositiveInt, PositiveInt] | None = None
+    lr0: tuple[Annotated[float, Field(gt=0)], Annotated[float, Field(gt=0)]] | None = None
+    pruner: Pruner = Pruner(type="median", n_startup_trials=2)
+    heartbeat_interval: PositiveInt = 30
+    grace_period: PositiveInt = 90
+    max_retry: Annotated[int, Field(ge=0)] = 1
+
+
+class Eval(Section):
+    """Validation settings shared by evaluation, robustness and export."""
+
+    batch: PositiveInt = 16
+    conf: Fraction = 0.001
+    iou: Fraction = 0.6
+    report_conf: Fraction = 0.25
+    size_bands: Annotated[list[Annotated[float, Field(gt=0)]], Field(min_length=1)] = [8, 16, 32]
+    samples: Annotated[int, Field(ge=0)] = 6
+
+    @field_validator("size_bands")
+    @classmethod
+    def _increasing(cls, value: list[float]) -> list[float]:
+        if any(b <= a for a, b in itertools.pairwise(value)):
+            raise ValueError(f"size band edges must increase, got {value}")
+        return value
+
+
+class Robustness(Section):
+    """The Gaussian-noise sweep (paper Table 1)."""
+
+    sigmas: Annotated[list[Annotated[float, Field(ge=0)]], Field(min_length=1)] = [0, 5, 10, 25, 50]
+    seed: int = 0
+
+
+class Export(Section):
+    """Verified ONNX export and INT8 quantisation."""
+
+    opset: Annotated[int, Field(ge=11, le=21)] = 17
+    dynamic_size: bool = False
+    int8: bool = True
+    calib_frames: PositiveInt = 100
+    verify_frames: PositiveInt = 8
+
+
+class Register(Section):
+    """The MLflow model registry."""
+
+    name: Annotated[str, Field(min_length=1)] = "csfnet-uav"
+    margin: Annotated[float, Field(ge=0)] = 0.005
+
+
+class Mlflow(Section):
+    """MLflow experiment (the store follows ``MLFLOW_TRACKING_URI``, else ``sqlite:///mlruns.db``)."""
+
+    experiment: Annotated[str, Field(min_length=1)] = "csfnet"
+
+
+class Services(Section):
+    """Probes of the services a stage needs, made when it starts."""
+
+    timeout: Annotated[float, Field(gt=0, le=60)] = 5.0  # seconds per probe; unreachable fails within it
+
+
+QUICK = {
+    "imgsz": 320,
+    "epochs": 18,
+    "batch": 16,
+    "optimizer": "AdamW",
+    "lr0": 0.002,
+    "cos_lr": True,
+    "warmup_epochs": 1,
+    "patience": 0,
+    "amp": True,
+    "mosaic": 1.0,
+    "close_mosaic": 4,
+    "scale": 0.25,
+    "translate": 0.1,
+    "fliplr": 0.5,
+    "mixup": 0.0,
+    "copy_paste": 0.0,
+    "workers": 2,
+}
+PAPER = {
+    "imgsz": 640,
+    "epochs": 80,
+    "batch": 32,
+    "optimizer": "AdamW",
+    "lr0": 0.001,
+    "cos_lr": True,
+    "warmup_epochs": 3,
+    "patience": 20,
+    "amp": True,
+    "hsv_h": 0.015,
+    "hsv_s": 0.7,
+    "hsv_v": 0.4,
+    "degrees": 0.0,
+    "translate": 0.1,
+    "scale": 0.3,
+    "fliplr": 0.5,
+    "mosaic": 1.0,
+    "mixup": 0.1,
+    "copy_paste": 0.1,
+    "close_mosaic": 15,
+    "workers": 8,
+}
+RESERVED_ARGS = ("data", "model", "project", "name", "device", "resume", "pretrained", "exist_ok")
+
+
+warnings.filterwarnings("ignore", 'Field name "register"', UserWarning)
+
+
+class Settings(Section):
+    """Everything ``params.yaml`` can hold (``register`` shadows only ABCMeta.register, harmlessly)."""
+
+    data: Data = Data()
+    synth: Synth = Synth()
+    extract: Extract = Extract()
+    train: Train = Train()
+    presets: dict[str, dict[str, Any]] = Field(default_factory=lambda: {"quick": dict(QUICK), "paper": dict(PAPER)})
+    tune: Tune = Tune()
+    eval: Eval = Eval()
+    robustness: Robustness = Robustness()
+    export: Export = Export()
+    register: Register = Register()
+    mlflow: Mlflow = Mlflow()
+    services: Services = Services()
+
+    @field_validator("presets")
+    @classmethod
+    def _ultralytics_arguments(cls, presets: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        for name, args in presets.items():
+            if not isinstance(args, dict):
+                raise ValueError(f"preset {name!r} must be a mapping of ultralytics training arguments")
+            for key, value in args.items():
+                check_ultralytics_argument(key, value, f"presets.{name}.")
+        return presets
+
+    @model_validator(mode="after")
+    def _preset_exists(self) -> Settings:
+        if self.train.preset not in self.presets:
+            raise SettingsError(f"train.preset: {_unknown(self.train.preset, self.presets, 'a preset')}")
+        return self
+
+    def train_args(self) -> dict[str, Any]:
+        """The active preset's ultralytics training arguments (``presets[train.preset]``)."""
+        return dict(self.presets[self.train.preset])
+
+    @property
+    def imgsz(self) -> int:
+        """Training image size of the active preset; evaluation and export use the same."""
+        return int(self.train_args().get("imgsz", 640))
+
+    def override(self, values: Mapping[str, Any], source: str = "command line") -> Settings:
+        """A copy with dotted keys replaced (``{"train.model": "yolov8n", "args.epochs": 3}``); None values are
+        skipped. ``args.KEY`` sets an ultralytics argument of the active preset (after ``train.preset``)."""
+        values = {k: v for k, v in values.items() if v is not None}
+        if not values:
+            return self
+        data = self.model_dump()
+        ordered = sorted(values.items(), key=lambda kv: kv[0].startswith(f"{ACTIVE_PRESET}."))
+        for key, value in ordered:
+            if key.startswith(f"{ACTIVE_PRESET}."):
+                key = f"presets.{data['train']['preset']}.{key.split('.', 1)[1]}"
+            _set(data, key.split("."), value)
+        return validate(data, source)
+
+
+def check_ultralytics_argument(key: str, value: Any, where: str = "") -> None:
+    """Type and name check of one ultralytics training argument (ValueError with the closest valid name)."""
+    from ultralytics.cfg import CFG_BOOL_KEYS, CFG_FLOAT_KEYS, CFG_FRACTION_KEYS, CFG_INT_KEYS, DEFAULT_CFG_DICT
+
+    if key in RESERVED_ARGS:
+        raise ValueError(f"{where}{key} is set by csfnet itself (use the matching csfnet option), not by a preset")
+    if key not in DEFAULT_CFG_DICT:
+        raise ValueError(f"{where}{key}: not an ultralytics training argument{_suggest(key, DEFAULT_CFG_DICT)}")
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if key in CFG_INT_KEYS and not (isinstance(value, int) and not isinstance(value, bool)):
+        raise ValueError(f"{where}{key}: {value!r} is not an integer")
+    if key in (CFG_FLOAT_KEYS | CFG_FRACTION_KEYS) and not number:
+        raise ValueError(f"{where}{key}: {value!r} is not a number")
+    if key in CFG_FRACTION_KEYS and not 0 <= value <= 1:
+        raise ValueError(f"{where}{key}: {value!r} is not between 0 and 1")
+    if key in CFG_BOOL_KEYS and not isinstance(value, bool):
+        raise ValueError(f"{where}{key}: {value!r} is not true or false")
+    if key == "imgsz" and not (isinstance(value, int) and value >= 32):
+        raise ValueError(f"{where}imgsz: {value!r} is not an image size (an integer >= 32)")
+
+
+def params_path() -> Path:
+    """``$CSFNET_PARAMS`` if set, else ``params.yaml`` in the working directory."""
+    return Path(os.environ.get(PARAMS_ENV, "params.yaml"))
+
+
+def load_settings(path: str | Path | None = None) -> Settings:
+    """The validated settings of ``path`` (default :func:`params_path`); the schema's defaults without a file."""
+    path = Path(path) if path else params_path()
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
+        return Settings()
+    return _load(str(path.resolve()), stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=8)
+def _load(path: str, mtime_ns: int, size: int) -> Settings:
+    try:
+        raw = yaml.safe_load(Path(path).read_text()) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise SettingsError(f"{Path(path).name}:{where} not valid YAML ({getattr(e, 'problem', e)})") from None
+    if not isinstance(raw, dict):
+        raise SettingsError(f"{Path(path).name}: expected a mapping of sections at the top level")
+    return validate(raw, Path(path).name)
+
+
+def validate(data: Mapping[str, Any], source: str) -> Settings:
+    """``Settings`` from a mapping; every error becomes one SettingsError line naming ``source``, key and value."""
+    try:
+        return Settings.model_validate(data)
+    except SettingsError as e:
+        raise SettingsError(f"{source}: {e}") from None
+    except ValidationError as e:
+        raise SettingsError(f"{source}: {_describe(e.errors()[0], data)}") from None
+
+
+def _describe(error: Mapping[str, Any], data: Mapping[str, Any]) -> str:
+    loc = [str(p) for p in error["loc"] if not str(p).startswith(("function-", "tuple["))]
+    key = ".".join(loc)
+    if error["type"] == "extra_forbidden":
+        parent = _schema_at(loc[:-1])
+        known = list(parent.model_fields) if parent else []
+        hint = _suggest(loc[-1], known, ".".join(loc[:-1]))
+        if not hint and loc[0] == "train":
+            hint = " (ultralytics training arguments such as epochs belong in presets.<name>)"
+        return f"unknown key {key!r}{hint}"
+    message = str(error["msg"]).removeprefix("Value error, ").removeprefix("Assertion failed, ")
+    if message.startswith(f"{key}.") or not key:
+        return message
+    shown = repr(error.get("input"))
+    return f"{key}: {shown}: {message}" if "input" in error and len(shown) <= 60 else f"{key}: {message}"
+
+
+def _schema_at(loc: list[str]) -> type[BaseModel] | None:
+    model: Any = Settings
+    for part in loc:
+        field = model.model_fields.get(part) if isinstance(model, type) and issubclass(model, BaseModel) else None
+        if field is None:
+            return None
+        model = field.annotation
+    return model if isinstance(model, type) and issubclass(model, BaseModel) else None
+
+
+def _suggest(name: str, known: list[str] | Mapping[str, Any], prefix: str = "") -> str:
+    close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.6)
+    return f" (did you mean {(prefix + '.') if prefix else ''}{close[0]!r}?)" if close else ""
+
+
+def _unknown(value: str, known: list[str] | Mapping[str, Any], what: str) -> str:
+    close = difflib.get_close_matches(value, list(known), n=1, cutoff=0.6)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    return f"{value!r} is not {what} ({hint}known: {', '.join(known)})"
+
+
+def _set(data: dict[str, Any], keys: list[str], value: Any) -> None:
+    for part in keys[:-1]:
+        child = data.get(part)
+        if not isinstance(child, dict):
+            raise SettingsError(f"command line: unknown key {'.'.join(keys)!r}")
+        data = child
+    data[keys[-1]] = value
