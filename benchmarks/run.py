@@ -5,13 +5,15 @@
    videos with the same decoder (OpenCV), with 1 worker and with every core, keeping every frame (stride 1) and
    every 2nd frame (params.yaml's default); medians of ``--repeats`` runs, datasets written to ``--scratch``
    (default: the system's temporary folder; ``/dev/shm`` takes the disk out of the measurement); then the per-frame
-   decode and JPEG-encode costs, and the ceiling they put on the stride-1 ratio.
+   decode and JPEG-encode costs, and the ceiling they put on the stride-1 ratio. Then ``--hd-videos`` 1920x1080
+   videos extracted as whole frames and as 640 px tiles (training split tiled), each against decode-only and the
+   decode + JPEG-encode ceiling of the images it writes.
 3. Deployment runtimes: PyTorch eager, onnxruntime FP32 and INT8 (and onnxruntime's CUDA provider when a GPU is
    present), batch 1 and 8, on trained weights (``--weights``, default runs/train/weights/best.pt) or, without them,
    an untrained CSF-Net-n (timing only).
 
 Usage: python benchmarks/run.py [--repeats 5] [--threads N] [--only latency extract deploy] [--weights PT] [--imgsz 640]
-       [--scratch DIR]
+       [--scratch DIR] [--hd-videos 4]
 """
 
 from __future__ import annotations
@@ -32,8 +34,9 @@ import cv2
 import torch
 
 import csfnet  # noqa: F401  (offline defaults)
-from csfnet.data.extract import JPEG_QUALITY, extract, video_frames
+from csfnet.data.extract import JPEG_QUALITY, Tiling, extract, video_frames
 from csfnet.data.synth import SynthSpec, generate
+from csfnet.data.tiles import grid
 from csfnet.export import onnx_export, ort_latency_ms, quantize_int8
 from csfnet.model import build_model, model_summary
 
@@ -89,18 +92,63 @@ def jpeg_ceiling(videos: list[str]) -> tuple[float, float]:
     return 1000 * decode / frames, 1000 * encode / frames
 
 
-def extract_fps(raw: Path, scratch: Path, workers: int, stride: int, frames: int, repeats: int) -> float:
-    """Extraction throughput in video frames processed per second (validation, decoding, JPEG, labels; median).
+def extract_fps(
+    raw: Path, scratch: Path, workers: int, stride: int, frames: int, repeats: int, tiling: Tiling | None = None
+) -> tuple[float, dict]:
+    """Extraction throughput in video frames processed per second (validation, decoding, JPEG, labels; median),
+    and the last run's report.
 
     Each repeat writes a new dataset: deleting the previous one first would charge its deletion to the next run.
     """
-    rates = []
+    rates, report = [], {}
     for repeat in range(repeats):
         start = time.perf_counter()
         with contextlib.redirect_stderr(io.StringIO()):  # extraction's progress bars would bury the table
-            extract(raw, scratch / f"w{workers}-s{stride}-{repeat}", stride=stride, workers=workers)
+            out = scratch / f"w{workers}-s{stride}-t{tiling.tile if tiling else 0}-{repeat}"
+            report = extract(raw, out, stride=stride, workers=workers, tiling=tiling or Tiling())
         rates.append(frames / (time.perf_counter() - start))
-    return statistics.median(rates)
+    return statistics.median(rates), report
+
+
+def tile_encode_ms(videos: list[str], tile: int, overlap: float) -> float:
+    """CPU time of JPEG-encoding one tile (ms; every tile of every frame, same quality as extraction)."""
+    cv2.setNumThreads(1)
+    spent, count = 0.0, 0
+    for video in videos:
+        for frame in video_frames(Path(video)):
+            h, w = frame.shape[:2]
+            start = time.process_time()
+            for t in grid(w, h, tile, overlap):
+                cv2.imencode(".jpg", frame[t.y : t.y + t.h, t.x : t.x + t.w], [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
+                count += 1
+            spent += time.process_time() - start
+    return 1000 * spent / max(count, 1)
+
+
+def hd_tiles(scratch: Path, videos: int, repeats: int, cores: int) -> None:
+    """Extraction of 1920x1080 synthetic videos, whole frames vs 640 px tiles (overlap 0.2, one negative per
+    positive, train split tiled), against decode-only and the decode + JPEG-encode ceiling of what each writes."""
+    half = max(1, videos // 2)
+    spec = SynthSpec(train_videos=videos - half, val_videos=half, frames=25, width=1920, height=1080)
+    raw = generate(scratch / "hd-raw", spec)
+    paths = [str(v) for v in raw.rglob("*.mp4")]
+    dec, frames = decode_fps(paths, cores, repeats)
+    dec_ms, frame_ms = jpeg_ceiling(paths)
+    tile_ms = tile_encode_ms(paths, 640, 0.2)
+    print(
+        f"\n## HD extraction: {len(paths)} synthetic 1920x1080 videos x {spec.frames} frames, {cores} workers, "
+        f"stride 1 (decode {dec_ms:.2f} ms/frame, JPEG q{JPEG_QUALITY}: frame {frame_ms:.2f} ms, 640 px tile "
+        f"{tile_ms:.2f} ms)"
+    )
+    print(f"{'mode':<26} {'images/frame':>12} {'extract fps':>12} {'decode fps':>11} {'ratio':>6} {'ceiling':>8}")
+    for name, tiling in (("whole frames", Tiling()), ("tiles 640, overlap 0.2", Tiling(tile=640, overlap=0.2))):
+        fps, report = extract_fps(raw, scratch, cores, 1, frames, repeats, tiling)
+        splits = report["splits"]
+        images = sum(s["images"] for s in splits.values())
+        tiles = sum(s["images"] for s in splits.values() if s["tiled"])  # the others are whole frames
+        encode = (tiles * tile_ms + (images - tiles) * frame_ms) / frames  # JPEG CPU time per source frame
+        ceiling = dec_ms / (dec_ms + encode)
+        print(f"{name:<26} {images / frames:>12.2f} {fps:>12.1f} {dec:>11.1f} {fps / dec:>6.2f} {ceiling:>8.2f}")
 
 
 def torch_latency_ms(weights: Path, imgsz: int, batch: int, repeats: int, device: str = "cpu") -> float:
@@ -165,6 +213,7 @@ def main() -> None:
     parser.add_argument("--weights", type=Path, default=Path("runs/train/weights/best.pt"))
     parser.add_argument("--imgsz", type=int, default=640, help="deployment benchmark image size")
     parser.add_argument("--scratch", type=Path, default=None, help="folder for the extracted datasets")
+    parser.add_argument("--hd-videos", type=int, default=4, help="1920x1080 videos for the tiling benchmark (0: skip)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     cores = len(os.sched_getaffinity(0))
@@ -192,7 +241,7 @@ def main() -> None:
             for workers in sorted({1, cores}):
                 dec, frames = decode_fps(videos, workers, args.repeats)
                 for stride in (1, 2):
-                    ext = extract_fps(raw, scratch, workers, stride, frames, args.repeats)
+                    ext, _ = extract_fps(raw, scratch, workers, stride, frames, args.repeats)
                     print(f"{workers:>7} {stride:>6} {dec:>11.0f} {ext:>12.0f} {ext / dec:>6.2f}")
             shutil.rmtree(scratch)
             dec_ms, enc_ms = jpeg_ceiling(videos)
@@ -200,6 +249,10 @@ def main() -> None:
                 f"CPU time per frame: decode {dec_ms:.3f} ms, JPEG q{JPEG_QUALITY} encode {enc_ms:.3f} ms -> "
                 f"stride-1 ceiling with every core busy {dec_ms / (dec_ms + enc_ms):.2f} of decode-only"
             )
+            if args.hd_videos:
+                scratch = Path(tempfile.mkdtemp(dir=args.scratch))
+                hd_tiles(scratch, args.hd_videos, args.repeats, cores)
+                shutil.rmtree(scratch)
         if "deploy" in args.only:
             print(f"\n## Deployment runtimes, imgsz {args.imgsz} (median of {args.repeats} runs)")
             data = Path(tmp) / "calib"
