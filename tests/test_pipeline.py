@@ -69,6 +69,12 @@ def test_dvc_repro_runs_the_whole_pipeline(tmp_path, monkeypatch):
     assert (repo / "plots" / "index.html").is_file()
     assert (repo / "runs/train/weights/best.pt").is_file()
 
+    # each stage depends on the keys it reads: editing the preset not in use re-runs nothing
+    params["presets"]["paper"]["epochs"] += 1
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    status = subprocess.run([tool("dvc"), "status", "--json"], cwd=repo, env=env, capture_output=True, text=True)
+    assert json.loads(status.stdout) == {}, status.stdout
+
     monkeypatch.chdir(repo)
     mlflow.set_tracking_uri(f"sqlite:///{repo / 'mlruns.db'}")
     runs = mlflow.search_runs(experiment_names=["csfnet"], output_format="list")
