@@ -12,6 +12,8 @@ changes exactly when the source's content does.
 from __future__ import annotations
 
 import dataclasses
+import filecmp
+import hashlib
 import json
 import os
 import re
@@ -52,7 +54,7 @@ def ingest(source: str, out: str | Path, synth: SynthSpec | None = None, workers
         return _ingest_synth(source, out, synth or SynthSpec(), workers)
     masked = mask_uri(source)
     fs, root = _filesystem(source)
-    if fs.protocol in ("file", ("file", "local")) and Path(root).resolve() == out.resolve():
+    if _is_local(fs) and Path(root).resolve() == out.resolve():
         raise DataError(f"data source {masked} is the output folder itself; point data.source elsewhere")
     try:
         if not fs.isdir(root):
@@ -70,13 +72,14 @@ def ingest(source: str, out: str | Path, synth: SynthSpec | None = None, workers
     for rel, info in sorted(files.items()):
         size, mtime = int(info.get("size") or 0), _mtime(info)
         old = out / rel
-        if (
-            old.is_file()
-            and old.stat().st_size == size
-            and mtime is not None
-            and abs(old.stat().st_mtime - mtime) < 1e-3
-        ):
+        if not old.is_file() or old.stat().st_size != size:
+            todo.append((rel, info["name"], mtime))
+        elif mtime is not None and abs(old.stat().st_mtime - mtime) < 1e-3:
             keep.append(rel)
+        elif _same_content(fs, info, old):  # e.g. restored by dvc checkout: same bytes, new mtime
+            keep.append(rel)
+            if mtime is not None:
+                os.utime(old, (mtime, mtime))  # metadata only; the next run compares by size and time again
         else:
             todo.append((rel, info["name"], mtime))
     old_files = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()} if out.is_dir() else set()
@@ -172,6 +175,25 @@ def _mtime(info: dict) -> float | None:
     if isinstance(value, (int, float)):
         return float(value)
     return None
+
+
+def _same_content(fs: Any, info: dict, local: Path) -> bool:
+    """Whether ``local`` holds the bytes of the source file ``info``: compared directly for local sources, by MD5
+    against the ETag of single-part S3 uploads; unknown (False) otherwise."""
+    if _is_local(fs):
+        return filecmp.cmp(info["name"], local, shallow=False)
+    etag = str(info.get("ETag") or info.get("etag") or "").strip('"')
+    if len(etag) != 32 or "-" in etag:
+        return False
+    digest = hashlib.md5(usedforsecurity=False)
+    with open(local, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest() == etag
+
+
+def _is_local(fs: Any) -> bool:
+    return "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,))
 
 
 def _link(src: Path, dst: Path) -> None:
