@@ -60,8 +60,7 @@ def check_dataset(data: str | Path, splits: tuple[str, ...] = ("val",)) -> dict[
         raise DataError(f"{data}:{where} not valid YAML ({getattr(e, 'problem', e)})") from None
     if not isinstance(info, dict) or not info.get("names"):
         raise DataError(f"{data}: not a YOLO dataset file (needs 'names' and the split folders)")
-    root = Path(info.get("path") or data.parent)
-    root = root if root.is_absolute() else data.parent / root
+    root = Path(info["path"]) if info.get("path") else data.parent  # as ultralytics resolves it
     for split in splits:
         entries = info.get(split)
         if not entries:
