@@ -38,7 +38,7 @@ class Section(BaseModel):
 class Data(Section):
     """Where the raw videos come from."""
 
-    source: str = "synth"  # synth, a local folder, or any fsspec URI (s3://bucket/raw)
+    source: str = "synth"  # synth, synth-hd (the benchmark at 1920x1080), a local folder, or an fsspec URI (s3://...)
 
 
 class Synth(Section):
@@ -47,8 +47,8 @@ class Synth(Section):
     train_videos: PositiveInt = 8
     val_videos: PositiveInt = 4
     frames: PositiveInt = 50
-    width: Annotated[int, Field(ge=32)] = 160
-    height: Annotated[int, Field(ge=32)] = 128
+    width: Annotated[int, Field(ge=64)] = 160
+    height: Annotated[int, Field(ge=64)] = 128
     seed: int = 0
     format: Literal["mot", "anti-uav"] = "mot"
 
@@ -57,9 +57,22 @@ class Extract(Section):
     """Frame extraction from raw videos into a YOLO dataset."""
 
     stride: PositiveInt = 2
-    format: Literal["auto", "anti-uav", "mot", "yolo"] = "auto"
+    format: Literal["auto", "anti-uav", "mot", "drone-vs-bird", "yolo"] = "auto"
     fix: bool = False
     names: Annotated[list[str], Field(min_length=1)] = ["uav"]
+    tile: Annotated[int, Field(ge=0)] = 0  # px; 0 = whole frames, else >= 32: larger frames become tiles
+    overlap: Annotated[float, Field(ge=0, lt=1)] = 0.2  # share of a tile its neighbours overlap
+    min_visible: Annotated[float, Field(gt=0, le=1)] = 0.5  # share of a cut box's area a tile must hold to keep it
+    negatives: Annotated[float, Field(ge=0)] = 1.0  # tiles without targets kept, per positive tile
+    tile_splits: list[Literal["train", "val", "test"]] = ["train"]  # val stays whole: pair it with sliced inference
+    seed: int = 0  # choice of the negative tiles
+
+    @field_validator("tile")
+    @classmethod
+    def _tile_size(cls, value: int) -> int:
+        if 0 < value < 32:
+            raise ValueError("must be 0 (off) or at least 32 px")
+        return value
 
 
 class Train(Section):
