@@ -166,9 +166,10 @@ def _histogram_png(report: dict) -> str | None:
     fig, ax = plt.subplots(figsize=(7, 3.2), dpi=100)
     for name, h in hists.items():
         edges = np.array(h["edges"], float)
+        edges[-1] = edges[-2] + (edges[-2] - edges[-3])  # the open last bin ("64 px and more") drawn one bin wide
         ax.stairs(h["counts"], edges, label=name, fill=True, alpha=0.5)
     ax.axvline(8, color="red", linestyle="--", label="8 px (finest stride at native scale)")
-    ax.set(xlabel="sqrt(box area) at source [px]", ylabel="objects")
+    ax.set(xlabel="sqrt(box area) at source [px] (last bin: larger)", ylabel="objects")
     ax.legend()
     fig.tight_layout()
     buf = io.BytesIO()
