@@ -5,6 +5,7 @@ re-runs nothing downstream and downloads nothing; a closed port fails within sec
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import subprocess
@@ -119,7 +120,7 @@ DVC_YAML = {
             "cmd": f"{PY} -c \"from csfnet.data.extract import extract; extract('data/raw', 'data/dataset', workers=1, "
             "report_dir='metrics/ingest')\"",
             "deps": ["data/raw"],
-            "outs": ["data/dataset"],
+            "outs": [{"data/dataset": {"push": False}}],  # frames are rebuilt from the raw videos, never pushed
             "metrics": [{"metrics/ingest/ingest.json": {"cache": False}}],
         },
         "count": {
@@ -189,6 +190,12 @@ def test_dvc_repro_with_a_local_folder_source(tiny_raw, tmp_path):
     shutil.copytree(tiny_raw, source)
     repo = _repo(tmp_path, str(source))
     _check_cycle(repo, lambda: _edit_label(source))
+    subprocess.run([tool("dvc"), "remote", "add", "-d", "store", str(tmp_path / "store")], cwd=repo, check=True)
+    subprocess.run([tool("dvc"), "push", "-q"], cwd=repo, check=True)
+    pushed = {p.parent.name + p.name for p in (tmp_path / "store").rglob("*") if p.is_file()}
+    raw = {hashlib.md5(p.read_bytes()).hexdigest() for p in (repo / "data/raw").rglob("*") if p.is_file()}
+    frames = {hashlib.md5(p.read_bytes()).hexdigest() for p in (repo / "data/dataset").rglob("*.jpg")}
+    assert raw <= pushed and frames and not frames & pushed  # `dvc push` sends the raw videos, not the frames
 
 
 def test_dvc_repro_with_an_s3_source(tiny_raw, tmp_path):
