@@ -109,7 +109,9 @@ def test_mixed_root_extracts_every_box_back_in_place(mixed_root, tmp_path):
             assert g[0] == b[0] and np.abs(np.subtract(g[1:], b[1:])).max() < 1.0, (name, g, b)
     saved = json.loads((tmp_path / "metrics/ingest.json").read_text())
     assert saved["splits"]["train"]["objects"] == sum(len(truth[n]) for n in ("mot_a", "dvb_a", "auav_a"))
-    assert set(saved["splits"]["train"]["size_px"]) == {"p5", "p25", "p50", "p75", "p95"}
+    assert set(saved["splits"]["train"]["size_px"]) == {"p5", "p25", "p50", "p75", "p95"} and "sequences" not in saved
+    per_sequence = json.loads((tmp_path / "metrics/sequences.json").read_text())
+    assert per_sequence["train/dvb_a"]["objects"] == len(truth["dvb_a"]) and per_sequence["train/dvb_a"]["fps"] == 25
     page = (tmp_path / "metrics/ingest.html").read_text()
     assert "data:image/png;base64," in page and page.count("data:image/jpeg;base64,") >= 4
     assert "dvb_a" in page and "http" not in page.replace("http-equiv", "")  # self-contained

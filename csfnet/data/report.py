@@ -1,9 +1,10 @@
 """Ingestion report (JSON for DVC, a self-contained HTML page) and the dataset record MLflow runs log as input.
 
-``write_report`` turns the extraction report into ``ingest.json`` (per split and per sequence: resolution, fps,
-codec, frames, annotated frames, objects, object size percentiles at source, ``--fix`` repairs, tiles) and
-``ingest.html`` (the same tables, the source size histogram and a contact sheet of sample images with their boxes,
-every image embedded as base64: one file to open or attach anywhere).
+``write_report`` turns the extraction report into ``ingest.json`` (per split: sequences, resolutions, frames,
+annotated frames, objects, object size percentiles and histogram at source, images, boxes, negatives; ``--fix``
+repairs; tiling), ``sequences.json`` (the same per sequence, with fps and codec) and ``ingest.html`` (the same
+tables, the source size histogram and a contact sheet of sample images with their boxes, every image embedded as
+base64: one file to open or attach anywhere).
 """
 
 from __future__ import annotations
@@ -25,10 +26,12 @@ SAMPLES = 12
 
 
 def write_report(report: dict, dataset: str | Path, out_dir: str | Path, samples: int = SAMPLES) -> Path:
-    """Write ``ingest.json`` and ``ingest.html`` for ``report`` (from :func:`csfnet.data.extract.extract`) of the
-    dataset folder ``dataset``; returns the HTML path."""
+    """Write the report of :func:`csfnet.data.extract.extract` for the dataset folder ``dataset``: ``ingest.json``
+    (per split, repairs, tiling: the DVC metric), ``sequences.json`` (per sequence) and ``ingest.html``; returns the
+    HTML path."""
     out_dir = Path(out_dir)
-    write_json(out_dir / "ingest.json", report)
+    write_json(out_dir / "ingest.json", {k: v for k, v in report.items() if k != "sequences"})
+    write_json(out_dir / "sequences.json", report.get("sequences", {}))
     page = render_html(report, Path(dataset), samples)
     tmp = out_dir / ".ingest.html.tmp"
     tmp.write_text(page)
