@@ -16,6 +16,7 @@ from csfnet.data.dataset import split_images
 from csfnet.detect import Predictor, SliceOptions, detect, load_runtime
 from csfnet.detect.run import JSONL, MOT, SUMMARY, VIDEO
 from csfnet.detect.slicing import merge, windows
+from csfnet.detector import COLUMNS
 from csfnet.errors import CheckpointError, DataError, InputNotFoundError
 
 pytestmark = pytest.mark.slow
@@ -250,3 +251,50 @@ def test_tracking_metrics_count_an_id_switch():
     switched = tracking_metrics(gt, swapped)
     assert switched["id_switches"] == 1 and switched["IDF1"] == 0.75 and switched["MOTA"] == 0.95
     assert combined_tracking_metrics([(gt, gt), (gt, swapped)])["id_switches"] == 1
+
+
+def test_served_model_with_slicing_equals_detect_and_registry_uri_loads(onnx_models, tiny_data, tmp_path, monkeypatch):
+    """The registered pyfunc (models-from-code, csfnet/mlflow_model.py) asked to slice gives csfnet detect's boxes
+    on the same frame; ``models:/name@alias`` runs the registered ONNX model."""
+    import mlflow
+    import pandas as pd
+    from mlflow import MlflowClient
+    from mlflow.models import infer_signature
+
+    import csfnet
+    from csfnet.detect.serving import PARAMS
+    from csfnet.registry import encode_image
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'registry.db'}")
+    image = split_images(tiny_data, "val")[0]
+    example = pd.DataFrame({"image": [encode_image(image)]})
+    output = pd.DataFrame([[0, 0.0, 0.0, 1.0, 1.0, 0.5, 0, "uav"]], columns=list(COLUMNS))
+    package = Path(csfnet.__file__).parent
+    with mlflow.start_run():
+        info = mlflow.pyfunc.log_model(
+            name="model",
+            python_model=str(package / "mlflow_model.py"),
+            artifacts={"onnx": str(onnx_models[0])},
+            signature=infer_signature(example, output, params=PARAMS),
+            code_paths=[str(package)],
+        )
+    version = mlflow.register_model(info.model_uri, "csfnet-uav")
+    MlflowClient().set_registered_model_alias("csfnet-uav", "champion", version.version)
+
+    served = mlflow.pyfunc.load_model("models:/csfnet-uav@champion").predict(
+        example, params={"conf": CONF, "slice": 48, "overlap": 0.2}
+    )
+    detected = detect(onnx_models[0], image, tmp_path / "file", conf=CONF, slice_size=48, progress=False)
+    rows = json.loads((tmp_path / "file" / JSONL).read_text().splitlines()[0])["detections"]
+    assert len(served) == len(rows) == detected.detections > 0
+    assert np.allclose(
+        served[["x1", "y1", "x2", "y2", "score"]].to_numpy(),
+        [[r[k] for k in ("x1", "y1", "x2", "y2", "score")] for r in rows],
+        atol=0.01,
+    )
+
+    by_uri = detect("models:/csfnet-uav@champion", image, tmp_path / "uri", conf=CONF, slice_size=48, progress=False)
+    assert (
+        by_uri.runtime == "onnxruntime"
+        and (tmp_path / "uri" / MOT).read_text() == (tmp_path / "file" / MOT).read_text()
+    )
