@@ -349,14 +349,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``csfnet`` console command."""
     args = build_parser().parse_args(argv)
     overrides = {key: value for key, value in vars(args).items() if "." in key}
-    made = [Path(p) for p in (getattr(args, o, None) for o in OUTPUT_OPTIONS) if p and not Path(p).exists()]
+    made = [_first_missing(Path(p)) for p in (getattr(args, o, None) for o in OUTPUT_OPTIONS) if p]
     _plain_logs()
     try:
         return args.func(args, load_settings().override(overrides))
     except (CsfnetError, ValueError, FileNotFoundError) as e:
         if os.environ.get("CSFNET_DEBUG"):
             raise
-        for path in made:
+        for path in filter(None, made):
             if path.is_dir():
                 shutil.rmtree(path, ignore_errors=True)
             else:
@@ -365,6 +365,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         command = " ".join(x for x in (args.command, getattr(args, "action", None)) if x)
         print(f"csfnet {command}: error: {message}", file=sys.stderr)
         return 2
+
+
+def _first_missing(path: Path) -> Path | None:
+    """The topmost folder of ``path`` that does not exist yet (what creating ``path`` would add), or None."""
+    if path.exists():
+        return None
+    while not path.parent.exists():
+        path = path.parent
+    return path
 
 
 def _plain_logs() -> None:

@@ -91,8 +91,8 @@ def train(
         {**named, "train.preset": preset, "train.device": device, "train.pretrained": _text(pretrained)}, "options"
     )
     settings = settings.override({f"args.{k}": v for k, v in (overrides or {}).items()}, "training overrides")
+    info = check_dataset(data, ("train", "val"))  # before resolving: errors name the path as given
     data, out = Path(data).resolve(), Path(out).resolve()
-    info = check_dataset(data, ("train", "val"))
     pretrained = settings.train.pretrained or None
     if pretrained:
         require_file(pretrained, "pretrained checkpoint", "a local file, never downloaded")

@@ -92,18 +92,20 @@ def tune(
     every = (settings or load_settings()).override({"train.model": model, "train.preset": preset}, "options")
     every = every.override({f"tune.{k}": v for k, v in overrides.items()}, "options")
     settings, model, preset = every.tune, every.train.model, every.train.preset
-    data, out, work_dir = Path(data).resolve(), Path(out), Path(work_dir)
     nc = len(check_dataset(data, ("train", "val"))["names"])
+    data, out, work_dir = Path(data).resolve(), Path(out), Path(work_dir)
     config = resolve_config(model, nc=nc)
     if not takes_partition(config):
         result = _empty_result(f"{model} has no CSwitch feeding DFuse: nothing to tune")
         write_json(out, result.to_json())
         return result
 
+    storage_url = settings.storage or os.environ.get(STORAGE_ENV)
+    if storage_url:  # a shared database: unreachable fails now, naming it, before anything is written
+        probe_database(storage_url, every.services.timeout, "Optuna storage")
     work_dir.mkdir(parents=True, exist_ok=True)
     # a relative work dir gives a relative SQLite URL, so best_partition.json (a DVC output) is the same on every clone
-    storage_url = settings.storage or os.environ.get(STORAGE_ENV) or f"sqlite:///{work_dir / 'study.db'}"
-    probe_database(storage_url, every.services.timeout, "Optuna storage")
+    storage_url = storage_url or f"sqlite:///{work_dir / 'study.db'}"
     name = settings.study_name or _study_name(model, data, settings)
     study = _load_study(name, storage_url, settings, worker, _baseline(config, settings))
     objective = _Objective(every, data, nc, device, work_dir, track, worker)
@@ -193,7 +195,8 @@ def _optimize(study: optuna.Study, objective: _Objective, settings: Tune) -> Non
         with _quiet_experimental():
             fail_stale_trials(study)  # trials of a killed worker: FAIL, then retried with the same parameters
         counted = _counted(study)
-        if len(counted) >= settings.trials:
+        waiting = any(t.state == TrialState.WAITING for t in counted)  # enqueued (baseline, retries): run them
+        if len(counted) >= settings.trials and not waiting:
             break
         failed = [t for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))]
         if len(failed) > settings.trials * (settings.max_retry + 1):
