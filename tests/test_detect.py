@@ -298,3 +298,27 @@ def test_served_model_with_slicing_equals_detect_and_registry_uri_loads(onnx_mod
         by_uri.runtime == "onnxruntime"
         and (tmp_path / "uri" / MOT).read_text() == (tmp_path / "file" / MOT).read_text()
     )
+
+
+def test_sliced_vs_full_on_the_validation_split(onnx_models, tiny_data):
+    from csfnet.detect.sliced_eval import flat_metrics, sliced_vs_full
+
+    result = sliced_vs_full(onnx_models[0], tiny_data, slice_size=48, size_bands=(8, 16, 32))
+    assert result["images"] == 8 and result["crops_per_image"] == 7 and result["objects"] > 0
+    for mode in ("full", "sliced"):
+        assert set(result[mode]) == {"very_tiny", "tiny", "small", "medium"}
+        assert sum(b["objects"] for b in result[mode].values()) == result["objects"]
+    flat = flat_metrics(result)
+    assert "sliced/very_tiny/ap50" in flat and "full/ms_per_image" in flat and all(v >= 0 for v in flat.values())
+
+
+def test_evaluate_tracking_scores_sequences_with_known_ids(onnx_models, tiny_raw):
+    from csfnet.detect.track_eval import evaluate_tracking, flat_metrics
+
+    low = {"track_high_thresh": 0.002, "track_low_thresh": 0.001, "new_track_thresh": 0.002}  # one-epoch scores
+    result = evaluate_tracking(onnx_models[0], tiny_raw, conf=CONF, tracker_overrides=low)
+    gt = np.loadtxt(next((tiny_raw / "val").rglob("gt.txt")), delimiter=",", ndmin=2)
+    assert result["sequences"] == 1 and len(result["per_sequence"]) == 1
+    overall = result["overall"]
+    assert overall["gt_tracks"] == len(np.unique(gt[:, 1])) and 0 <= overall["HOTA"] <= 1 and overall["MOTA"] <= 1
+    assert flat_metrics(result)["track/IDF1"] == overall["IDF1"]
