@@ -1,1 +1,3 @@
-"""Data steps: synthetic benchmark, ingestion of public video formats, frame extraction, statistics."""
+"""Data steps: ingestion from a source (``source``), the synthetic benchmark (``synth``), raw layouts (``formats``),
+frame extraction and tiling (``extract``, ``tiles``), the ingestion report and MLflow dataset record (``report``),
+statistics (``stats``)."""
