@@ -15,7 +15,6 @@ from __future__ import annotations
 import ast
 import re
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +29,7 @@ from tqdm import tqdm
 
 from csfnet.checks import check_checkpoint, check_dataset
 from csfnet.data.dataset import split_images
-from csfnet.data.io import write_json
+from csfnet.data.io import staging_dir, write_json
 from csfnet.detector import preprocess, session
 from csfnet.errors import VerificationError
 from csfnet.settings import Settings, load_settings
@@ -134,7 +133,7 @@ def export_verified(
     int8_out = Path(int8_out) if int8_out else out.with_name(f"{out.stem}-int8.onnx")
     report_path = Path(report_path) if report_path else out.with_name(f"{out.stem}-report.json")
     out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=f".{out.name}.", dir=out.parent) as tmp:
+    with staging_dir(out) as tmp:
         staged = Path(tmp) / "model.pt"
         shutil.copy2(weights, staged)  # ultralytics writes next to the weights: keep the training folder untouched
         fp32 = onnx_export(staged, imgsz, opset, dynamic_size)

@@ -23,6 +23,7 @@ import mlflow
 import yaml
 from mlflow.tracking import MlflowClient
 
+from csfnet.data.io import pid_alive
 from csfnet.services import probe_tracking
 from csfnet.settings import load_settings, params_path
 
@@ -191,18 +192,8 @@ def _close_orphans(experiment_id: str, parent: str, stage: str) -> None:
     host = socket.gethostname()
     for run in running:
         run_host, _, pid = run.data.tags.get("csfnet.process", "").rpartition(":")
-        if run_host == host and pid.isdigit() and not _alive(int(pid)):
+        if run_host == host and pid.isdigit() and not pid_alive(int(pid)):
             client.set_terminated(run.info.run_id, "KILLED")
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _param(value: Any) -> str:

@@ -2,23 +2,78 @@
 
 from __future__ import annotations
 
+import os
+import random
 from typing import Any
 
+import numpy as np
 import torch
 from ultralytics.models.yolo.detect import DetectionTrainer
 from ultralytics.nn.tasks import DetectionModel
 from ultralytics.utils import LOGGER, RANK
+from ultralytics.utils.torch_utils import unwrap_model
 
 from csfnet.model import build_model, is_csfnet, load_config
 
+RESUME_STATE = "last_state.pt"  # beside last.pt: what ultralytics' half-precision checkpoint leaves out
+
 
 class CSFNetTrainer(DetectionTrainer):
-    """``DetectionTrainer`` whose ``get_model`` understands CSF-Net names, YAMLs and checkpoint config dicts.
+    """``DetectionTrainer`` whose ``get_model`` understands CSF-Net names, YAMLs and checkpoint config dicts, and
+    whose resume is exact.
 
     ``args.model`` may be a CSF-Net config (name, YAML path with ``builder: csfnet``), an ultralytics YAML such as
     ``yolov8n.yaml``, or a ``last.pt`` to resume. ``args.pretrained`` may name a local ``.pt`` whose shape-matching
     tensors initialise the model; ultralytics loads that file itself and never downloads it here.
+
+    ultralytics resumes from ``last.pt``, which holds the EMA weights and optimizer state in half precision, so a
+    resumed run continues from rounded weights and differs from an uninterrupted one. Each epoch this trainer also
+    writes the full-precision model, EMA, optimizer and random states to ``weights/last_state.pt`` and restores them
+    on resume; the file is removed when training finishes.
     """
+
+    def save_model(self):
+        """ultralytics' checkpoints, then the exact resume state (atomically: a kill never leaves half a file)."""
+        saved = super().save_model()
+        if RANK in {-1, 0}:
+            state = {
+                "epoch": self.epoch,
+                "model": unwrap_model(self.model).state_dict(),
+                "ema": self.ema.ema.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "rng": {
+                    "torch": torch.get_rng_state(),
+                    "numpy": np.random.get_state(),
+                    "random": random.getstate(),
+                },
+            }
+            tmp = self.wdir / f".{RESUME_STATE}.{os.getpid()}"
+            torch.save(state, tmp)
+            tmp.replace(self.wdir / RESUME_STATE)
+        return saved
+
+    def resume_training(self, ckpt: dict | None) -> None:
+        """ultralytics' resume, then the full-precision state saved with the same epoch, if there is one."""
+        super().resume_training(ckpt)
+        path = self.wdir / RESUME_STATE
+        if ckpt is None or not self.resume or not path.is_file():
+            return
+        state = torch.load(path, map_location="cpu", weights_only=False)
+        if state.get("epoch") != ckpt.get("epoch"):
+            return
+        unwrap_model(self.model).load_state_dict(state["model"])
+        self.ema.ema.load_state_dict(state["ema"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["rng"]["torch"])
+        np.random.set_state(state["rng"]["numpy"])
+        random.setstate(state["rng"]["random"])
+        LOGGER.info(f"Resumed the full-precision training state of epoch {state['epoch'] + 1}")
+
+    def final_eval(self):
+        """ultralytics' final validation; the run is complete, so the resume state is no longer needed."""
+        result = super().final_eval()
+        (self.wdir / RESUME_STATE).unlink(missing_ok=True)
+        return result
 
     def get_model(self, cfg: str | dict | None = None, weights: torch.nn.Module | None = None, verbose: bool = True):
         """Build the configured model for the dataset's classes and channels, optionally initialised from weights."""

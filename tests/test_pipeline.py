@@ -31,7 +31,8 @@ def test_dvc_repro_runs_the_whole_pipeline(tmp_path, monkeypatch):
     repo = tmp_path / "repo"
     repo.mkdir()
     shutil.copytree(REPO / "csfnet", repo / "csfnet", ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copy(REPO / "dvc.yaml", repo)
+    for name in ("dvc.yaml", ".dvcignore"):
+        shutil.copy(REPO / name, repo)
     params = _merge(yaml.safe_load((REPO / "params.yaml").read_text()), TINY_PARAMS)
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
