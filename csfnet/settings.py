@@ -372,6 +372,8 @@ def _describe(error: Mapping[str, Any], data: Mapping[str, Any]) -> str:
     message = str(error["msg"]).removeprefix("Value error, ").removeprefix("Assertion failed, ")
     if message.startswith(f"{key}.") or not key:
         return message
+    if error["type"] == "value_error":  # the schema's own checks state the offending values themselves
+        return f"{key}: {message}"
     shown = repr(error.get("input"))
     return f"{key}: {shown}: {message}" if "input" in error and len(shown) <= 60 else f"{key}: {message}"
 
@@ -388,7 +390,7 @@ def _schema_at(loc: list[str]) -> type[BaseModel] | None:
 
 def _suggest(name: str, known: list[str] | Mapping[str, Any], prefix: str = "") -> str:
     close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.6)
-    return f" (did you mean {(prefix + '.') if prefix else ''}{close[0]!r}?)" if close else ""
+    return f" (did you mean {(f'{prefix}.' if prefix else '') + close[0]!r}?)" if close else ""
 
 
 def _unknown(value: str, known: list[str] | Mapping[str, Any], what: str) -> str:

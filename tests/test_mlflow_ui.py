@@ -50,13 +50,15 @@ def test_mlflow_ui_shows_both_runs_and_their_map(tracking_server, monkeypatch):
         with stage_run("eval", tags={"mlflow.runName": name}):
             mlflow.log_metric("map50", value)
     experiment = mlflow.get_experiment_by_name("csfnet")
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"  # not MLflow 3's GenAI view
     ARTIFACTS.mkdir(exist_ok=True)
     with sync_playwright() as p:
         browser = p.chromium.launch(
             executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
         )
         page = browser.new_page(viewport={"width": 2000, "height": 700})
-        page.goto(f"{tracking_server}/#/experiments/{experiment.experiment_id}/runs", wait_until="domcontentloaded")
+        # the experiment's own address, as a fresh browser opens it: it must land on the training runs
+        page.goto(f"{tracking_server}/#/experiments/{experiment.experiment_id}", wait_until="domcontentloaded")
         page.get_by_text("pipeline-", exact=False).first.wait_for(timeout=60_000)
         page.locator("[data-component-id$='runnamecellrenderer.tsx_46']").first.click()  # expand the parent run
         page.get_by_text("csfnet-n", exact=False).first.wait_for(timeout=60_000)
