@@ -12,8 +12,12 @@
    present), batch 1 and 8, on trained weights (``--weights``, default runs/train/weights/best.pt) or, without them,
    an untrained CSF-Net-n (timing only).
 
-Usage: python benchmarks/run.py [--repeats 5] [--threads N] [--only latency extract deploy] [--weights PT] [--imgsz 640]
-       [--scratch DIR] [--hd-videos 4]
+4. ``--only detect`` (not in the default run: a few minutes): ``csfnet detect`` end to end on a 1080p video, whole
+   frames against slices, per runtime (PyTorch, onnxruntime FP32/INT8, OpenVINO FP32/INT8), with the slicing
+   overhead against the ideal (crops per frame x one-crop latency); see ``benchmarks/detect_bench.py``.
+
+Usage: python benchmarks/run.py [--repeats 5] [--threads N] [--only latency extract deploy detect] [--weights PT]
+       [--imgsz 640] [--scratch DIR] [--detect-frames 12] [--detect-batch 8] [--hd-videos 4]
 """
 
 from __future__ import annotations
@@ -208,11 +212,16 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument(
-        "--only", nargs="+", choices=["latency", "extract", "deploy"], default=["latency", "extract", "deploy"]
+        "--only",
+        nargs="+",
+        choices=["latency", "extract", "deploy", "detect"],
+        default=["latency", "extract", "deploy"],
     )
     parser.add_argument("--weights", type=Path, default=Path("runs/train/weights/best.pt"))
     parser.add_argument("--imgsz", type=int, default=640, help="deployment benchmark image size")
     parser.add_argument("--scratch", type=Path, default=None, help="folder for the extracted datasets")
+    parser.add_argument("--detect-frames", type=int, default=12, help="frames of the 1080p video (--only detect)")
+    parser.add_argument("--detect-batch", type=int, default=8, help="crops per runtime call (--only detect)")
     parser.add_argument("--hd-videos", type=int, default=4, help="1920x1080 videos for the tiling benchmark (0: skip)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -258,6 +267,17 @@ def main() -> None:
             data = Path(tmp) / "calib"
             extract(raw, data, stride=5)
             deploy(args.weights, data / "data.yaml", args.imgsz, args.repeats, Path(tmp))
+        if "detect" in args.only:
+            import detect_bench
+
+            print(f"\n## csfnet detect on 1080p, full frame vs sliced, imgsz {args.imgsz} (median of {args.repeats})")
+            data = Path(tmp) / "detect-calib"
+            extract(raw, data, stride=5)
+            weights = args.weights if args.weights.is_file() else untrained_checkpoint(Path(tmp) / "untrained.pt")
+            if weights != args.weights:
+                print("(no trained weights: untrained CSF-Net-n, speed only)")
+            frames, batch = args.detect_frames, args.detect_batch
+            detect_bench.run(weights, data / "data.yaml", args.imgsz, frames, args.repeats, batch, Path(tmp))
 
 
 if __name__ == "__main__":

@@ -107,13 +107,13 @@ def _export(weights: Path, imgsz: int, int8_data: Path | None = None, frames: in
     """ultralytics' OpenVINO exporter (dynamic shapes; the runtime pins the image size and leaves the batch free)."""
     from ultralytics import YOLO
 
-    args: dict[str, Any] = {"format": "openvino", "imgsz": imgsz, "dynamic": True, "device": "cpu", "half": False}
+    args: dict[str, Any] = {"format": "openvino", "imgsz": imgsz, "dynamic": True, "device": "cpu"}
     if int8_data is not None:
         train = split_images(int8_data, "train")
         if not train:
             raise InputNotFoundError(f"{int8_data}: no training frames to calibrate INT8 with")
         # every frame counts (batch 1: ultralytics' calibration loader drops an incomplete last batch)
-        args.update(int8=True, data=str(int8_data), split="train", fraction=min(1.0, frames / len(train)), batch=1)
+        args.update(quantize=8, data=str(int8_data), split="train", fraction=min(1.0, frames / len(train)), batch=1)
     return Path(YOLO(str(weights)).export(**args))
 
 

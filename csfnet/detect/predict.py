@@ -108,8 +108,8 @@ class Predictor:
         return out
 
     def preprocess(self, images: Sequence[np.ndarray]) -> np.ndarray:
-        """``(N, 3, S, S)`` float32 RGB 0-1; crops already ``S`` x ``S`` go in as they are (no copy through
-        LetterBox)."""
+        """``(N, 3, S, S)`` float32 RGB 0-1; crops already ``S`` x ``S`` go in as they are, others are letterboxed.
+        (One numpy pass per crop; measured faster than OpenCV's blobFromImages and torch here.)"""
         s = self.runtime.imgsz
         ready = [im if im.shape[:2] == (s, s) else self.letterbox(image=im) for im in images]
         x = np.empty((len(ready), 3, s, s), np.float32)

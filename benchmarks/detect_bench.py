@@ -1,0 +1,83 @@
+"""``csfnet detect`` end to end on a 1080p video: whole frames against slices, per runtime (``--only detect``).
+
+For every runtime (PyTorch, onnxruntime FP32 and INT8, OpenVINO FP32 and INT8; PyTorch on CUDA when present):
+the latency of one crop at batch 1, end-to-end frames per second of ``csfnet.detect.detect`` (decoding,
+pre-processing, inference, NMS, merging, writing MOT/JSON lines; no video) with whole frames and with slices of
+``imgsz`` px (overlap 0.2, plus the whole frame downscaled), and the slicing overhead: sliced time per frame over
+the ideal, crops per frame x one-crop latency. Exports are made here, unverified (timing only).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from csfnet.data.synth import SynthSpec, generate
+from csfnet.detect import detect, load_runtime
+from csfnet.detect.runtimes import Runtime, TorchRuntime
+from csfnet.export import onnx_export, quantize_int8
+
+
+def crop_latency_ms(runtime: Runtime, repeats: int) -> float:
+    """Median forward time of one ``imgsz`` crop (batch 1)."""
+    x = np.random.default_rng(0).random((1, 3, runtime.imgsz, runtime.imgsz), dtype=np.float32)
+    runtime.forward(x)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        runtime.forward(x)
+        times.append(time.perf_counter() - start)
+    return 1000 * statistics.median(times)
+
+
+def exports(weights: Path, data: Path, imgsz: int, tmp: Path) -> list[tuple[str, str | Path]]:
+    """(name, model) of every CPU runtime: the checkpoint, ONNX FP32/INT8, OpenVINO FP32/INT8."""
+    from csfnet.openvino_export import _export
+
+    staged = tmp / "detect-bench.pt"
+    staged.write_bytes(weights.read_bytes())
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        fp32 = onnx_export(staged, imgsz)
+        int8 = quantize_int8(fp32, tmp / "detect-bench-int8.onnx", data, imgsz, frames=32)
+        ov = _export(staged, imgsz)
+        ov_int8 = _export(staged, imgsz, int8_data=data, frames=32)
+    return [
+        ("PyTorch eager", staged),
+        ("onnxruntime FP32", fp32),
+        ("onnxruntime INT8", int8),
+        ("OpenVINO FP32", ov),
+        ("OpenVINO INT8", ov_int8),
+    ]
+
+
+def run(weights: Path, data: Path, imgsz: int, frames: int, repeats: int, batch: int, tmp: Path) -> None:
+    """Print the table (see the module docstring)."""
+    raw = generate(tmp / "hd", SynthSpec(train_videos=0, val_videos=1, frames=frames, width=1920, height=1080, seed=1))
+    video = next(raw.rglob("*.mp4"))
+    runtimes: list[tuple[str, Runtime]] = [
+        (name, load_runtime(m, imgsz)) for name, m in exports(weights, data, imgsz, tmp)
+    ]
+    if torch.cuda.is_available():
+        runtimes.append(("PyTorch eager (CUDA)", TorchRuntime(weights, imgsz, device="cuda")))
+    print(f"1920x1080 video, {frames} frames; slices {imgsz} px, overlap 0.2, + whole frame; {batch} crops per call")
+    header = f"{'runtime':<22} {'crop ms':>8} {'full fps':>9} {'sliced fps':>10} {'crops':>5} {'ideal ms':>9}"
+    print(f"{header} {'sliced ms':>9} {'overhead':>8} {'vs ORT FP32':>11}")
+    rows = []
+    for name, runtime in runtimes:
+        crop = crop_latency_ms(runtime, repeats)
+        full = detect(runtime, video, tmp / "out", save_video=False, progress=False)
+        sliced = detect(runtime, video, tmp / "out", slice_size=imgsz, batch=batch, save_video=False, progress=False)
+        rows.append((name, crop, full.fps, sliced.fps, sliced.crops_per_frame))
+    reference = dict((r[0], r[3]) for r in rows)["onnxruntime FP32"]
+    for name, crop, full_fps, sliced_fps, crops in rows:
+        ideal, actual = crops * crop, 1000 / sliced_fps
+        print(
+            f"{name:<22} {crop:>8.1f} {full_fps:>9.2f} {sliced_fps:>10.2f} {crops:>5} {ideal:>9.0f} {actual:>9.0f} "
+            f"{actual / ideal:>7.2f}x {sliced_fps / reference:>10.2f}x"
+        )
