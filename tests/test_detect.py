@@ -322,3 +322,20 @@ def test_evaluate_tracking_scores_sequences_with_known_ids(onnx_models, tiny_raw
     overall = result["overall"]
     assert overall["gt_tracks"] == len(np.unique(gt[:, 1])) and 0 <= overall["HOTA"] <= 1 and overall["MOTA"] <= 1
     assert flat_metrics(result)["track/IDF1"] == overall["IDF1"]
+
+
+def test_detect_reads_a_stream_url(onnx_models, val_video, tmp_path):
+    """An HTTP URL is read as a stream (OpenCV/FFmpeg), frame by frame, like a camera feed."""
+    import functools
+    import http.server
+    import threading
+
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(val_video.parent))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/{val_video.name}"
+        result = detect(onnx_models[1], url, tmp_path / "out", conf=CONF, progress=False, save_video=False)
+        assert result.frames == 8 and result.runtime == "onnxruntime-int8" and result.source == url
+    finally:
+        server.shutdown()
