@@ -156,6 +156,7 @@ def test_detect_image_folder_and_glob_with_pytorch(tiny_weights, tiny_data, tmp_
     assert (tmp_path / "a" / MOT).read_text() == (tmp_path / "b" / MOT).read_text()
     names = [json.loads(line)["image"] for line in (tmp_path / "a" / JSONL).read_text().splitlines()]
     assert names == sorted(p.name for p in folder.iterdir())
+    assert detect(tiny_weights, folder, tmp_path / "c", max_frames=2, progress=False).frames == 2
 
 
 @pytest.mark.xfail(

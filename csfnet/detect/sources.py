@@ -46,20 +46,24 @@ class Source:
         items: queue.Queue = queue.Queue(maxsize=8)
         stop = threading.Event()
 
+        def put(item: object) -> bool:
+            """Queue ``item`` unless the consumer has stopped; False once it has."""
+            while not stop.is_set():
+                try:
+                    items.put(item, timeout=0.1)
+                    return True
+                except queue.Full:
+                    continue
+            return False
+
         def produce() -> None:
             try:
                 for frame in self._frames():
-                    while not stop.is_set():
-                        try:
-                            items.put(frame, timeout=0.1)
-                            break
-                        except queue.Full:
-                            continue
-                    if stop.is_set():
+                    if not put(frame):
                         return
-                items.put(None)
+                put(None)
             except Exception as e:  # handed to the consumer
-                items.put(e)
+                put(e)
 
         thread = threading.Thread(target=produce, daemon=True)
         thread.start()
