@@ -152,12 +152,21 @@ def cmd_register(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_summary(args: argparse.Namespace, settings: Settings) -> int:
     from csfnet.summary import stage_metrics, summary
+    from csfnet.tracking import ui_link
 
     metrics = stage_metrics(args.dvc_file)
     if not metrics:
         print(f"no metrics yet: run `dvc repro` (looked for the metrics files named in {args.dvc_file})")
         return 1
     print(summary(metrics))
+    link = ui_link()
+    if link:
+        local = (
+            ""
+            if os.environ.get("MLFLOW_TRACKING_URI")
+            else " (after: mlflow ui --backend-store-uri sqlite:///mlruns.db)"
+        )
+        print(f"compare runs: {link}{local}")
     return 0
 
 

@@ -61,6 +61,25 @@ def configure(experiment: str | None = None) -> str:
     return experiment_id
 
 
+def ui_link(ui: str | None = None) -> str | None:
+    """The address at which the MLflow UI shows this project's training runs, or None before the first run.
+
+    MLflow 3.17's UI opens every experiment in its GenAI view unless the address (or the browser's remembered
+    choice) asks for the machine-learning view; the experiment's kind tag alone no longer decides.
+    ``ui`` is the UI's base address (default: the tracking server, or ``mlflow ui``'s own for a local store).
+    """
+    if not os.environ.get("MLFLOW_TRACKING_URI"):
+        if not Path(DEFAULT_DB).is_file():
+            return None
+        mlflow.set_tracking_uri(f"sqlite:///{Path(DEFAULT_DB).resolve()}")
+    uri = mlflow.get_tracking_uri()
+    found = mlflow.get_experiment_by_name(load_settings().mlflow.experiment)
+    if found is None:
+        return None
+    base = ui or (uri if uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000")
+    return f"{base.rstrip('/')}/#/experiments/{found.experiment_id}?workflowType=machine_learning"
+
+
 @functools.cache
 def _probe(uri: str, timeout: float) -> None:
     """Probe each tracking store once per process: unreachable fails within ``timeout`` instead of minutes."""

@@ -89,7 +89,9 @@ def _repo(root: Path) -> tuple[Path, dict[str, str]]:
     shutil.copytree(REPO / "csfnet", repo / "csfnet", ignore=shutil.ignore_patterns("__pycache__"))
     for name in ("dvc.yaml", ".dvcignore"):
         shutil.copy(REPO / name, repo)
-    (repo / "params.yaml").write_text(yaml.safe_dump(PARAMS, sort_keys=False))
+    (repo / "params.yaml").write_text(
+        yaml.safe_dump(_merge(yaml.safe_load((REPO / "params.yaml").read_text()), PARAMS))
+    )
     hooks = root / "hooks"
     hooks.mkdir()
     (hooks / "sitecustomize.py").write_text(SITECUSTOMIZE)
@@ -98,6 +100,13 @@ def _repo(root: Path) -> tuple[Path, dict[str, str]]:
     for cmd in (["git", "init", "-q"], [tool("dvc"), "init", "-q"]):
         subprocess.run(cmd, cwd=repo, env=env, check=True, capture_output=True)
     return repo, env
+
+
+def _merge(base: dict, extra: dict) -> dict:
+    return {
+        k: _merge(base[k], v) if isinstance(v, dict) and isinstance(base.get(k), dict) else v
+        for k, v in {**base, **extra}.items()
+    }
 
 
 def _repro(repo: Path, env: dict[str, str]) -> None:

@@ -5,7 +5,7 @@ import shutil
 import mlflow
 import pytest
 
-from csfnet.tracking import stage_run
+from csfnet.tracking import stage_run, ui_link
 
 from .conftest import ARTIFACTS, free_port
 from .services import mlflow_server, postgres
@@ -58,7 +58,7 @@ def test_mlflow_ui_shows_both_runs_and_their_map(tracking_server, monkeypatch):
         )
         page = browser.new_page(viewport={"width": 2000, "height": 700})
         # the experiment's own address, as a fresh browser opens it: it must land on the training runs
-        page.goto(f"{tracking_server}/#/experiments/{experiment.experiment_id}", wait_until="domcontentloaded")
+        page.goto(ui_link(), wait_until="domcontentloaded")  # the link `csfnet summary` prints
         page.get_by_text("pipeline-", exact=False).first.wait_for(timeout=60_000)
         page.locator("[data-component-id$='runnamecellrenderer.tsx_46']").first.click()  # expand the parent run
         page.get_by_text("csfnet-n", exact=False).first.wait_for(timeout=60_000)

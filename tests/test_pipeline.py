@@ -63,6 +63,8 @@ def test_dvc_repro_runs_the_whole_pipeline(tmp_path, monkeypatch):
         "ONNX export",
         "INT8 model",
         "MLflow registry",
+        "compare runs: http://127.0.0.1:5000/#/experiments/1?workflowType=machine_learning"
+        " (after: mlflow ui --backend-store-uri sqlite:///mlruns.db)",
     ]
     assert f"mAP50 {eval_metrics['map50']:.3f}" in summary[2] and summary[5].split()[2] == "verified,"
     assert "version 1: champion" in summary[7]
