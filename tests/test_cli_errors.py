@@ -74,6 +74,15 @@ def _garbage(tmp: Path) -> str:
     return "garbage.pt"
 
 
+def _passed_report(tmp: Path, data: str) -> str:
+    (tmp / "model.onnx").write_bytes(b"\x08\x07")
+    verification = {"map50_95": 0.2, "checks": {}}
+    (tmp / "ok.json").write_text(
+        json.dumps({"passed": True, "data": data, "weights": "w.pt", "verification": verification})
+    )
+    return "ok.json"
+
+
 def _failed_report(tmp: Path) -> str:
     (tmp / "model.onnx").write_bytes(b"\x08\x07")  # an (empty) ONNX protobuf
     (tmp / "report.json").write_text(json.dumps({"passed": False, "data": "d.yaml", "weights": "w.pt"}))
@@ -115,6 +124,8 @@ CASES = [
     ("missing-raw-root", None, {}, ["data", "extract", "--source", "nowhere", "--out", "dataset"], "nowhere"),
     ("tracking-server-down", None, {"MLFLOW_TRACKING_URI": "http://{closed}"},
      ["eval", "--weights", "{weights}", "--data", "{data}"], "MLflow tracking server http://127.0.0.1:"),
+    ("registry-server-down", None, {"MLFLOW_TRACKING_URI": "http://{closed}"},
+     ["register", "--onnx", "model.onnx", "--report", "{passed_report}"], "MLflow tracking server http://127.0.0.1:"),
     ("optuna-storage-down", None, {},
      ["tune", "--data", "{data}", "--storage", f"postgresql+psycopg2://csfnet:{SECRET}@{{closed}}/optuna"],
      "Optuna storage postgresql+psycopg2://csfnet:***@127.0.0.1:"),
@@ -138,6 +149,7 @@ def test_user_error_is_one_line_and_leaves_nothing(
         "empty_val": _empty_val(tmp_path),
         "garbage": _garbage(tmp_path),
         "failed_report": _failed_report(tmp_path),
+        "passed_report": _passed_report(tmp_path, str(tiny_data)),
         "closed": closed,
     }
     for key, value in env.items():
