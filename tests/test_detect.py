@@ -17,7 +17,7 @@ from csfnet.detect import Predictor, SliceOptions, detect, load_runtime
 from csfnet.detect.run import JSONL, MOT, SUMMARY, VIDEO
 from csfnet.detect.slicing import merge, windows
 from csfnet.detector import COLUMNS
-from csfnet.errors import CheckpointError, DataError, InputNotFoundError
+from csfnet.errors import CheckpointError, DataError, InputNotFoundError, SettingsError
 
 pytestmark = pytest.mark.slow
 
@@ -143,6 +143,7 @@ def test_detect_video_writes_every_output(onnx_models, val_video, tmp_path):
         mot[0, 2:6], [first["x1"], first["y1"], first["x2"] - first["x1"], first["y2"] - first["y1"]], atol=0.02
     )
     assert json.loads((out / SUMMARY).read_text())["frames"] == 8
+    assert result.summary().startswith("8 frames in ") and "onnxruntime, 7 crops/frame" in result.summary()
 
 
 def test_detect_image_folder_and_glob_with_pytorch(tiny_weights, tiny_data, tmp_path):
@@ -211,6 +212,10 @@ def test_bad_inputs_fail_and_leave_nothing(tiny_weights, onnx_models, val_video,
     (tmp_path / "empty-folder").mkdir()
     results = tmp_path / "results"
     results.mkdir()
+    with pytest.raises(SettingsError):
+        detect(onnx_models[0], val_video, results / "out", track="sort", progress=False)
+    with pytest.raises(SettingsError):
+        detect(onnx_models[0], val_video, results / "out", slice_size=48, overlap=1.5, progress=False)
     for model, source, error in cases:
         with pytest.raises(error) as info:
             detect(model, source, results / "out", progress=False)

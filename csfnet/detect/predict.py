@@ -17,6 +17,7 @@ import numpy as np
 
 from csfnet.detect.runtimes import Runtime
 from csfnet.detect.slicing import MERGE_MODES, merge, windows
+from csfnet.errors import SettingsError
 
 
 @dataclass(frozen=True)
@@ -31,7 +32,7 @@ class SliceOptions:
 
     def __post_init__(self) -> None:
         if self.merge not in MERGE_MODES:
-            raise ValueError(f"merge must be one of {MERGE_MODES}, got {self.merge!r}")
+            raise SettingsError(f"merge must be one of {MERGE_MODES}, got {self.merge!r}")
         if self.size:
             windows(self.size, self.size, self.size, self.overlap)  # validates size and overlap
 

@@ -15,6 +15,7 @@ from csfnet.detect.predict import Predictor, SliceOptions
 from csfnet.detect.runtimes import Runtime, load_runtime
 from csfnet.detect.sources import open_source
 from csfnet.detect.tracking import TRACKERS, Tracker
+from csfnet.errors import SettingsError
 
 VIDEO, MOT, JSONL, SUMMARY = "annotated.mp4", "mot.txt", "detections.jsonl", "summary.json"
 
@@ -38,6 +39,15 @@ class DetectResult:
 
     def to_json(self) -> dict[str, Any]:
         return {**asdict(self), "out": str(self.out)}
+
+    def summary(self) -> str:
+        """The one line ``csfnet detect`` prints at the end."""
+        how = f"{self.runtime}, " + (f"{self.crops_per_frame} crops/frame" if self.slice else "whole frames")
+        tracks = f", {self.tracks} tracks ({self.tracker})" if self.tracker else ""
+        return (
+            f"{self.frames} frames in {self.seconds:.1f} s: {self.fps:.2f} fps ({how}); "
+            f"{self.detections} detections{tracks} -> {self.out}"
+        )
 
 
 def detect(
@@ -89,7 +99,7 @@ def detect(
         csfnet.errors.CsfnetError: Bad model or source (nothing is written).
     """
     if track is not None and track not in TRACKERS:
-        raise ValueError(f"unknown tracker {track!r}; choose one of {', '.join(TRACKERS)}")
+        raise SettingsError(f"unknown tracker {track!r}; choose one of {', '.join(TRACKERS)}")
     out = Path(out)
     slicing = SliceOptions(slice_size or None, overlap, full_frame, merge, merge_threshold)
     src = open_source(source)  # before the model: a bad source fails fast

@@ -14,6 +14,8 @@ import math
 
 import numpy as np
 
+from csfnet.errors import SettingsError
+
 MERGE_MODES = ("nms", "nmm")
 METRICS = ("ios", "iou")
 
@@ -30,9 +32,9 @@ def axis_starts(length: int, size: int, overlap: float) -> list[int]:
 def windows(height: int, width: int, size: int, overlap: float = 0.2) -> np.ndarray:
     """``(k, 4)`` int windows ``x0, y0, x1, y1`` covering a ``height`` x ``width`` frame."""
     if size < 32:
-        raise ValueError(f"slice size must be at least 32 px, got {size}")
+        raise SettingsError(f"slice size must be at least 32 px, got {size}")
     if not 0 <= overlap < 1:
-        raise ValueError(f"slice overlap must be in [0, 1), got {overlap}")
+        raise SettingsError(f"slice overlap must be in [0, 1), got {overlap}")
     xs, ys = axis_starts(width, size, overlap), axis_starts(height, size, overlap)
     return np.array([(x, y, min(x + size, width), min(y + size, height)) for y in ys for x in xs], dtype=np.int64)
 
@@ -44,7 +46,7 @@ def merge(dets: np.ndarray, mode: str = "nmm", threshold: float = 0.5, metric: s
     folded into it (``nmm``: the kept box grows to the union, the score stays the best one).
     """
     if mode not in MERGE_MODES or metric not in METRICS:
-        raise ValueError(f"merge mode must be one of {MERGE_MODES} and metric one of {METRICS}")
+        raise SettingsError(f"merge mode must be one of {MERGE_MODES} and metric one of {METRICS}")
     if len(dets) < 2:
         return dets
     dets = dets[np.argsort(-dets[:, 4], kind="stable")]

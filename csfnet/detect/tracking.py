@@ -12,6 +12,8 @@ from typing import Any
 
 import numpy as np
 
+from csfnet.errors import SettingsError
+
 TRACKERS = ("bytetrack", "botsort")
 
 
@@ -21,7 +23,7 @@ def tracker_config(kind: str, overrides: dict[str, Any] | None = None):
     from ultralytics.utils import YAML, IterableSimpleNamespace
 
     if kind not in TRACKERS:
-        raise ValueError(f"unknown tracker {kind!r}; choose one of {', '.join(TRACKERS)}")
+        raise SettingsError(f"unknown tracker {kind!r}; choose one of {', '.join(TRACKERS)}")
     path = Path(ultralytics.__file__).parent / "cfg" / "trackers" / f"{kind}.yaml"
     cfg = {**YAML.load(path), **(overrides or {})}
     if kind == "botsort":
