@@ -8,7 +8,10 @@ Params (all optional, per request): ``conf``, ``iou``, ``slice`` (side in pixels
 
 from __future__ import annotations
 
+import base64
+
 import mlflow
+import numpy as np
 
 from csfnet.detector import COLUMNS, OnnxDetector
 
@@ -36,7 +39,6 @@ class SlicedDetectorModel(mlflow.pyfunc.PythonModel):
         import pandas as pd
 
         from csfnet.detect.predict import SliceOptions
-        from csfnet.registry import _decode
 
         p = {**PARAMS, **(params or {})}
         slicing = SliceOptions(
@@ -46,6 +48,21 @@ class SlicedDetectorModel(mlflow.pyfunc.PythonModel):
             str(p["merge"]),
             float(p["merge_threshold"]),
         )
-        images = [_decode(value, row) for row, value in enumerate(model_input["image"])]
+        images = [decode_image(value, row) for row, value in enumerate(model_input["image"])]
         detections = self.detector(images, conf=float(p["conf"]), iou=float(p["iou"]), slicing=slicing)
         return pd.DataFrame(self.detector.to_rows(detections), columns=COLUMNS)
+
+
+def decode_image(value: str | bytes, row: int) -> np.ndarray:
+    """A base64 image file as BGR; an MLflow "invalid parameter" (HTTP 400) naming the row when it is not one."""
+    import cv2
+    from mlflow.exceptions import MlflowException
+
+    try:
+        data = base64.b64decode(value, validate=True)
+    except (ValueError, TypeError) as e:
+        raise MlflowException.invalid_parameter_value(f"row {row}: 'image' is not base64 ({e})") from e
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    if image is None:
+        raise MlflowException.invalid_parameter_value(f"row {row}: 'image' does not decode as an image file")
+    return image
