@@ -61,14 +61,34 @@ def cmd_data_fetch(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_data_ingest(args: argparse.Namespace, settings: Settings) -> int:
+    from csfnet.data.source import ingest
+    from csfnet.data.synth import SynthSpec
+
+    summary = ingest(
+        settings.data.source, args.out, synth=SynthSpec(**settings.synth.model_dump()), workers=args.workers
+    )
+    print(json.dumps(summary))
+    return 0
+
+
 def cmd_data_extract(args: argparse.Namespace, settings: Settings) -> int:
-    from csfnet.data.extract import extract
+    from csfnet.data.extract import Tiling, extract
 
     x = settings.extract
+    tiling = Tiling(x.tile, x.overlap, x.min_visible, x.negatives, tuple(x.tile_splits), x.seed)
     report = extract(
-        args.source, args.out, stride=x.stride, fmt=x.format, names=tuple(x.names), fix=x.fix, workers=args.workers
+        args.source,
+        args.out,
+        stride=x.stride,
+        fmt=x.format,
+        names=tuple(x.names),
+        fix=x.fix,
+        workers=args.workers,
+        tiling=tiling,
+        report_dir=args.report,
     )
-    print(json.dumps(report, indent=2))
+    print(json.dumps({k: v for k, v in report.items() if k != "sequences"}, indent=2))
     return 0
 
 
@@ -77,7 +97,8 @@ def cmd_data_stats(args: argparse.Namespace, settings: Settings) -> int:
     from csfnet.data.stats import dataset_stats
 
     check_dataset(args.data, ("val",))
-    stats = dataset_stats(args.data, imgsz=settings.imgsz, out_dir=args.out)
+    tile = args.tile or settings.extract.tile or settings.imgsz
+    stats = dataset_stats(args.data, imgsz=settings.imgsz, out_dir=args.out, tile=tile)
     if args.json:
         print(json.dumps(stats, indent=2))
     else:
@@ -86,6 +107,8 @@ def cmd_data_stats(args: argparse.Namespace, settings: Settings) -> int:
                 f"{split}: {s['objects']} objects, median {s['source_px']['median']} px at source, "
                 f"{s['train_px']['median']} px at imgsz {settings.imgsz}; {s['below_stride_share']:.0%} below stride 8"
             )
+        t = stats["tiling"]
+        print(f"recommended: {t['recommendation']} ({t['reason']})")
     if stats["warning"]:
         print(f"WARNING: {stats['warning']}", file=sys.stderr)
     return 0
@@ -112,7 +135,16 @@ def cmd_tune(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_eval(args: argparse.Namespace, settings: Settings) -> int:
     from csfnet.evaluate import evaluate
 
-    metrics = evaluate(args.weights, args.data, args.out, track=not args.no_mlflow, settings=settings)
+    metrics = evaluate(
+        args.weights,
+        args.data,
+        args.out,
+        track=not args.no_mlflow,
+        settings=settings,
+        slice_size=args.slice,
+        tracker=args.track,
+        raw=args.raw,
+    )
     print(json.dumps({k: metrics[k] for k in ("map50", "map50_95", "precision", "recall", "latency_ms_per_image")}))
     return 0
 
@@ -139,6 +171,53 @@ def cmd_export(args: argparse.Namespace, settings: Settings) -> int:
         settings=settings,
     )
     print(json.dumps(result.report, indent=2))
+    if args.openvino:
+        from csfnet.openvino_export import export_openvino
+
+        x, e = settings.export, settings.eval
+        out = Path(args.out).with_name(f"{Path(args.out).stem}_openvino_model")
+        vino = export_openvino(
+            args.weights,
+            out,
+            args.data,
+            imgsz=settings.imgsz,
+            int8=x.int8,
+            calib_data=args.calib_data,
+            calib_frames=x.calib_frames,
+            report_path=Path(args.report or args.out).with_name("openvino.json"),
+            verify_frames=x.verify_frames,
+            batch=e.batch,
+            conf=e.report_conf,
+            iou=e.iou,
+        )
+        print(json.dumps(vino.report, indent=2))
+    return 0
+
+
+def cmd_detect(args: argparse.Namespace, settings: Settings) -> int:
+    from csfnet.detect import detect
+
+    d = settings.detect
+    result = detect(
+        args.model,
+        args.source,
+        args.out,
+        conf=d.conf,
+        iou=d.iou,
+        imgsz=d.imgsz,
+        slice_size=d.slice or None,
+        overlap=d.overlap,
+        full_frame=d.full_frame,
+        merge=d.merge,
+        merge_threshold=d.merge_threshold,
+        track=None if d.track == "none" else d.track,
+        batch=d.batch,
+        device=d.device,
+        save_video=d.save_video,
+        max_frames=args.max_frames,
+        progress=True,
+    )
+    print(result.summary())
     return 0
 
 
@@ -257,17 +336,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--source", required=True, help="URI of a folder with train/ and val/")
     p.add_argument("--out", required=True, help="local folder to create")
 
+    p = _command(data, "ingest", cmd_data_ingest, "bring data.source into a raw root, copying only what changed")
+    p.add_argument("--out", required=True, help="raw root to update (data/raw)")
+    _setting(p, "--source", "data.source", help="synth, synth-hd, a folder or an fsspec URI (s3://bucket/raw)")
+    p.add_argument("--workers", type=int, help="processes (default: all cores)")
+
     p = _command(data, "extract", cmd_data_extract, "validate raw videos and write a YOLO dataset")
     p.add_argument("--source", required=True, help="raw root with train/ and val/ (and optionally test/)")
     p.add_argument("--out", required=True, help="dataset folder to create")
     _setting(p, "--stride", "extract.stride", type=int, help="keep every K-th frame")
-    _setting(p, "--format", "extract.format", choices=["auto", "anti-uav", "mot", "yolo"])
+    _setting(p, "--format", "extract.format", choices=["auto", "anti-uav", "mot", "drone-vs-bird", "yolo"])
     _setting(p, "--fix", "extract.fix", action=argparse.BooleanOptionalAction, help="clip/drop bad boxes (counted)")
+    _setting(p, "--tile", "extract.tile", type=int, help="cut larger frames into tiles of this size (0: off)")
+    _setting(p, "--overlap", "extract.overlap", type=float, help="share of a tile its neighbours overlap")
+    p.add_argument("--report", help="folder for the ingestion report (ingest.json, sequences.json, ingest.html)")
     p.add_argument("--workers", type=int, help="processes (default: all cores)")
 
     p = _command(data, "stats", cmd_data_stats, "object size distribution and a histogram")
     p.add_argument("--data", required=True, help="data.yaml")
     _setting(p, "--imgsz", "args.imgsz", type=int, help="training image size (default: the preset's)")
+    p.add_argument("--tile", type=int, help="tile size to compare downscaling with (default: extract.tile or imgsz)")
     p.add_argument("--out", help="folder for stats.json and size_histogram.png")
     p.add_argument("--json", action="store_true")
 
@@ -301,6 +389,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = _command(sub, "eval", cmd_eval, "mAP, size-band AP/recall, per-sequence recall, latency, plots")
     _validation_options(p, "metrics/eval")
+    p.add_argument("--slice", type=int, help="also AP by size band with slices of this size against full frames")
+    _setting(p, "--overlap", "detect.overlap", type=float, help="slice overlap")
+    p.add_argument("--track", choices=["bytetrack", "botsort"], help="also HOTA/MOTA/IDF1 on the val sequences")
+    p.add_argument("--raw", default="data/raw", help="raw root whose val sequences carry track IDs (for --track)")
     p = _command(sub, "robustness", cmd_robustness, "metrics under Gaussian noise of growing sigma")
     _validation_options(p, "metrics/robustness")
     _setting(p, "--sigmas", "robustness.sigmas", type=float, nargs="+", help="noise std devs on the 0-255 scale")
@@ -316,7 +408,26 @@ def build_parser() -> argparse.ArgumentParser:
     _setting(p, "--dynamic", "export.dynamic_size", action=argparse.BooleanOptionalAction, help="dynamic size too")
     _setting(p, "--int8", "export.int8", action=argparse.BooleanOptionalAction, help="also write an INT8 model")
     p.add_argument("--calib-data", help="data.yaml whose train frames calibrate INT8 (default: --data)")
+    p.add_argument("--openvino", action="store_true", help="also OpenVINO FP32 (and INT8 through NNCF), verified")
     p.add_argument("--no-mlflow", action="store_true")
+
+    p = _command(sub, "detect", cmd_detect, "drones in a video, images or a stream: annotated video, MOT tracks")
+    p.add_argument("--model", required=True, help=".pt, .onnx (FP32/INT8), an OpenVINO folder or models:/name@alias")
+    p.add_argument("--source", required=True, help="video file, image folder or glob, or stream URL")
+    p.add_argument("--out", required=True, help="output folder (annotated.mp4, mot.txt, detections.jsonl)")
+    _setting(p, "--conf", "detect.conf", type=float)
+    _setting(p, "--iou", "detect.iou", type=float)
+    _setting(p, "--imgsz", "detect.imgsz", type=int, help="default: the model's")
+    _setting(p, "--slice", "detect.slice", type=int, help="slice size at native resolution (0: whole frames)")
+    _setting(p, "--overlap", "detect.overlap", type=float)
+    _setting(p, "--full-frame", "detect.full_frame", action=argparse.BooleanOptionalAction)
+    _setting(p, "--merge", "detect.merge", choices=["nmm", "nms"])
+    _setting(p, "--merge-threshold", "detect.merge_threshold", type=float)
+    _setting(p, "--track", "detect.track", choices=["none", "bytetrack", "botsort"])
+    _setting(p, "--batch", "detect.batch", type=int, help="crops per runtime call")
+    _setting(p, "--device", "detect.device")
+    _setting(p, "--video", "detect.save_video", action=argparse.BooleanOptionalAction, help="annotated MP4")
+    p.add_argument("--max-frames", type=int, help="stop after this many frames")
 
     p = _command(sub, "register", cmd_register, "register the ONNX model in MLflow; champion/challenger")
     p.add_argument("--onnx", required=True, help="verified ONNX model")

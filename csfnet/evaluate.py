@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import re
 import shutil
 import tempfile
 import time
@@ -30,11 +29,11 @@ from csfnet._offline import disable_ultralytics_integrations
 from csfnet.checks import check_checkpoint, check_dataset
 from csfnet.data.dataset import read_labels, split_images
 from csfnet.data.io import replace_dir, staging_dir
+from csfnet.data.tiles import parse_tile_name
 from csfnet.device import resolve_device
+from csfnet.errors import DataError
 from csfnet.settings import Settings, load_settings
 from csfnet.tracking import log_flat_metrics, stage_run_if
-
-_SEQUENCE = re.compile(r"^(?P<seq>.+)_(?P<frame>\d{6})$")
 
 
 def validate(
@@ -91,6 +90,9 @@ def evaluate(
     device: str | None = None,
     track: bool = True,
     settings: Settings | None = None,
+    slice_size: int | None = None,
+    tracker: str | None = None,
+    raw: str | Path = "data/raw",
     **overrides: Any,
 ) -> dict[str, Any]:
     """Full evaluation of ``weights`` on the validation split, as the ``eval`` stage (an MLflow run when tracked).
@@ -105,6 +107,10 @@ def evaluate(
         device: ``""`` auto, ``cpu``, ``0`` ... (default: ``train.device``).
         track: Log parameters, metrics and outputs as the ``eval`` stage run.
         settings: Validated settings (default: :func:`csfnet.settings.load_settings`).
+        slice_size: Also AP and recall by size band with sliced inference at this size against whole frames
+            (``slicing.json``; overlap and merging from ``detect``).
+        tracker: Also tracking metrics (HOTA, MOTA, IDF1) of ``bytetrack`` or ``botsort`` on the validation
+            sequences of the raw root ``raw``, whose ground truth carries track IDs (``tracking.json``).
         **overrides: ``eval`` settings (``conf``, ``size_bands``, ``samples`` ...).
     """
     settings = (settings or load_settings()).override({f"eval.{k}": v for k, v in overrides.items()}, "options")
@@ -112,13 +118,46 @@ def evaluate(
     check_dataset(data)
     s = settings.eval
     params = {**s.model_dump(), "imgsz": imgsz or settings.imgsz, "device": resolve_device(device, settings)}
-    with stage_run_if(track, "eval", params, data, weights), staging_dir(out_dir) as tmp:
+    extra = {"slice": slice_size, "tracker": tracker}
+    with stage_run_if(track, "eval", {**params, **extra}, data, weights), staging_dir(out_dir) as tmp:
         metrics = _evaluate(weights, data, tmp, params)
+        flat = {k: v for k, v in metrics.items() if k != "per_sequence_recall"}
+        if slice_size:
+            flat.update(_sliced(weights, data, tmp, slice_size, params, settings))
+        if tracker:
+            flat.update(_tracking(weights, Path(raw), tmp, tracker, params["imgsz"], settings))
         replace_dir(tmp, out_dir)
         if track:
-            log_flat_metrics({k: v for k, v in metrics.items() if k != "per_sequence_recall"})
+            log_flat_metrics(flat)
             mlflow.log_artifacts(str(out_dir), "eval")
     return metrics
+
+
+def _sliced(weights: Path, data: Path, out_dir: Path, size: int, p: dict, settings: Settings) -> dict[str, float]:
+    """AP by size band, whole frames against slices of ``size`` px: ``slicing.json`` and flat metrics."""
+    from csfnet.detect import sliced_eval
+
+    d = settings.detect
+    result = sliced_eval.sliced_vs_full(
+        weights, data, slice_size=size, overlap=d.overlap, full_frame=d.full_frame, merge=d.merge,
+        merge_threshold=d.merge_threshold, conf=p["conf"], iou=p["iou"], imgsz=p["imgsz"],
+        report_conf=p["report_conf"], size_bands=p["size_bands"], batch=d.batch,
+    )  # fmt: skip
+    (out_dir / "slicing.json").write_text(json.dumps(result, indent=2))
+    return sliced_eval.flat_metrics(result)
+
+
+def _tracking(weights: Path, raw: Path, out_dir: Path, tracker: str, imgsz: int, settings: Settings) -> dict:
+    """HOTA, MOTA, IDF1 of ``tracker`` on the raw validation sequences: ``tracking.json`` and flat metrics."""
+    from csfnet.detect import track_eval
+
+    d = settings.detect
+    result = track_eval.evaluate_tracking(
+        weights, raw, split="val", tracker=tracker, conf=d.conf, iou=d.iou, imgsz=imgsz,
+        slice_size=d.slice or None, overlap=d.overlap,
+    )  # fmt: skip
+    (out_dir / "tracking.json").write_text(json.dumps(result, indent=2))
+    return track_eval.flat_metrics(result)
 
 
 def _evaluate(weights: Path, data: Path, out_dir: Path, p: dict[str, Any]) -> dict[str, Any]:
@@ -239,11 +278,13 @@ def sequence_recall(
     predictions: Sequence[tuple[np.ndarray, np.ndarray]],
     report_conf: float,
 ) -> dict[str, float]:
-    """Recall at ``report_conf`` for every sequence (images named ``<sequence>_<frame>``)."""
+    """Recall at ``report_conf`` for every sequence (images named ``<sequence>_<frame>[_x<x>_y<y>]``)."""
     found, total = defaultdict(int), defaultdict(int)
     for image, (gt, _), (pred, scores) in zip(images, truths, predictions):
-        match = _SEQUENCE.match(image.stem)
-        seq = match["seq"] if match else image.stem
+        try:
+            seq = parse_tile_name(image.stem).sequence  # whole frames and tiles alike
+        except DataError:
+            seq = image.stem
         keep = scores >= report_conf
         matched = _match(gt, pred[keep], scores[keep])
         total[seq] += len(gt)

@@ -18,13 +18,13 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
-import numpy as np
 from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
 
 from csfnet.checks import check_checkpoint, require_file
 from csfnet.data.dataset import split_images
 from csfnet.data.io import write_json
+from csfnet.detect.serving import PARAMS as SERVING_PARAMS
 from csfnet.detector import COLUMNS, OnnxDetector
 from csfnet.errors import VerificationError
 from csfnet.settings import Settings, load_settings
@@ -35,36 +35,6 @@ METRIC_TAG = "csfnet.map50_95"
 CANDIDATE_TAG = "csfnet.candidate"
 DECISION_TAG = "csfnet.promotion"
 SHA_TAG = "csfnet.onnx_sha256"
-
-
-class DetectorModel(mlflow.pyfunc.PythonModel):
-    """pyfunc over the ONNX detector. Input: a DataFrame with an ``image`` column of base64-encoded image files
-    (JPEG, PNG ...). Output: one row per box (``COLUMNS``) in source pixels. Params: ``conf``, ``iou``."""
-
-    def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
-        self.detector = OnnxDetector(context.artifacts["onnx"])
-
-    def predict(self, context, model_input, params=None):  # no type hints: MLflow would derive a schema from them
-        import pandas as pd
-
-        params = params or {}
-        images = [_decode(value, row) for row, value in enumerate(model_input["image"])]
-        detections = self.detector(images, conf=float(params.get("conf", 0.25)), iou=float(params.get("iou", 0.6)))
-        return pd.DataFrame(self.detector.to_rows(detections), columns=COLUMNS)
-
-
-def _decode(value: str | bytes, row: int) -> np.ndarray:
-    import cv2
-    from mlflow.exceptions import MlflowException
-
-    try:
-        data = base64.b64decode(value, validate=True)
-    except (ValueError, TypeError) as e:
-        raise MlflowException.invalid_parameter_value(f"row {row}: 'image' is not base64 ({e})") from e
-    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
-    if image is None:
-        raise MlflowException.invalid_parameter_value(f"row {row}: 'image' does not decode as an image file")
-    return image
 
 
 def encode_image(path: str | Path) -> str:
@@ -89,6 +59,7 @@ class Decision:
 
 def log_detector(onnx: str | Path, example_image: str | Path) -> mlflow.models.model.ModelInfo:
     """Log the ONNX model as a pyfunc (signature, input example, the csfnet code) in the active run."""
+    import cv2
     import pandas as pd
     from mlflow.models import infer_signature
 
@@ -96,10 +67,10 @@ def log_detector(onnx: str | Path, example_image: str | Path) -> mlflow.models.m
 
     example = pd.DataFrame({"image": [encode_image(example_image)]})
     detector = OnnxDetector(onnx)
-    output = pd.DataFrame(detector.to_rows(detector([_decode(example["image"][0], 0)])), columns=COLUMNS)
+    output = pd.DataFrame(detector.to_rows(detector([cv2.imread(str(example_image))])), columns=COLUMNS)
     if output.empty:  # the signature needs the column types even when the example frame has no box
         output = pd.DataFrame([[0, 0.0, 0.0, 1.0, 1.0, 0.5, 0, "uav"]], columns=COLUMNS)
-    signature = infer_signature(example, output, params={"conf": 0.25, "iou": 0.6})
+    signature = infer_signature(example, output, params=SERVING_PARAMS)  # MLflow drops undeclared params
     return mlflow.pyfunc.log_model(
         name="model",
         python_model=str(Path(csfnet.__file__).parent / "mlflow_model.py"),

@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 
 from csfnet.errors import ServiceError
 
-_SECRET_QUERY = re.compile(r"(?i)((?:password|passwd|pwd|token|secret|key|signature)[^=&]*=)[^&]*")
+_SECRET_QUERY = re.compile(r"(?i)((?:password|passwd|pwd|token|secret|key|signature|credential)[^=&]*=)[^&]*")
 
 
 def mask(uri: str) -> str:

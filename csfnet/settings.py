@@ -177,6 +177,30 @@ class Export(Section):
     verify_frames: PositiveInt = 8
 
 
+class Detect(Section):
+    """``csfnet detect``: sliced inference and tracking on videos, images and streams."""
+
+    conf: Fraction = 0.25
+    iou: Fraction = 0.6
+    imgsz: Annotated[int, Field(ge=32)] | None = None  # None = the model's own
+    slice: Annotated[int, Field(ge=0)] = 640  # px at native resolution; 0 = whole frames only
+    overlap: Annotated[float, Field(ge=0, lt=1)] = 0.2
+    full_frame: bool = True  # also the whole frame, downscaled, merged with the slices
+    merge: Literal["nmm", "nms"] = "nmm"
+    merge_threshold: Fraction = 0.5
+    track: Literal["none", "bytetrack", "botsort"] = "none"
+    batch: PositiveInt = 8  # crops per runtime call
+    device: str = "cpu"
+    save_video: bool = True
+
+    @field_validator("slice")
+    @classmethod
+    def _slice_size(cls, value: int) -> int:
+        if 0 < value < 32:
+            raise ValueError("must be 0 (whole frames) or at least 32 px")
+        return value
+
+
 class Register(Section):
     """The MLflow model registry."""
 
@@ -256,6 +280,7 @@ class Settings(Section):
     eval: Eval = Eval()
     robustness: Robustness = Robustness()
     export: Export = Export()
+    detect: Detect = Detect()
     register: Register = Register()
     mlflow: Mlflow = Mlflow()
     services: Services = Services()

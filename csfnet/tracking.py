@@ -97,18 +97,27 @@ def git_commit() -> str:
         return "unknown"
 
 
+def dvc_hash(path: str | Path) -> str | None:
+    """The md5 ``dvc.lock`` records for the stage output at ``path``, or None when DVC does not track it."""
+    lock = Path("dvc.lock")
+    if not lock.is_file():
+        return None
+    stages = (yaml.safe_load(lock.read_text()) or {}).get("stages", {})
+    for stage in stages.values():
+        for out in stage.get("outs", []):
+            if Path(out["path"]).resolve() == Path(path).resolve():
+                return out.get("md5")
+    return None
+
+
 def data_hash(dataset: str | Path) -> str:
     """DVC hash of a dataset folder from ``dvc.lock`` when DVC tracks it, else a hash of its manifest."""
     dataset = Path(dataset)
     if dataset.is_file():
         dataset = dataset.parent
-    lock = Path("dvc.lock")
-    if lock.is_file():
-        stages = (yaml.safe_load(lock.read_text()) or {}).get("stages", {})
-        for stage in stages.values():
-            for out in stage.get("outs", []):
-                if Path(out["path"]).resolve() == dataset.resolve():
-                    return out.get("md5", "unknown")
+    tracked = dvc_hash(dataset)
+    if tracked:
+        return tracked
     digest = hashlib.md5()
     for name in ("data.yaml", "manifest.json", "report.json"):
         if (dataset / name).is_file():

@@ -20,9 +20,10 @@ from csfnet.device import resolve_device
 from csfnet.errors import DataError
 from csfnet.model import resolve_config
 from csfnet.settings import Settings, load_settings
-from csfnet.tracking import data_hash, log_flat_metrics, stage_run
+from csfnet.tracking import data_hash, dvc_hash, log_flat_metrics, stage_run
 from csfnet.trainer import CSFNetTrainer
 
+RAW_DATA = "data/raw"  # the ingest stage's output: the version of the data a model was trained on
 STATE_FILE = "csfnet_train.json"  # what the run in a folder was started with, to decide whether to resume
 
 
@@ -151,11 +152,21 @@ def train(
         if track:
             _log_outputs(result, getattr(trainer, "pretrained_tensors", None))
             _log_data_stats(data, int(args.get("imgsz", 640)), result.run_dir / "data_stats")
+            _log_dataset(data, settings.data.source)
     return result
 
 
 def _text(value: str | Path | None) -> str | None:
     return None if value is None else str(value)
+
+
+def _log_dataset(data: Path, source: str) -> None:
+    """The data version as an MLflow dataset input: source = data.source (masked), digest = the DVC hash of the
+    raw data (``data/raw`` in ``dvc.lock``), else of the extracted dataset."""
+    from csfnet.data.report import mlflow_dataset
+
+    digest = dvc_hash(RAW_DATA) or data_hash(data)
+    mlflow.log_input(mlflow_dataset(data, source, digest), context="training")
 
 
 def _log_data_stats(data: Path, imgsz: int, out_dir: Path) -> None:

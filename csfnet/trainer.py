@@ -28,8 +28,13 @@ class CSFNetTrainer(DetectionTrainer):
 
     ultralytics resumes from ``last.pt``, which holds the EMA weights and optimizer state in half precision, so a
     resumed run continues from rounded weights and differs from an uninterrupted one. Each epoch this trainer also
-    writes the full-precision model, EMA, optimizer and random states to ``weights/last_state.pt`` and restores them
-    on resume; the file is removed when training finishes.
+    writes the full-precision model, EMA, optimizer and random states (including the batch shuffle) to
+    ``weights/last_state.pt`` and restores them on resume; the file is removed when training finishes. A resumed
+    run then equals an uninterrupted one bit for bit when batches are loaded in-process (``workers: 0``; worker
+    processes draw the next epoch's shuffle ahead), no gradient-accumulation window spans the epoch boundary (e.g.
+    ``nbs == batch``: ultralytics keeps the open window's step counter in a local variable no checkpoint holds) and
+    the run does not resume past its close-mosaic epoch (ultralytics then rebuilds the loader once more than an
+    uninterrupted run does). Otherwise it continues from the exact weights with a different batch order.
     """
 
     def save_model(self):
@@ -45,6 +50,7 @@ class CSFNetTrainer(DetectionTrainer):
                     "torch": torch.get_rng_state(),
                     "numpy": np.random.get_state(),
                     "random": random.getstate(),
+                    "loader": _loader_generator(self).get_state() if _loader_generator(self) else None,
                 },
             }
             tmp = self.wdir / f".{RESUME_STATE}.{os.getpid()}"
@@ -65,6 +71,12 @@ class CSFNetTrainer(DetectionTrainer):
         self.ema.ema.load_state_dict(state["ema"])
         self.optimizer.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["rng"]["torch"])
+        generator = _loader_generator(self)
+        if state["rng"].get("loader") is not None and generator is not None:
+            if getattr(self.train_loader, "iterator", "none kept") is None:
+                # ultralytics creates the loader's iterator on first use, which draws from the generator too
+                self.train_loader.iterator = self.train_loader._get_iterator()
+            generator.set_state(state["rng"]["loader"])  # so that the next epoch's shuffle is the one saved
         np.random.set_state(state["rng"]["numpy"])
         random.setstate(state["rng"]["random"])
         LOGGER.info(f"Resumed the full-precision training state of epoch {state['epoch'] + 1}")
@@ -89,6 +101,11 @@ class CSFNetTrainer(DetectionTrainer):
             LOGGER.info(f"Pretrained initialisation: loaded {loaded}/{total} tensors from the checkpoint")
             self.pretrained_tensors = loaded
         return model
+
+
+def _loader_generator(trainer: DetectionTrainer) -> torch.Generator | None:
+    """The generator that shuffles the training batches (drawn once per epoch)."""
+    return getattr(getattr(trainer, "train_loader", None), "generator", None)
 
 
 def transfer_weights(model: torch.nn.Module, source: torch.nn.Module | dict[str, torch.Tensor]) -> tuple[int, int]:

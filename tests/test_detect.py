@@ -160,11 +160,6 @@ def test_detect_image_folder_and_glob_with_pytorch(tiny_weights, tiny_data, tmp_
     assert detect(tiny_weights, folder, tmp_path / "c", max_frames=2, progress=False).frames == 2
 
 
-@pytest.mark.xfail(
-    raises=DataError,
-    strict=True,
-    reason="csfnet.data.formats reads MOT column 8 as the class: -1 (MOT result layout) needs class 1",
-)
 def test_mot_output_reingests_with_extract(onnx_models, val_video, tmp_path):
     from csfnet.data.dataset import read_labels
     from csfnet.data.extract import extract

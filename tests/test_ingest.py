@@ -16,9 +16,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from csfnet.data.source import ingest, mask_uri
+from csfnet.data.source import ingest
 from csfnet.data.synth import SynthSpec
 from csfnet.errors import DataError, InputNotFoundError, ServiceError
+from csfnet.services import mask
 
 from .conftest import TINY, free_port, tool
 from .services import moto_s3
@@ -91,7 +92,8 @@ def test_closed_port_fails_within_seconds_naming_the_masked_uri(tiny_raw, tmp_pa
     assert time.perf_counter() - start < 5
     assert _tree(raw) == before
     assert (
-        mask_uri("s3://AKIA:s3cr3t@bucket/raw?X-Amz-Signature=abc&x=1") == "s3://***@bucket/raw?X-Amz-Signature=***&x=1"
+        mask("s3://AKIA:s3cr3t@bucket/raw?X-Amz-Signature=abc&x=1")
+        == "s3://AKIA:***@bucket/raw?X-Amz-Signature=***&x=1"
     )
 
 
@@ -241,5 +243,5 @@ def test_mlflow_dataset_input_carries_source_digest_and_counts(tiny_data, tmp_pa
     inputs = mlflow.get_run(run.info.run_id).inputs.dataset_inputs
     logged = inputs[0].dataset
     assert logged.digest == "0123456789abcdef0123456789abcdef.dir" and logged.name == "raw"
-    assert json.loads(logged.source) == {"uri": "s3://***@videos/raw"} and "secret" not in logged.source
+    assert json.loads(logged.source) == {"uri": "s3://key:***@videos/raw"} and "secret" not in logged.source
     assert json.loads(logged.profile)["train"]["boxes"] > 0 and inputs[0].tags[0].value == "training"

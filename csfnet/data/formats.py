@@ -314,7 +314,7 @@ def _read_mot(source: SequenceSource) -> list[Box]:
             raise DataError(f"sequence {source.name}, file {path}, line {line_no}: bad frame {cols[0]!r}") from e
         if frame < 0:
             raise DataError(f"sequence {source.name}, file {path}, line {line_no}: frames are 1-based, got {cols[0]}")
-        cls = int(float(cols[7])) - 1 if len(cols) > 7 else 0
+        cls = int(float(cols[7])) - 1 if len(cols) > 7 and float(cols[7]) > 0 else 0  # -1: MOT results, no class
         boxes.append(Box(frame, cls, *(_float(v, source, frame) for v in cols[2:6])))
     return boxes
 

@@ -216,7 +216,7 @@ def mlflow_dataset(data_yaml: str | Path, source_uri: str, digest: str, name: st
     from mlflow.data.dataset_source_registry import resolve_dataset_source
     from mlflow.data.meta_dataset import MetaDataset
 
-    from csfnet.data.source import mask_uri
+    from csfnet.services import mask
 
     data_yaml = Path(data_yaml)
     report_path = data_yaml.parent / "report.json"
@@ -236,5 +236,5 @@ def mlflow_dataset(data_yaml: str | Path, source_uri: str, digest: str, name: st
         def to_dict(self) -> dict[str, str]:
             return super().to_dict() | ({"profile": json.dumps(profile)} if profile else {})
 
-    source = resolve_dataset_source(mask_uri(source_uri))
+    source = resolve_dataset_source(mask(source_uri))
     return VideoDataset(source, name=name or Path(str(source_uri).rstrip("/")).name or "raw", digest=digest[:36])

@@ -25,16 +25,10 @@ from typing import Any
 from csfnet.data.io import replace_dir, staging_dir
 from csfnet.data.synth import SynthSpec, generate
 from csfnet.errors import DataError, InputNotFoundError, ServiceError
+from csfnet.services import mask
 
 SYNTH_SOURCES = {"synth": None, "synth-hd": (1920, 1080)}  # name -> (width, height) overriding the spec
 CONNECT_TIMEOUT = 3.0  # s: a closed port or an unreachable host fails within seconds
-_SECRET = re.compile(r"(?i)([?&](?:[^=&]*(?:key|secret|token|password|signature|credential)[^=&]*)=)[^&]*")
-
-
-def mask_uri(uri: str) -> str:
-    """``uri`` with credentials hidden: ``s3://key:secret@bucket`` -> ``s3://***@bucket``, secret query values."""
-    uri = re.sub(r"([a-zA-Z][\w+.-]*://)[^/@\s]*@", r"\1***@", str(uri))
-    return _SECRET.sub(r"\1***", uri)
 
 
 def _userinfo(uri: str) -> str | None:
@@ -52,7 +46,7 @@ def ingest(source: str, out: str | Path, synth: SynthSpec | None = None, workers
     out = Path(out)
     if source in SYNTH_SOURCES:
         return _ingest_synth(source, out, synth or SynthSpec(), workers)
-    masked = mask_uri(source)
+    masked = mask(source)
     fs, root = _filesystem(source)
     if _is_local(fs) and Path(root).resolve() == out.resolve():
         raise DataError(f"data source {masked} is the output folder itself; point data.source elsewhere")
@@ -145,7 +139,7 @@ def _filesystem(source: str) -> tuple[Any, str]:
     try:
         fs, root = fsspec.core.url_to_fs(source, **options)
     except (ImportError, ValueError) as e:
-        raise DataError(f"data source {mask_uri(source)}: {e}") from e
+        raise DataError(f"data source {mask(source)}: {e}") from e
     if hasattr(fs, "retries"):
         fs.retries = 1
     return fs, root.rstrip("/")
@@ -206,7 +200,7 @@ def _link(src: Path, dst: Path) -> None:
 
 def _reason(e: BaseException, source: str) -> str:
     """One line: the exception type and message, with any URI and the source's credentials in it masked."""
-    text = mask_uri(" ".join(str(e).split()) or type(e).__name__)
+    text = mask(" ".join(str(e).split()) or type(e).__name__)
     secret = _userinfo(source)
     if secret:
         text = text.replace(secret, "***")
