@@ -1,13 +1,24 @@
 """Kubeflow Pipelines v2 components: one per pipeline step, each a thin caller of the ``csfnet`` command line.
 
-Every component runs ``csfnet <command>`` (:func:`csfnet.kubeflow.run_step`), the same code path as the DVC stages,
-inside the project image, and maps its outputs to typed artifacts. Nothing here holds pipeline logic.
+Every component runs ``python -m csfnet <command>`` (:func:`csfnet.kubeflow.step.run_step`), the same code path as
+the DVC stages, inside the project image, and maps its outputs to typed artifacts. Nothing here holds pipeline logic.
 """
 
 from components.data import extract_frames, raw_data
+from components.deploy import deploy
 from components.evaluate import evaluate, robustness
 from components.export import export_onnx, register_model
 from components.train import train
 from components.tune import tune
 
-__all__ = ["evaluate", "export_onnx", "extract_frames", "raw_data", "register_model", "robustness", "train", "tune"]
+__all__ = [
+    "deploy",
+    "evaluate",
+    "export_onnx",
+    "extract_frames",
+    "raw_data",
+    "register_model",
+    "robustness",
+    "train",
+    "tune",
+]

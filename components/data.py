@@ -1,61 +1,72 @@
-"""Raw video data (fetched from an object store or synthesised) and frame extraction."""
+"""Raw data fingerprint (never cached) and frame extraction (cached on the fingerprint)."""
 
-from kfp import dsl
-from kfp.dsl import HTML, Dataset, Input, Metrics, Output
+from typing import NamedTuple
 
-from components.image import IMAGE
+from kfp.dsl import HTML, Dataset, Metrics, Output
+
+from components.image import component
 
 
-@dsl.component(base_image=IMAGE)
+@component
 def raw_data(
-    run_id: str,
-    raw: Output[Dataset],
     source_uri: str = "",
     train_videos: int = 0,
     val_videos: int = 0,
     frames: int = 0,
     seed: int = 0,
-):
-    """Copy the raw dataset root at ``source_uri`` (s3://..., a path), or synthesise the benchmark when empty."""
-    from csfnet.kubeflow import flags, run_step
+) -> NamedTuple("Outputs", fingerprint=str):
+    """Content fingerprint of the raw data: keys, sizes and ETags under ``source_uri`` (s3://..., a path), or the
+    synthesis spec when it is empty. Only a listing: the data itself is read by extraction."""
+    from typing import NamedTuple
+
+    from csfnet.kubeflow.fingerprint import source_fingerprint, synth_fingerprint
+
+    class Outputs(NamedTuple):
+        fingerprint: str
 
     if source_uri:
-        run_step(run_id, ["data", "fetch", "--source", source_uri, "--out", raw.path])
-    else:
-        sizes = {"--train-videos": train_videos, "--val-videos": val_videos, "--frames": frames}
-        run_step(run_id, ["data", "synth", "--out", raw.path, "--seed", str(seed), *flags(sizes)])
+        return Outputs(source_fingerprint(source_uri))
+    spec = {"train_videos": train_videos, "val_videos": val_videos, "frames": frames, "seed": seed}
+    return Outputs(synth_fingerprint(spec))
 
 
-@dsl.component(base_image=IMAGE)
+@component
 def extract_frames(
-    run_id: str,
-    raw: Input[Dataset],
+    fingerprint: str,
     dataset: Output[Dataset],
     stats: Output[Metrics],
     stats_report: Output[HTML],
+    source_uri: str = "",
+    train_videos: int = 0,
+    val_videos: int = 0,
+    frames: int = 0,
+    seed: int = 0,
     stride: int = 0,
 ):
-    """Validate the raw videos and write the YOLO dataset; object size statistics as metrics and a histogram."""
+    """Fetch (or synthesise) the raw videos, validate them and write the YOLO dataset; object size statistics as
+    metrics and a histogram. ``fingerprint`` keys the cache: same data, same dataset."""
     import json
+    import shutil
     import tempfile
     from pathlib import Path
 
-    from csfnet.kubeflow import log_metrics, run_step, write_html
+    from csfnet.kubeflow.fingerprint import source_fingerprint
+    from csfnet.kubeflow.step import flags, log_metrics, run_step, write_html
 
-    run_step(
-        run_id,
-        [
-            "data",
-            "extract",
-            "--source",
-            raw.path,
-            "--out",
-            dataset.path,
-            *(["--stride", str(stride)] if stride else []),
-        ],
-    )
-    out = Path(tempfile.mkdtemp())
-    run_step(run_id, ["data", "stats", "--data", f"{dataset.path}/data.yaml", "--out", str(out)])
+    work = Path(tempfile.mkdtemp())
+    raw = work / "raw"
+    if source_uri:
+        run_step(["data", "fetch", "--source", source_uri, "--out", raw])
+        if source_fingerprint(source_uri) != fingerprint:
+            raise RuntimeError(f"{source_uri} changed while the pipeline ran; submit it again")
+    else:
+        sizes = {"--train-videos": train_videos, "--val-videos": val_videos, "--frames": frames}
+        run_step(["data", "synth", "--out", raw, "--seed", seed, *flags(sizes)])
+    run_step(["data", "extract", "--source", raw, "--out", dataset.path, *flags({"--stride": stride})])
+    shutil.rmtree(raw, ignore_errors=True)
+    dataset.metadata["fingerprint"] = fingerprint
+    out = work / "stats"
+    run_step(["data", "stats", "--data", f"{dataset.path}/data.yaml", "--out", out])
     data = json.loads((out / "stats.json").read_text())
     log_metrics(stats, data)
     write_html(stats_report, "Object sizes", data, [out / "size_histogram.png"])

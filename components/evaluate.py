@@ -1,31 +1,27 @@
 """Evaluation on the validation split and the Gaussian-noise robustness sweep."""
 
-from kfp import dsl
 from kfp.dsl import HTML, Dataset, Input, Metrics, Model, Output
 
-from components.image import IMAGE
+from components.image import component
 
 
-@dsl.component(base_image=IMAGE)
-def evaluate(run_id: str, dataset: Input[Dataset], model: Input[Model], metrics: Output[Metrics], report: Output[HTML]):
+@component
+def evaluate(dataset: Input[Dataset], model: Input[Model], metrics: Output[Metrics], report: Output[HTML]):
     """mAP, AP/recall by size band, per-sequence recall and latency; PR curve, confusion matrix, samples."""
     import tempfile
     from pathlib import Path
 
-    from csfnet.kubeflow import log_metrics, read_json, run_step, write_html
+    from csfnet.kubeflow.step import log_metrics, read_json, run_step, write_html
 
     out = Path(tempfile.mkdtemp())
-    run_step(
-        run_id, ["eval", "--weights", f"{model.path}/best.pt", "--data", f"{dataset.path}/data.yaml", "--out", str(out)]
-    )
+    run_step(["eval", "--weights", f"{model.path}/best.pt", "--data", f"{dataset.path}/data.yaml", "--out", str(out)])
     data = read_json(out / "metrics.json")
     log_metrics(metrics, {k: v for k, v in data.items() if k != "per_sequence_recall"})
     write_html(report, "Evaluation", data, [out / n for n in ("pr_curve.png", "confusion_matrix.png", "samples.jpg")])
 
 
-@dsl.component(base_image=IMAGE)
+@component
 def robustness(
-    run_id: str,
     dataset: Input[Dataset],
     model: Input[Model],
     metrics: Output[Metrics],
@@ -36,7 +32,7 @@ def robustness(
     import tempfile
     from pathlib import Path
 
-    from csfnet.kubeflow import log_metrics, read_json, run_step, write_html
+    from csfnet.kubeflow.step import log_metrics, read_json, run_step, write_html
 
     out = Path(tempfile.mkdtemp())
     args = [
@@ -48,7 +44,7 @@ def robustness(
         "--out",
         str(out),
     ]
-    run_step(run_id, args + (["--sigmas", *map(str, sigmas)] if sigmas else []))
+    run_step(args + (["--sigmas", *map(str, sigmas)] if sigmas else []))
     data = read_json(out / "robustness.json")
     log_metrics(metrics, data)
     write_html(report, "Robustness to Gaussian noise", data, [out / "robustness.png"])

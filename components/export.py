@@ -1,14 +1,12 @@
 """Verified ONNX export (FP32 and INT8) and registration in the MLflow model registry."""
 
-from kfp import dsl
 from kfp.dsl import Artifact, Dataset, Input, Markdown, Metrics, Model, Output
 
-from components.image import IMAGE
+from components.image import component
 
 
-@dsl.component(base_image=IMAGE)
+@component
 def export_onnx(
-    run_id: str,
     dataset: Input[Dataset],
     model: Input[Model],
     onnx_model: Output[Model],
@@ -18,37 +16,43 @@ def export_onnx(
     """ONNX with dynamic batch, verified against PyTorch with onnxruntime; INT8 next to it."""
     from pathlib import Path
 
-    from csfnet.kubeflow import log_metrics, read_json, run_step
+    from csfnet.kubeflow.step import log_metrics, read_json, run_step
 
     Path(onnx_model.path).mkdir(parents=True, exist_ok=True)
     out = f"{onnx_model.path}/model.onnx"
     args = ["export", "--weights", f"{model.path}/best.pt", "--data", f"{dataset.path}/data.yaml", "--out", out]
-    run_step(run_id, [*args, "--report", verification.path])
+    run_step([*args, "--report", verification.path])
     report = read_json(verification.path)
     log_metrics(metrics, {"verification": report["verification"]["checks"], "int8": report.get("int8", {})})
 
 
-@dsl.component(base_image=IMAGE)
+@component
 def register_model(
-    run_id: str,
     onnx_model: Input[Model],
     verification: Input[Artifact],
     decision: Output[Markdown],
     name: str = "",
     margin: float = -1.0,
-):
-    """Register the verified model; it becomes champion only if it beats the current one by the margin."""
+) -> str:
+    """Register the verified model; it becomes champion only if it beats the current one by the margin.
+
+    Returns:
+        ``models:/<name>/<version>`` when this pipeline execution registered a new champion (what deploy serves),
+        else ``""`` (no better model, or a resubmission that re-registered the same one).
+        A single parameter output, so ``dsl.If`` on it works with kfp's local runner too.
+    """
     from pathlib import Path
 
-    from csfnet.kubeflow import read_json, run_step
+    from csfnet.kubeflow.step import new_champion_uri, read_json, run_step
 
     out = Path(decision.path).with_suffix(".json")
     args = ["register", "--onnx", f"{onnx_model.path}/model.onnx", "--report", verification.path, "--out", str(out)]
     args += ["--name", name] if name else []
     args += ["--margin", str(margin)] if margin >= 0 else []
-    run_step(run_id, [*args, "--final"])
+    run_step([*args, "--final"])
     result = read_json(out)
     Path(decision.path).write_text(
         f"# {result['name']} v{result['version']}\n\n- mAP50-95: {result['map50_95']:.4f}\n"
         f"- champion: v{result['champion']}\n- decision: {result['reason']}\n"
     )
+    return new_champion_uri(result)

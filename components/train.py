@@ -1,14 +1,12 @@
 """CSF-Net training on the tuned partition (GPU when the task gets one)."""
 
-from kfp import dsl
 from kfp.dsl import HTML, Artifact, Dataset, Input, Metrics, Model, Output
 
-from components.image import IMAGE
+from components.image import component
 
 
-@dsl.component(base_image=IMAGE)
+@component
 def train(
-    run_id: str,
     dataset: Input[Dataset],
     best_partition: Input[Artifact],
     model: Output[Model],
@@ -23,12 +21,12 @@ def train(
     import tempfile
     from pathlib import Path
 
-    from csfnet.kubeflow import flags, last_epoch, log_metrics, read_json, run_step, write_html
+    from csfnet.kubeflow.step import flags, last_epoch, log_metrics, read_json, run_step, write_html
 
     run = Path(tempfile.mkdtemp()) / "train"
     args = ["train", "--data", f"{dataset.path}/data.yaml", "--partition", best_partition.path, "--out", str(run)]
     options = {"--model": config, "--preset": preset, "--epochs": epochs}
-    run_step(run_id, args + flags(options))
+    run_step(args + flags(options))
     Path(model.path).mkdir(parents=True, exist_ok=True)
     shutil.copy2(run / "weights" / "best.pt", Path(model.path) / "best.pt")
     results = read_json(run / "csfnet_train.json")

@@ -1,14 +1,12 @@
 """Optuna search for the CSwitch partition; the study database comes from a secret when workers share it."""
 
-from kfp import dsl
 from kfp.dsl import HTML, Artifact, Dataset, Input, Output
 
-from components.image import IMAGE
+from components.image import component
 
 
-@dsl.component(base_image=IMAGE)
+@component
 def tune(
-    run_id: str,
     dataset: Input[Dataset],
     best_partition: Output[Artifact],
     report: Output[HTML],
@@ -23,10 +21,10 @@ def tune(
     import tempfile
     from pathlib import Path
 
-    from csfnet.kubeflow import flags, run_step, write_html
+    from csfnet.kubeflow.step import flags, run_step, write_html
 
     work = Path(tempfile.mkdtemp())
     args = ["tune", "--data", f"{dataset.path}/data.yaml", "--out", best_partition.path, "--work-dir", str(work)]
     options = {"--model": model, "--preset": preset, "--trials": trials, "--epochs": epochs, "--worker": worker}
-    run_step(run_id, args + flags(options))
+    run_step(args + flags(options))
     write_html(report, "CSwitch partition search", json.loads(Path(best_partition.path).read_text()))

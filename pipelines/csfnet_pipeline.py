@@ -1,5 +1,11 @@
 """The CSF-Net pipeline for Kubeflow Pipelines v2, mirroring dvc.yaml:
-raw data -> extract -> tune -> train -> eval / robustness -> export -> register.
+raw-data fingerprint -> extract -> tune -> train -> eval / robustness -> export -> register -> deploy.
+
+Caching: the raw-data step is never cached and outputs a content fingerprint of the source; every other step takes
+only its real inputs (artifacts and parameters), so a resubmission with the same data and parameters reuses every
+step and new data behind the same URI re-runs from extraction on. The run id reaches the steps as
+``$CSFNET_PIPELINE_ID`` from the pod label ``pipeline/runid`` (set by the KFP API server on every pod of a run),
+which is outside the cache key. ``deploy`` runs only when registration changed the champion.
 
 Tuning and training ask for GPUs; every step gets MLflow (and S3) credentials from Kubernetes secrets, never from code
 or images. ``build_pipeline`` applies cluster options at compile time.
@@ -9,12 +15,34 @@ from collections.abc import Mapping, Sequence
 
 from kfp import dsl, kubernetes
 
-from components import evaluate, export_onnx, extract_frames, raw_data, register_model, robustness, train, tune
+from components import (
+    deploy,
+    evaluate,
+    export_onnx,
+    extract_frames,
+    raw_data,
+    register_model,
+    robustness,
+    train,
+    tune,
+)
 
-MLFLOW_SECRET = "csfnet-mlflow"  # MLFLOW_TRACKING_URI, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL
-MLFLOW_KEYS = ("MLFLOW_TRACKING_URI", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL")
+MLFLOW_SECRET = "csfnet-mlflow"  # tracking URI and the pipeline's MLflow user; S3 access for raw data
+MLFLOW_KEYS = (
+    "MLFLOW_TRACKING_URI",
+    "MLFLOW_TRACKING_USERNAME",
+    "MLFLOW_TRACKING_PASSWORD",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_ENDPOINT_URL",
+)
+S3_KEYS = tuple(k for k in MLFLOW_KEYS if k.startswith("AWS_"))
 OPTUNA_SECRET = "csfnet-optuna"  # CSFNET_OPTUNA_STORAGE: postgresql+psycopg2://user:pass@host/optuna
 GPU_RESOURCE = "nvidia.com/gpu"
+PIPELINE_ID_ENV = "CSFNET_PIPELINE_ID"  # csfnet.tracking.PIPELINE_ENV
+RUN_ID_FIELD = "metadata.labels['pipeline/runid']"  # pod label the KFP API server puts on every pod of a run
+MLFLOW_CLIENT_LABEL = "csfnet.io/mlflow-client"  # NetworkPolicy: pods allowed to reach MLflow
+OPTUNA_CLIENT_LABEL = "csfnet.io/optuna-client"  # NetworkPolicy: pods allowed to reach the Optuna database
 
 
 def build_pipeline(
@@ -25,6 +53,7 @@ def build_pipeline(
     retries: int = 2,
     cpu: str = "4",
     memory: str = "16G",
+    apply_serving: bool = True,
 ):
     """The pipeline function.
 
@@ -32,10 +61,12 @@ def build_pipeline(
         gpus: GPUs for tuning and training (0 for CPU only).
         node_selector: Node labels GPU steps must run on (e.g. ``{"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}``).
         tolerations: Taints GPU steps tolerate, as ``{"key", "operator", "value", "effect"}`` dicts.
-        secrets: Wire MLflow/S3 and Optuna credentials from Kubernetes secrets (off for local runs).
+        secrets: Cluster wiring: credentials from Kubernetes secrets, the run id from the pod label, pod labels
+            for the NetworkPolicies (off for local runs).
         retries: Retries of each step after a transient failure (pod eviction, node loss).
         cpu: CPU request of the heavy steps.
         memory: Memory request of the heavy steps.
+        apply_serving: The deploy step applies the InferenceService (off: it only renders the manifest).
     """
 
     def heavy(task: dsl.PipelineTask, gpu: bool) -> dsl.PipelineTask:
@@ -50,11 +81,19 @@ def build_pipeline(
         return task
 
     def tracked(task: dsl.PipelineTask) -> dsl.PipelineTask:
+        """A step that logs to MLflow: credentials, the run id (outside the cache key), the NetworkPolicy label."""
         if secrets:
             kubernetes.use_secret_as_env(task, MLFLOW_SECRET, secret_key_to_env={k: k for k in MLFLOW_KEYS})
+            kubernetes.use_field_path_as_env(task, env_name=PIPELINE_ID_ENV, field_path=RUN_ID_FIELD)
+            kubernetes.add_pod_label(task, MLFLOW_CLIENT_LABEL, "true")
         return task
 
-    @dsl.pipeline(name="csfnet", description="CSF-Net micro-UAV detection: data, tuning, training, evaluation, export")
+    def s3(task: dsl.PipelineTask) -> dsl.PipelineTask:
+        if secrets:
+            kubernetes.use_secret_as_env(task, MLFLOW_SECRET, secret_key_to_env={k: k for k in S3_KEYS})
+        return task
+
+    @dsl.pipeline(name="csfnet", description="CSF-Net micro-UAV detection: data, tuning, training, evaluation, serving")
     def csfnet_pipeline(
         source_uri: str = "",
         train_videos: int = 0,
@@ -69,59 +108,56 @@ def build_pipeline(
         sigmas: list = [],  # noqa: B006  (KFP parameters are declared by their defaults)
         registry_name: str = "",
         margin: float = -1.0,
+        serving_name: str = "csfnet",
+        serving_namespace: str = "",
+        canary_percent: int = 0,
+        serving_cpu: str = "1",
+        serving_memory: str = "2Gi",
     ) -> dsl.Markdown:
         """Empty/zero parameters take the image's params.yaml values."""
-        run_id = dsl.PIPELINE_JOB_ID_PLACEHOLDER
-        raw = raw_data(
-            run_id=run_id, source_uri=source_uri, train_videos=train_videos, val_videos=val_videos, frames=frames
-        )
-        if secrets:
-            kubernetes.use_secret_as_env(
-                raw,
-                MLFLOW_SECRET,
-                secret_key_to_env={k: k for k in MLFLOW_KEYS if k.startswith("AWS_")},  # S3 only: fetching raw data
-            )
-        data = heavy(extract_frames(run_id=run_id, raw=raw.outputs["raw"], stride=stride), gpu=False)
-        dataset = data.outputs["dataset"]
+        sizes = {"train_videos": train_videos, "val_videos": val_videos, "frames": frames}
+        raw = s3(raw_data(source_uri=source_uri, **sizes))
+        raw.set_caching_options(False)  # its output depends on what is behind the URI, not on its inputs
+        data = extract_frames(fingerprint=raw.outputs["fingerprint"], source_uri=source_uri, stride=stride, **sizes)
+        dataset = s3(heavy(data, gpu=False)).outputs["dataset"]
 
         search = tracked(
-            heavy(
-                tune(run_id=run_id, dataset=dataset, model=model, preset=preset, trials=trials, epochs=tune_epochs),
-                True,
-            )
+            heavy(tune(dataset=dataset, model=model, preset=preset, trials=trials, epochs=tune_epochs), True)
         )
         if secrets:
             kubernetes.use_secret_as_env(
                 search, OPTUNA_SECRET, secret_key_to_env={"CSFNET_OPTUNA_STORAGE": "CSFNET_OPTUNA_STORAGE"}
             )
-        fit = tracked(
-            heavy(
-                train(
-                    run_id=run_id,
-                    dataset=dataset,
-                    best_partition=search.outputs["best_partition"],
-                    config=model,
-                    preset=preset,
-                    epochs=epochs,
-                ),
-                gpu=True,
-            )
+            kubernetes.add_pod_label(search, OPTUNA_CLIENT_LABEL, "true")
+        fit = train(
+            dataset=dataset, best_partition=search.outputs["best_partition"], config=model, preset=preset, epochs=epochs
         )
-        weights = fit.outputs["model"]
-        scores = tracked(heavy(evaluate(run_id=run_id, dataset=dataset, model=weights), gpu=False))
-        noise = tracked(heavy(robustness(run_id=run_id, dataset=dataset, model=weights, sigmas=sigmas), gpu=False))
-        onnx = tracked(heavy(export_onnx(run_id=run_id, dataset=dataset, model=weights), gpu=False))
+        weights = tracked(heavy(fit, gpu=True)).outputs["model"]
+        scores = tracked(heavy(evaluate(dataset=dataset, model=weights), gpu=False))
+        noise = tracked(heavy(robustness(dataset=dataset, model=weights, sigmas=sigmas), gpu=False))
+        onnx = tracked(heavy(export_onnx(dataset=dataset, model=weights), gpu=False))
         register = tracked(
             register_model(
-                run_id=run_id,
                 onnx_model=onnx.outputs["onnx_model"],
                 verification=onnx.outputs["verification"],
                 name=registry_name,
                 margin=margin,
             )
         )
-        register.after(scores, noise)  # the last stage: it closes the MLflow parent run
+        register.after(scores, noise)  # the last tracked stage: it closes the MLflow parent run
         register.set_retry(num_retries=retries)
+        new_champion = register.outputs["Output"]  # models:/<name>/<version> when the champion changed, else ""
+        with dsl.If(new_champion != "", name="champion-changed"):
+            serve = deploy(
+                model_uri=new_champion,
+                service=serving_name,
+                namespace=serving_namespace,
+                canary_percent=canary_percent,
+                cpu=serving_cpu,
+                memory=serving_memory,
+                apply=apply_serving,
+            )
+            serve.set_retry(num_retries=retries)
         return register.outputs["decision"]
 
     return csfnet_pipeline

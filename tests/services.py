@@ -79,8 +79,11 @@ def postgres(port: int) -> Iterator[str]:
 
 
 @contextlib.contextmanager
-def mlflow_server(backend: str, artifacts: Path, port: int) -> Iterator[str]:
-    """``mlflow server`` on loopback; yields its URL."""
+def mlflow_server(
+    backend: str, artifacts: Path, port: int, app_name: str | None = None, env: dict[str, str] | None = None
+) -> Iterator[str]:
+    """``mlflow server`` on loopback (``app_name="basic-auth"``: with MLflow's authentication, configured by
+    ``env``: ``MLFLOW_AUTH_CONFIG_PATH``, ``MLFLOW_AUTH_ADMIN_USERNAME/PASSWORD``); yields its URL."""
     cmd = [
         sys.executable,
         "-m",
@@ -96,8 +99,15 @@ def mlflow_server(backend: str, artifacts: Path, port: int) -> Iterator[str]:
         str(port),
         "--workers",
         "1",
+        *(["--app-name", app_name] if app_name else []),
     ]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        cmd,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+        env={**os.environ, **(env or {})},
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         wait_http(f"{url}/health", timeout=120)

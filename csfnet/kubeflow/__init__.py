@@ -1,0 +1,22 @@
+"""Kubeflow Pipelines, split by where the code runs.
+
+- :mod:`csfnet.kubeflow.step`: helpers a component calls inside its pod (run a ``csfnet`` command, log metrics).
+- :mod:`csfnet.kubeflow.fingerprint`: the content fingerprint of the raw data (the raw-data step's output).
+- :mod:`csfnet.kubeflow.deploy`: the KServe InferenceService of the champion (render, apply).
+- :mod:`csfnet.kubeflow.storage`: KServe's storage initializer for ``models:/`` URIs (runs in the predictor pod).
+- :mod:`csfnet.kubeflow.mlflow_users`: the MLflow basic-auth users of the pipeline and of serving (Job).
+- :mod:`csfnet.kubeflow.client`: compile, submit or run the pipeline locally, on the user's machine.
+
+Nothing here imports :mod:`csfnet.cli`; steps run the command line in a subprocess (``python -m csfnet``).
+"""
+
+_CLIENT = ("compile_pipeline", "parse_params", "run_local", "submit")
+
+
+def __getattr__(name: str):
+    """``csfnet.kubeflow.<client function>`` still resolves (lazily: importing the package loads nothing)."""
+    if name in _CLIENT:
+        from csfnet.kubeflow import client
+
+        return getattr(client, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
