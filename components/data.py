@@ -60,8 +60,8 @@ def extract_frames(
         if source_fingerprint(source_uri) != fingerprint:
             raise RuntimeError(f"{source_uri} changed while the pipeline ran; submit it again")
     else:
-        sizes = {"--train-videos": train_videos, "--val-videos": val_videos, "--frames": frames}
-        run_step(["data", "synth", "--out", raw, "--seed", seed, *flags(sizes)])
+        spec = {"--train-videos": train_videos, "--val-videos": val_videos, "--frames": frames, "--seed": seed}
+        run_step(["data", "synth", "--out", raw, *flags(spec)])
     run_step(["data", "extract", "--source", raw, "--out", dataset.path, *flags({"--stride": stride})])
     shutil.rmtree(raw, ignore_errors=True)
     dataset.metadata["fingerprint"] = fingerprint

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -45,9 +46,11 @@ def test_wheel_compiles_the_pipeline_outside_the_checkout(tmp_path):
 
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # nothing but the venv and its .pth
     where = subprocess.run(
         [python, "-c", "import csfnet, components, pipelines; print(csfnet.__file__, pipelines.__file__)"],
         cwd=elsewhere,
+        env=env,
         check=True,
         capture_output=True,
         text=True,
@@ -57,6 +60,7 @@ def test_wheel_compiles_the_pipeline_outside_the_checkout(tmp_path):
     proc = subprocess.run(
         [venv / "bin" / "csfnet", "pipeline", "compile", "--out", out],
         cwd=elsewhere,
+        env=env,
         capture_output=True,
         text=True,
         timeout=300,
