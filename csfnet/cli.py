@@ -267,9 +267,36 @@ def cmd_pipeline_submit(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_pipeline_run_local(args: argparse.Namespace, settings: Settings) -> int:
     from csfnet.kubeflow.client import parse_params, run_local
 
-    task = run_local(parse_params(args.param or []), args.pipeline_root)
+    task = run_local(parse_params(args.param or []), args.pipeline_root, cache=not args.no_cache)
     decision = Path(task.output.path)
     print(decision.read_text() if decision.is_file() else f"pipeline finished; outputs under {args.pipeline_root}")
+    return 0
+
+
+def cmd_deploy(args: argparse.Namespace, settings: Settings) -> int:
+    from csfnet.kubeflow.deploy import deploy_champion
+    from csfnet.tracking import configure
+
+    configure()  # the champion is looked up in the configured MLflow registry
+    v = settings.serving
+    isvc, _ = deploy_champion(
+        settings.register.name,
+        model_uri=args.model_uri,
+        service=v.name,
+        render_to=args.render,
+        namespace=v.namespace or None,
+        runtime=v.runtime,
+        canary_percent=v.canary_percent or None,
+        cpu=v.cpu,
+        memory=v.memory,
+        gpus=v.gpus,
+        min_replicas=v.min_replicas,
+    )
+    if args.render:
+        print(f"wrote {args.render}")
+    else:
+        namespace = isvc.metadata.namespace or "(current namespace)"
+        print(f"applied InferenceService {namespace}/{v.name} serving {isvc.spec.predictor.model.storage_uri}")
     return 0
 
 
@@ -437,6 +464,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="JSON with the version and the promotion decision")
     p.add_argument("--final", action="store_true", help="last stage of the pipeline: close the parent run")
 
+    p = _command(sub, "deploy", cmd_deploy, "serve the registry's champion on KServe (or --render its manifest)")
+    _setting(p, "--name", "register.name", help="registered model whose champion is served")
+    p.add_argument("--model-uri", help="models:/<name>/<version> to serve instead of the champion")
+    _setting(p, "--service", "serving.name", help="InferenceService name")
+    _setting(p, "--namespace", "serving.namespace")
+    _setting(p, "--runtime", "serving.runtime", help="ServingRuntime (infra/k8s/serving)")
+    _setting(p, "--canary-percent", "serving.canary_percent", type=int, help="traffic to the new revision (0: all)")
+    _setting(p, "--cpu", "serving.cpu")
+    _setting(p, "--memory", "serving.memory")
+    _setting(p, "--gpus", "serving.gpus", type=int)
+    _setting(p, "--min-replicas", "serving.min_replicas", type=int)
+    p.add_argument("--render", metavar="PATH", help="write the manifest here (GitOps) instead of applying it")
+
     p = _command(sub, "summary", cmd_summary, "headline figures of the last pipeline run (from dvc.yaml's metrics)")
     p.add_argument("--dvc-file", default="dvc.yaml", help="dvc.yaml whose stages name the metrics files")
 
@@ -453,6 +493,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = _command(pipeline, "run-local", cmd_pipeline_run_local, "run the pipeline here (kfp SubprocessRunner)")
     p.add_argument("--pipeline-root", default="runs/kfp", help="where local artifacts are written")
     p.add_argument("--param", action="append", metavar="K=V", help="pipeline parameter (repeatable)")
+    p.add_argument("--no-cache", action="store_true", help="run every step again instead of reusing cached ones")
     return parser
 
 

@@ -34,7 +34,7 @@ CHAMPION, CHALLENGER = "champion", "challenger"
 METRIC_TAG = "csfnet.map50_95"
 CANDIDATE_TAG = "csfnet.candidate"
 DECISION_TAG = "csfnet.promotion"
-SHA_TAG = "csfnet.onnx_sha256"
+SHA_TAG = "csfnet.registration_sha256"  # of the ONNX file and its verification report
 
 
 def encode_image(path: str | Path) -> str:
@@ -100,8 +100,9 @@ def register_export(
 ) -> Decision:
     """The ``register`` stage: register a verified export as an MLflow run, with lineage tags, and promote it.
 
-    Registering the same ONNX file again (a ``dvc repro`` killed mid-registration) completes its version instead
-    of adding another one. ``name``/``margin`` default to ``register.*``; ``final`` closes the pipeline's parent run.
+    Registering the same ONNX file with the same report again (a ``dvc repro`` killed mid-registration) completes
+    its version instead of adding another one. ``name``/``margin`` default to ``register.*``; ``final`` closes
+    the pipeline's parent run.
     """
     settings = (settings or load_settings()).override({"register.name": name, "register.margin": margin}, "options")
     name, margin = settings.register.name, settings.register.margin
@@ -110,7 +111,7 @@ def register_export(
     if not verification.get("passed"):
         raise VerificationError(f"{report}: the export did not pass verification; refusing to register it")
     data = verification["data"]
-    digest = hashlib.sha256(onnx.read_bytes()).hexdigest()
+    digest = hashlib.sha256(onnx.read_bytes() + json.dumps(verification, sort_keys=True).encode()).hexdigest()
     lineage = {"csfnet.git_commit": git_commit(), "csfnet.data_hash": data_hash(data), SHA_TAG: digest}
     with stage_run("register", params={"name": name, "margin": margin}, tags=lineage, final=final) as run:
         existing = _version_of(MlflowClient(), name, digest)
@@ -181,7 +182,7 @@ def settle_champion(client: MlflowClient, name: str, attempts: int = 20) -> str 
 
 
 def _version_of(client: MlflowClient, name: str, digest: str) -> ModelVersion | None:
-    """The version of ``name`` registered from the ONNX file with this SHA-256, if any."""
+    """The version of ``name`` registered from the ONNX file and report with this SHA-256, if any."""
     try:
         versions = client.search_model_versions(f"name='{name}'")
     except mlflow.exceptions.MlflowException:

@@ -208,6 +208,19 @@ class Register(Section):
     margin: Annotated[float, Field(ge=0)] = 0.005
 
 
+class Serving(Section):
+    """``csfnet deploy``: the KServe InferenceService of the registry's champion."""
+
+    name: Annotated[str, Field(min_length=1, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")] = "csfnet"
+    namespace: str = ""  # "" = the kube config's current namespace
+    runtime: Annotated[str, Field(min_length=1)] = "csfnet-mlflow"
+    canary_percent: Annotated[int, Field(ge=0, le=100)] = 0  # 0 = all traffic to the new revision
+    cpu: str = "1"
+    memory: str = "2Gi"
+    gpus: Annotated[int, Field(ge=0)] = 0
+    min_replicas: Annotated[int, Field(ge=0)] = 1
+
+
 class Mlflow(Section):
     """MLflow experiment (the store follows ``MLFLOW_TRACKING_URI``, else ``sqlite:///mlruns.db``)."""
 
@@ -282,6 +295,7 @@ class Settings(Section):
     export: Export = Export()
     detect: Detect = Detect()
     register: Register = Register()
+    serving: Serving = Serving()
     mlflow: Mlflow = Mlflow()
     services: Services = Services()
 

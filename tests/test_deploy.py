@@ -59,3 +59,14 @@ def test_champion_uri_resolves_the_alias(tmp_path, monkeypatch):
     assert champion_uri("uav") == "models:/uav/2"
     with pytest.raises(ServiceError, match="no 'champion' version"):
         champion_uri("unknown")
+
+
+def test_cli_renders_the_manifest_for_gitops(tmp_path):
+    from csfnet.cli import main
+
+    code = main(["deploy", "--model-uri", "models:/csfnet-uav/3", "--canary-percent", "10", "--render", "isvc.yaml"])
+    manifest = yaml.safe_load((tmp_path / "isvc.yaml").read_text())
+    assert code == 0
+    predictor = manifest["spec"]["predictor"]
+    assert predictor["model"]["storageUri"] == "models:/csfnet-uav/3" and predictor["canaryTrafficPercent"] == 10
+    assert predictor["model"]["runtime"] == "csfnet-mlflow" and manifest["metadata"]["name"] == "csfnet"
