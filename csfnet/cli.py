@@ -238,14 +238,11 @@ def cmd_summary(args: argparse.Namespace, settings: Settings) -> int:
         print(f"no metrics yet: run `dvc repro` (looked for the metrics files named in {args.dvc_file})")
         return 1
     print(summary(metrics))
+    local = not os.environ.get("MLFLOW_TRACKING_URI")  # read first: MLflow exports the store it points at
     link = ui_link()
     if link:
-        local = (
-            ""
-            if os.environ.get("MLFLOW_TRACKING_URI")
-            else " (after: mlflow ui --backend-store-uri sqlite:///mlruns.db)"
-        )
-        print(f"compare runs: {link}{local}")
+        after = " (after: mlflow ui --backend-store-uri sqlite:///mlruns.db)" if local else ""
+        print(f"compare runs: {link}{after}")
     return 0
 
 
