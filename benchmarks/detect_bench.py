@@ -26,18 +26,6 @@ from csfnet.detect.runtimes import Runtime, TorchRuntime
 from csfnet.export import onnx_export, quantize_int8
 
 
-def crop_latency_ms(runtime: Runtime, repeats: int) -> float:
-    """Median forward time of one ``imgsz`` crop (batch 1)."""
-    x = np.random.default_rng(0).random((1, 3, runtime.imgsz, runtime.imgsz), dtype=np.float32)
-    runtime.forward(x)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        runtime.forward(x)
-        times.append(time.perf_counter() - start)
-    return 1000 * statistics.median(times)
-
-
 def exports(weights: Path, data: Path, imgsz: int, tmp: Path) -> list[tuple[str, str | Path]]:
     """(name, model) of every CPU runtime: the checkpoint, ONNX FP32/INT8, OpenVINO FP32/INT8."""
     from csfnet.openvino_export import _export
@@ -95,7 +83,7 @@ def run(weights: Path, data: Path, imgsz: int, frames: int, repeats: int, batch:
     print(f"{header} {'ideal ms':>9} {'sliced ms':>9} {'overhead':>8} {'e2e':>6} {'vs ORT FP32':>11}")
     rows = []
     for name, runtime in runtimes:
-        crop = crop_latency_ms(runtime, repeats)
+        crop = runtime.latency_ms(1, repeats)
         full = detect(runtime, video, tmp / "out", save_video=False, progress=False)
         sliced = detect(runtime, video, tmp / "out", slice_size=imgsz, batch=batch, save_video=False, progress=False)
         ideal, actual = slicing_overhead(runtime, decoded, imgsz, batch)

@@ -195,19 +195,9 @@ def compare_int8(
 
 def ov_latency_ms(model_dir: str | Path, imgsz: int, batch: int, repeats: int = 10) -> float:
     """Median OpenVINO latency of one batch on random input."""
-    import time
-
     from csfnet.detect.runtimes import OpenVinoRuntime
 
-    runtime = OpenVinoRuntime(model_dir, imgsz)
-    x = np.random.default_rng(0).random((batch, 3, imgsz, imgsz), dtype=np.float32)
-    runtime.forward(x)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        runtime.forward(x)
-        times.append(time.perf_counter() - start)
-    return 1000 * float(np.median(times))
+    return OpenVinoRuntime(model_dir, imgsz).latency_ms(batch, repeats)
 
 
 def _move(src: Path, dst: Path) -> None:

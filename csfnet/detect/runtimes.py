@@ -13,6 +13,7 @@ from __future__ import annotations
 import ast
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +51,17 @@ class Runtime:
 
     def describe(self) -> str:
         return f"{self.kind} (imgsz {self.imgsz})"
+
+    def latency_ms(self, batch: int = 1, repeats: int = 10) -> float:
+        """Median :meth:`forward` time of one batch of random input, after one warm-up call."""
+        x = np.random.default_rng(0).random((batch, 3, self.imgsz, self.imgsz), dtype=np.float32)
+        self.forward(x)
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            self.forward(x)
+            times.append(time.perf_counter() - start)
+        return 1000 * float(np.median(times))
 
 
 class TorchRuntime(Runtime):
