@@ -25,6 +25,7 @@ def _isolated_tracking(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("CSFNET_PARENT_RUN_ID", raising=False)
     monkeypatch.setenv("CSFNET_PARAMS", str(tmp_path / "params.yaml"))
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("mlflow.tracking.fluent._active_experiment_id", None)  # no experiment of an earlier test
 
 
 @pytest.fixture(scope="session")

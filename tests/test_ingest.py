@@ -21,7 +21,7 @@ from csfnet.data.synth import SynthSpec
 from csfnet.errors import DataError, InputNotFoundError, ServiceError
 from csfnet.services import mask
 
-from .conftest import TINY, free_port, tool
+from .conftest import REPO, TINY, free_port, tool
 from .services import moto_s3
 
 S3_ENV = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}
@@ -110,43 +110,33 @@ def test_synth_source_is_deterministic_and_skips_an_identical_spec(tmp_path):
 # --- dvc repro end to end ------------------------------------------------------------------------------------------
 
 PY = sys.executable
-DVC_YAML = {
-    "stages": {
-        "ingest": {
-            "cmd": f'{PY} -c "import json, yaml; from csfnet.data.source import ingest; '
-            "print('ingest', json.dumps(ingest(yaml.safe_load(open('params.yaml'))['data']['source'], 'data/raw')))\"",
-            "always_changed": True,
-            "outs": [{"data/raw": {"persist": True}}],
-        },
-        "extract": {
-            "cmd": f"{PY} -c \"from csfnet.data.extract import extract; extract('data/raw', 'data/dataset', workers=1, "
-            "report_dir='metrics/ingest')\"",
-            "deps": ["data/raw"],
-            "outs": [{"data/dataset": {"push": False}}],  # frames are rebuilt from the raw videos, never pushed
-            "metrics": [{"metrics/ingest/ingest.json": {"cache": False}}],
-        },
-        "count": {
-            "cmd": f"{PY} -c \"import json; r = json.load(open('data/dataset/report.json')); "
-            "json.dump({s: v['boxes'] for s, v in r['splits'].items()}, open('counts.json', 'w'))\"",
-            "deps": ["data/dataset"],
-            "metrics": [{"counts.json": {"cache": False}}],
-        },
-    }
+COUNT_STAGE = {  # a cheap stand-in for training: what re-runs after extraction
+    "cmd": f"{PY} -c \"import json; r = json.load(open('data/dataset/report.json')); "
+    "json.dump({s: v['boxes'] for s, v in r['splits'].items()}, open('counts.json', 'w'))\"",
+    "deps": ["data/dataset"],
+    "metrics": [{"counts.json": {"cache": False}}],
 }
 
 
 def _repo(tmp_path: Path, source: str) -> Path:
+    """The project's own ingest and extract stages (and code, and params.yaml with ``data.source`` set)."""
     repo = tmp_path / "repo"
     repo.mkdir()
     subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
     subprocess.run([tool("dvc"), "init", "-q"], cwd=repo, check=True)
-    (repo / "dvc.yaml").write_text(yaml.safe_dump(DVC_YAML, sort_keys=False))
-    (repo / "params.yaml").write_text(yaml.safe_dump({"data": {"source": source}}))
+    shutil.copytree(REPO / "csfnet", repo / "csfnet", ignore=shutil.ignore_patterns("__pycache__"))
+    project = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    stages = {"ingest": project["ingest"], "extract": project["extract"], "count": COUNT_STAGE}
+    (repo / "dvc.yaml").write_text(yaml.safe_dump({"stages": stages}, sort_keys=False))
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["data"]["source"] = source
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     return repo
 
 
 def _repro(repo: Path, env: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
-    env = {**os.environ, **(env or {})}
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", **(env or {})}
+    env.pop("CSFNET_PARAMS", None)  # the repository's own params.yaml
     proc = subprocess.run([tool("dvc"), "repro"], cwd=repo, env=env, capture_output=True, text=True)
     if check and proc.returncode:
         raise AssertionError(proc.stdout + proc.stderr)
@@ -178,7 +168,9 @@ def _check_cycle(repo: Path, edit, env: dict | None = None) -> None:
     assert _ran(edited) == ["ingest", "extract", "count"] and '"downloaded": 1' in edited.stdout
     assert _raw_hash(repo) != first
     before = _tree(repo / "data/raw")
-    (repo / "params.yaml").write_text(yaml.safe_dump({"data": {"source": "s3://csfnet-data/raw"}}))
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["data"]["source"] = "s3://csfnet-data/raw"
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     closed = {**S3_ENV, "AWS_ENDPOINT_URL": f"http://127.0.0.1:{free_port()}"}
     start = time.perf_counter()
     failed = _repro(repo, closed, check=False)

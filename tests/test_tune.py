@@ -146,6 +146,7 @@ def test_killed_study_resumes(tiny_data, tmp_path):
         while time.time() < deadline and proc.poll() is None:
             trials = _trials_so_far(storage, tmp_path / "runs" / "study.db")
             if len(trials) >= 2 and trials[0].state == TrialState.COMPLETE and trials[1].state == TrialState.RUNNING:
+                time.sleep(1.5)  # past its first heartbeat: Optuna only fails trials whose heartbeat went stale
                 break
             time.sleep(0.2)
         assert proc.poll() is None, "the study finished before it could be killed"

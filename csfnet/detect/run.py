@@ -16,6 +16,9 @@ from csfnet.detect.runtimes import Runtime, load_runtime
 from csfnet.detect.sources import open_source
 from csfnet.detect.tracking import TRACKERS, Tracker
 from csfnet.errors import SettingsError
+from csfnet.settings import Detect
+
+DEFAULTS = Detect()  # the defaults of the detect: settings, the one place they are set
 
 VIDEO, MOT, JSONL, SUMMARY = "annotated.mp4", "mot.txt", "detections.jsonl", "summary.json"
 
@@ -55,19 +58,19 @@ def detect(
     source: str | Path,
     out: str | Path,
     *,
-    conf: float = 0.25,
-    iou: float = 0.6,
+    conf: float = DEFAULTS.conf,
+    iou: float = DEFAULTS.iou,
     imgsz: int | None = None,
     slice_size: int | None = None,
-    overlap: float = 0.2,
-    full_frame: bool = True,
-    merge: str = "nmm",
-    merge_threshold: float = 0.5,
+    overlap: float = DEFAULTS.overlap,
+    full_frame: bool = DEFAULTS.full_frame,
+    merge: str = DEFAULTS.merge,
+    merge_threshold: float = DEFAULTS.merge_threshold,
     track: str | None = None,
     tracker_overrides: dict[str, Any] | None = None,
-    batch: int = 8,
-    device: str = "cpu",
-    save_video: bool = True,
+    batch: int = DEFAULTS.batch,
+    device: str = DEFAULTS.device,
+    save_video: bool = DEFAULTS.save_video,
     max_frames: int | None = None,
     progress: bool = True,
 ) -> DetectResult:

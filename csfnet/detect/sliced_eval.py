@@ -14,6 +14,9 @@ from csfnet.data.dataset import read_labels, split_images
 from csfnet.detect.predict import Predictor, SliceOptions
 from csfnet.detect.runtimes import Runtime, load_runtime
 from csfnet.errors import DataError
+from csfnet.settings import Detect, Eval
+
+DETECT, EVAL = Detect(), Eval()  # defaults of the detect: and eval: settings, set there only
 
 
 def sliced_vs_full(
@@ -21,17 +24,17 @@ def sliced_vs_full(
     data: str | Path,
     *,
     slice_size: int,
-    overlap: float = 0.2,
-    full_frame: bool = True,
-    merge: str = "nmm",
-    merge_threshold: float = 0.5,
+    overlap: float = DETECT.overlap,
+    full_frame: bool = DETECT.full_frame,
+    merge: str = DETECT.merge,
+    merge_threshold: float = DETECT.merge_threshold,
     split: str = "val",
-    conf: float = 0.001,
-    iou: float = 0.6,
+    conf: float = EVAL.conf,
+    iou: float = EVAL.iou,
     imgsz: int | None = None,
-    report_conf: float = 0.25,
-    size_bands: Sequence[float] = (8, 16, 32),
-    batch: int = 8,
+    report_conf: float = EVAL.report_conf,
+    size_bands: Sequence[float] = tuple(EVAL.size_bands),
+    batch: int = DETECT.batch,
     max_images: int | None = None,
 ) -> dict[str, Any]:
     """Size-band AP50/recall (:func:`csfnet.evaluate.band_metrics`) of whole-frame and sliced prediction.

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from csfnet.data.formats import VIDEO_SUFFIXES
-from csfnet.detect.run import MOT, detect
+from csfnet.detect.run import DEFAULTS, MOT, detect
 from csfnet.detect.runtimes import Runtime, load_runtime
 from csfnet.detect.track_metrics import combined_tracking_metrics, tracking_metrics
 from csfnet.errors import DataError, InputNotFoundError
@@ -44,11 +44,11 @@ def evaluate_tracking(
     *,
     split: str = "val",
     tracker: str = "bytetrack",
-    conf: float = 0.25,
-    iou: float = 0.6,
+    conf: float = DEFAULTS.conf,
+    iou: float = DEFAULTS.iou,
     imgsz: int | None = None,
     slice_size: int | None = None,
-    overlap: float = 0.2,
+    overlap: float = DEFAULTS.overlap,
     max_sequences: int | None = None,
     tracker_overrides: dict[str, Any] | None = None,
 ) -> dict[str, Any]:

@@ -15,11 +15,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from csfnet.errors import ServiceError, SettingsError
+from csfnet.settings import Serving
+
+DEFAULTS = Serving()  # the defaults of the serving: settings, the one place they are set
 
 if TYPE_CHECKING:
     from kserve import KServeClient, V1beta1InferenceService
 
-RUNTIME = "csfnet-mlflow"  # infra/k8s/serving/runtime.yaml
 MODEL_FORMAT = "mlflow"
 MLFLOW_CLIENT_LABEL = "csfnet.io/mlflow-client"  # pods allowed to reach MLflow (infra/k8s/base/network-policies.yaml)
 MODEL_URI_ANNOTATION = "csfnet.io/model-uri"
@@ -45,12 +47,12 @@ def inference_service(
     model_uri: str,
     *,
     namespace: str | None = None,
-    runtime: str = RUNTIME,
+    runtime: str = DEFAULTS.runtime,
     canary_percent: int | None = None,
-    cpu: str = "1",
-    memory: str = "2Gi",
-    gpus: int = 0,
-    min_replicas: int = 1,
+    cpu: str = DEFAULTS.cpu,
+    memory: str = DEFAULTS.memory,
+    gpus: int = DEFAULTS.gpus,
+    min_replicas: int = DEFAULTS.min_replicas,
     service_account: str | None = None,
 ) -> V1beta1InferenceService:
     """The InferenceService serving ``model_uri`` (``models:/<name>/<version>``) with ``runtime``.
@@ -200,7 +202,7 @@ def deploy_champion(
     registry_name: str,
     *,
     model_uri: str | None = None,
-    service: str = "csfnet",
+    service: str = DEFAULTS.name,
     render_to: str | Path | None = None,
     **options: Any,
 ) -> tuple[V1beta1InferenceService, str]:
