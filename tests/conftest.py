@@ -21,7 +21,8 @@ TINY = SynthSpec(train_videos=2, val_videos=1, frames=8, width=96, height=64, se
 @pytest.fixture(autouse=True)
 def _isolated_tracking(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Every test gets its own MLflow store and no params.yaml unless it writes one."""
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    for variable in ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME"):  # MLflow exports them
+        monkeypatch.delenv(variable, raising=False)
     monkeypatch.delenv("CSFNET_PARENT_RUN_ID", raising=False)
     monkeypatch.setenv("CSFNET_PARAMS", str(tmp_path / "params.yaml"))
     monkeypatch.chdir(tmp_path)
