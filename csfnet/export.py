@@ -275,31 +275,43 @@ def verify(
     settings = {"imgsz": imgsz, "conf": conf, "iou": iou, "rect": False, "verbose": False, "device": "cpu"}
     pt_dets = [r.boxes.data.numpy() for r in YOLO(str(weights)).predict(images, **settings)]
     onnx_dets = [r.boxes.data.numpy() for r in YOLO(str(onnx_path), task="detect").predict(images, **settings)]
-    counts_equal = [len(a) == len(b) for a, b in zip(pt_dets, onnx_dets)]
-    box_diff = max((_box_distance(a, b) for a, b in zip(pt_dets, onnx_dets) if len(a) == len(b)), default=0.0)
-
     pt_val, onnx_val = (validate(w, data, imgsz, batch, iou=iou, plots=False, rect=False) for w in (weights, onnx_path))
-    pt_map, onnx_map = pt_val["map50_95"], onnx_val["map50_95"]
+    return verification_report("onnx", raw_diff, pt_dets, onnx_dets, pt_val, onnx_val)
+
+
+def verification_report(
+    runtime: str,
+    raw_diff: float,
+    pt_dets: list[np.ndarray],
+    dets: list[np.ndarray],
+    pt_val: dict[str, Any],
+    val: dict[str, Any],
+) -> dict[str, Any]:
+    """The three checks an exported model must pass against PyTorch (raw outputs, detections, mAP50-95), for the
+    ONNX and the OpenVINO exports alike; ``runtime`` names the exported model's entries."""
+    counts_equal = all(len(a) == len(b) for a, b in zip(pt_dets, dets))
+    box_diff = max((_box_distance(a, b) for a, b in zip(pt_dets, dets) if len(a) == len(b)), default=0.0)
+    pt_map, exported_map = pt_val["map50_95"], val["map50_95"]
     checks = {
         "raw_outputs": {"max_abs_diff": raw_diff, "tolerance": RAW_TOL, "passed": raw_diff <= RAW_TOL},
         "detections": {
-            "frames": len(images),
+            "frames": len(pt_dets),
             "pytorch": sum(len(d) for d in pt_dets),
-            "onnx": sum(len(d) for d in onnx_dets),
+            runtime: sum(len(d) for d in dets),
             "max_box_diff_px": box_diff,
             "tolerance_px": BOX_TOL_PX,
-            "passed": all(counts_equal) and box_diff <= BOX_TOL_PX,
+            "passed": counts_equal and box_diff <= BOX_TOL_PX,
         },
         "map50_95": {
             "pytorch": pt_map,
-            "onnx": onnx_map,
-            "abs_diff": abs(pt_map - onnx_map),
+            runtime: exported_map,
+            "abs_diff": abs(pt_map - exported_map),
             "tolerance": MAP_TOL,
-            "passed": abs(pt_map - onnx_map) <= MAP_TOL,
+            "passed": abs(pt_map - exported_map) <= MAP_TOL,
         },
     }
     passed = all(c["passed"] for c in checks.values())
-    return {"checks": checks, "passed": passed, "map50_95": onnx_map, "map50": onnx_val["map50"]}
+    return {"checks": checks, "passed": passed, "map50_95": exported_map, "map50": val["map50"]}
 
 
 def compare_int8(

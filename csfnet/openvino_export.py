@@ -24,9 +24,6 @@ from csfnet.data.io import write_json
 from csfnet.detector import preprocess
 from csfnet.errors import InputNotFoundError, SettingsError, VerificationError
 
-RAW_TOL = 1e-3
-BOX_TOL_PX = 1.0
-MAP_TOL = 0.005
 INT8_MAP50_TOL = 0.03
 SUFFIX = "_openvino_model"
 
@@ -131,7 +128,7 @@ def verify_openvino(
     from csfnet.detect.predict import Predictor
     from csfnet.detect.runtimes import OpenVinoRuntime, TorchRuntime
     from csfnet.evaluate import validate
-    from csfnet.export import _box_distance
+    from csfnet.export import verification_report
 
     images = [cv2.imread(str(p)) for p in split_images(data, "val")[:frames]]
     if not images:
@@ -142,35 +139,9 @@ def verify_openvino(
     raw_diff = float(np.abs(ov_raw - torch_raw).max()) if ov_raw.shape == torch_raw.shape else float("inf")
     pt_dets = Predictor(torch_rt, conf, iou)(images)
     ov_dets = Predictor(ov_rt, conf, iou)(images)
-    counts_equal = all(len(a) == len(b) for a, b in zip(pt_dets, ov_dets))
-    box_diff = max((_box_distance(a, b) for a, b in zip(pt_dets, ov_dets) if len(a) == len(b)), default=0.0)
     pt_val = validate(weights, data, imgsz, batch, iou=iou, plots=False, rect=False)
     ov_val = validate(model_dir, data, imgsz, 1, iou=iou, plots=False, rect=False)
-    pt_map, ov_map = pt_val["map50_95"], ov_val["map50_95"]
-    checks = {
-        "raw_outputs": {"max_abs_diff": raw_diff, "tolerance": RAW_TOL, "passed": raw_diff <= RAW_TOL},
-        "detections": {
-            "frames": len(images),
-            "pytorch": sum(len(d) for d in pt_dets),
-            "openvino": sum(len(d) for d in ov_dets),
-            "max_box_diff_px": box_diff,
-            "tolerance_px": BOX_TOL_PX,
-            "passed": counts_equal and box_diff <= BOX_TOL_PX,
-        },
-        "map50_95": {
-            "pytorch": pt_map,
-            "openvino": ov_map,
-            "abs_diff": abs(pt_map - ov_map),
-            "tolerance": MAP_TOL,
-            "passed": abs(pt_map - ov_map) <= MAP_TOL,
-        },
-    }
-    return {
-        "checks": checks,
-        "passed": all(c["passed"] for c in checks.values()),
-        "map50_95": ov_map,
-        "map50": ov_val["map50"],
-    }
+    return verification_report("openvino", raw_diff, pt_dets, ov_dets, pt_val, ov_val)
 
 
 def compare_int8(
