@@ -18,7 +18,7 @@ from csfnet.nn.builder import build_layers
 
 CONFIG_DIR = Path(__file__).parent / "cfg" / "models"
 CSFNET_CONFIGS = ("csfnet-n", "csfnet-s", "csfnet-m", "csfnet-no-cswitch", "csfnet-no-dfuse", "csfnet-no-cretonext")
-BASELINES = ("yolov8n",)
+BASELINES = ("yolov8n", "yolov8n-p2", "yolov8s")  # ultralytics configs; -p2: the P2-head tiny-object variant
 ALL_CONFIGS = CSFNET_CONFIGS + BASELINES
 _NAME = re.compile(r"^(?P<base>csfnet(?:-no-[a-z]+)?)(?:-(?P<scale>[nsm]))?$")
 

@@ -122,6 +122,15 @@ class Pruner(BaseModel):
     type: Literal["none", "median", "successive_halving", "hyperband"] = "median"
 
 
+class Revalidate(Section):
+    """Retraining the study's best partition against the config's own before adopting it."""
+
+    seeds: Annotated[list[int], Field(min_length=2)] = [0, 1]  # each side trains once per seed
+    epochs: PositiveInt | None = None  # None = tune.epochs
+    confidence: Annotated[float, Field(gt=0, lt=1)] = 0.95  # of the paired bootstrap interval of the gain
+    resamples: Annotated[int, Field(ge=100)] = 1000
+
+
 class Tune(Section):
     """Optuna search for the CSwitch partition (``csfnet tune``)."""
 
@@ -136,10 +145,49 @@ class Tune(Section):
     partition: PartitionSpace = PartitionSpace()
     head_depth: tuple[PositiveInt, PositiveInt] | None = None
     lr0: tuple[Annotated[float, Field(gt=0)], Annotated[float, Field(gt=0)]] | None = None
-    pruner: Pruner = Pruner(type="median", n_startup_trials=2)
+    pruner: Pruner = Pruner(type="hyperband", min_resource=1, reduction_factor=3)
+    revalidate: Revalidate = Revalidate()
+    workers: PositiveInt = 1  # Kubeflow: parallel tuning steps sharing the study (a GPU each)
     heartbeat_interval: PositiveInt = 30
     grace_period: PositiveInt = 90
     max_retry: Annotated[int, Field(ge=0)] = 1
+
+
+class CompareSynth(Section):
+    """Sizes of the bench data: the synth benchmark (``synth``) with these keys replaced."""
+
+    train_videos: PositiveInt = 32
+    val_videos: PositiveInt = 16
+    frames: PositiveInt = 50
+
+
+class Compare(Section):
+    """Configurations x seeds trained at equal budget on the same data and compared (``csfnet compare``)."""
+
+    configs: Annotated[list[str], Field(min_length=1)] = [
+        "csfnet-n",
+        "csfnet-no-cswitch",
+        "csfnet-no-dfuse",
+        "csfnet-no-cretonext",
+        "yolov8n",
+        "yolov8n-p2",
+        "yolov8s",
+    ]  # the first row is the reference of every paired difference
+    seeds: Annotated[list[int], Field(min_length=1)] = [0, 1, 2]
+    preset: str = "bench"
+    confidence: Annotated[float, Field(gt=0, lt=1)] = 0.95  # of the intervals over seeds and of the bootstrap
+    resamples: Annotated[int, Field(ge=100)] = 2000  # paired bootstrap over validation images
+    latency_images: PositiveInt = 20  # CPU latency at batch 1: median over this many validation images
+    synth: CompareSynth = CompareSynth()
+
+    @field_validator("configs")
+    @classmethod
+    def _known_configs(cls, values: list[str]) -> list[str]:
+        for value in values:
+            Train._known_model(value)
+        if len(set(values)) != len(values):
+            raise ValueError(f"configurations must be distinct, got {values}")
+        return values
 
 
 class Eval(Section):
@@ -275,6 +323,13 @@ PAPER = {
     "close_mosaic": 15,
     "workers": 8,
 }
+BENCH = {
+    **QUICK,
+    "epochs": 40,
+    "batch": 32,
+    "close_mosaic": 8,
+    "workers": 8,
+}
 RESERVED_ARGS = ("data", "model", "project", "name", "device", "resume", "pretrained", "exist_ok")
 
 
@@ -288,8 +343,9 @@ class Settings(Section):
     synth: Synth = Synth()
     extract: Extract = Extract()
     train: Train = Train()
-    presets: dict[str, dict[str, Any]] = Field(default_factory=lambda: {"quick": dict(QUICK), "paper": dict(PAPER)})
+    presets: dict[str, dict[str, Any]] = Field(default_factory=lambda: {"quick": dict(QUICK), "bench": dict(BENCH), "paper": dict(PAPER)})
     tune: Tune = Tune()
+    compare: Compare = Compare()
     eval: Eval = Eval()
     robustness: Robustness = Robustness()
     export: Export = Export()
@@ -313,6 +369,8 @@ class Settings(Section):
     def _preset_exists(self) -> Settings:
         if self.train.preset not in self.presets:
             raise SettingsError(f"train.preset: {_unknown(self.train.preset, self.presets, 'a preset')}")
+        if self.compare.preset not in self.presets:
+            raise SettingsError(f"compare.preset: {_unknown(self.compare.preset, self.presets, 'a preset')}")
         return self
 
     def train_args(self) -> dict[str, Any]:
