@@ -1,0 +1,1 @@
+"""Comparisons of configurations x seeds at equal budget: statistics, cells, report."""

@@ -1,0 +1,225 @@
+"""Statistics of comparisons: per-image matches, weighted AP, seed intervals and a paired image bootstrap.
+
+A configuration's score varies with the training seed and with the validation images drawn. :func:`seed_interval`
+covers the first (Student-t over seeds); :func:`paired_bootstrap` the second, resampling the same validation images
+for both sides of a difference so that image difficulty cancels out.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import torch
+from scipy import stats
+from ultralytics.engine.validator import BaseValidator
+from ultralytics.utils.metrics import box_iou, compute_ap
+
+from csfnet.errors import DataError
+
+IOU_THRESHOLDS = torch.linspace(0.5, 0.95, 10)  # as ultralytics' DetectionValidator.iouv
+METRICS = {"map50": [0], "map50_95": list(range(10))}  # metric -> tp columns it needs
+_EPS = 1e-16  # ultralytics' ap_per_class eps
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A mean with a confidence interval; ``n`` samples (seeds) or images behind it. Bounds are nan when unknown."""
+
+    mean: float
+    low: float
+    high: float
+    n: int
+
+    def to_json(self) -> dict:
+        """``{"mean", "low", "high", "n"}``, rounded to 5 decimals, nan written as null."""
+        return {"mean": _round(self.mean), "low": _round(self.low), "high": _round(self.high), "n": int(self.n)}
+
+
+def _round(x: float) -> float | None:
+    return None if math.isnan(x) else round(float(x), 5)
+
+
+@dataclass(eq=False)
+class ImageMatches:
+    """Detections of one model on one validation split, matched to ground truth per image (single class, like
+    ultralytics' detect validator)."""
+
+    image: np.ndarray  # (P,) int: image index of each prediction
+    conf: np.ndarray  # (P,) float
+    tp: np.ndarray  # (P, 10) bool: true positive at IoU 0.50, 0.55 ... 0.95
+    n_gt: np.ndarray  # (N,) int: ground-truth boxes per image (N = images)
+
+    def __post_init__(self) -> None:
+        self.image = np.asarray(self.image, dtype=np.int64).reshape(-1)
+        self.conf = np.asarray(self.conf, dtype=np.float64).reshape(-1)
+        self.tp = np.asarray(self.tp, dtype=bool).reshape(-1, len(IOU_THRESHOLDS))
+        self.n_gt = np.asarray(self.n_gt, dtype=np.int64).reshape(-1)
+        if not len(self.image) == len(self.conf) == len(self.tp):
+            raise ValueError(f"image, conf and tp lengths differ: {len(self.image)}, {len(self.conf)}, {len(self.tp)}")
+        if len(self.image) and (self.image.min() < 0 or self.image.max() >= len(self.n_gt)):
+            raise ValueError(f"image indices must lie in [0, {len(self.n_gt)})")
+
+    @property
+    def images(self) -> int:
+        """Number of validation images."""
+        return len(self.n_gt)
+
+    @functools.cached_property
+    def _sorted(self) -> tuple[np.ndarray, np.ndarray]:
+        """(image, tp) of the predictions by descending confidence, computed once."""
+        order = np.argsort(-self.conf, kind="stable")
+        return self.image[order], self.tp[order]
+
+    def save(self, path: str | Path) -> Path:
+        """Write ``path`` (.npz), all or nothing."""
+        path = Path(path)
+        tmp = path.with_name(path.name + ".tmp")
+        with open(tmp, "wb") as f:  # a file object: numpy adds no .npz suffix
+            np.savez(f, image=self.image, conf=self.conf, tp=self.tp, n_gt=self.n_gt)
+        os.replace(tmp, path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> ImageMatches:
+        """Read what :meth:`save` wrote."""
+        with np.load(Path(path), allow_pickle=False) as f:
+            return cls(image=f["image"], conf=f["conf"], tp=f["tp"], n_gt=f["n_gt"])
+
+
+def match_images(truths: Sequence[np.ndarray], predictions: Sequence[tuple[np.ndarray, np.ndarray]]) -> ImageMatches:
+    """Match each image's predictions (boxes xyxy, scores) to its ground truth (xyxy) at the 10 IoU thresholds,
+    with ultralytics' own ``match_predictions`` (greedy by confidence, single class)."""
+    if len(truths) != len(predictions):
+        raise ValueError(f"{len(truths)} ground-truth images but {len(predictions)} prediction images")
+    images, confs, tps = [], [], []
+    for i, (gt, (boxes, scores)) in enumerate(zip(truths, predictions)):
+        boxes, scores = np.asarray(boxes, dtype=np.float32).reshape(-1, 4), np.asarray(scores).reshape(-1)
+        order = np.argsort(-scores, kind="stable")  # match_predictions expects descending confidence
+        boxes, scores = boxes[order], scores[order]
+        images.append(np.full(len(scores), i)), confs.append(scores), tps.append(_match(gt, boxes))
+    return ImageMatches(
+        image=np.concatenate(images) if images else np.zeros(0, np.int64),
+        conf=np.concatenate(confs) if confs else np.zeros(0),
+        tp=np.concatenate(tps) if tps else np.zeros((0, len(IOU_THRESHOLDS)), bool),
+        n_gt=np.array([len(np.asarray(gt).reshape(-1, 4)) for gt in truths], dtype=np.int64),
+    )
+
+
+def _match(gt: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    gt = np.asarray(gt, dtype=np.float32).reshape(-1, 4)
+    if not len(gt) or not len(boxes):
+        return np.zeros((len(boxes), len(IOU_THRESHOLDS)), dtype=bool)
+    iou = box_iou(torch.from_numpy(gt), torch.from_numpy(boxes))  # (labels, detections) as the validator passes it
+    # match_predictions only reads self.iouv: call ultralytics' own code rather than a copy of it
+    validator = SimpleNamespace(iouv=IOU_THRESHOLDS)
+    correct = BaseValidator.match_predictions(validator, torch.zeros(len(boxes)), torch.zeros(len(gt)), iou)
+    return correct.numpy().astype(bool)
+
+
+def average_precision(m: ImageMatches, weights: np.ndarray | None = None) -> dict[str, float]:
+    """``{"map50", "map50_95"}`` of ``m``, ultralytics' interpolation; ``weights`` counts each image (a bootstrap
+    resample's multiplicities: the same AP as physically repeating the images), None for all once."""
+    ap = _ap(m, weights, METRICS["map50_95"])
+    return {"map50": float(ap[0]), "map50_95": float(ap.mean())}
+
+
+def _ap(m: ImageMatches, weights: np.ndarray | None, columns: list[int]) -> np.ndarray:
+    """AP at the IoU thresholds ``columns``; 0 without ground truth or predictions (as ultralytics reports)."""
+    image, tp = m._sorted
+    if weights is None:
+        n_gt = m.n_gt.sum()
+        tp = tp[:, columns]
+    else:
+        weights = np.asarray(weights)
+        if len(weights) != m.images:
+            raise ValueError(f"{len(weights)} weights for {m.images} images")
+        n_gt = (weights * m.n_gt).sum()
+        tp = np.repeat(tp[:, columns], weights[image], axis=0)  # repeated images' predictions stay adjacent
+    if n_gt == 0 or not len(tp):
+        return np.zeros(len(columns))
+    return np.array([_column_ap(tp[:, j], n_gt) for j in range(len(columns))])
+
+
+def _column_ap(tp: np.ndarray, n_gt: float) -> float:
+    """ultralytics' AP of one IoU threshold (predictions by descending confidence).
+
+    False positives after the last true positive are left out: they sit at the final recall, where compute_ap's
+    curve already drops to its closing 0, so they cannot change the AP (low-confidence tails are most predictions).
+    """
+    hits = np.flatnonzero(tp)
+    if not len(hits):
+        return 0.0
+    tpc = np.cumsum(tp[: hits[-1] + 1], dtype=np.float64)
+    recall, precision = tpc / (n_gt + _EPS), tpc / np.arange(1, len(tpc) + 1, dtype=np.float64)  # tpc / (tpc + fpc)
+    return float(compute_ap(recall, precision)[0])
+
+
+def seed_interval(values: Sequence[float], confidence: float = 0.95) -> Interval:
+    """Mean over seeds with a two-sided Student-t interval; one value has no spread: nan bounds."""
+    x = np.asarray(values, dtype=np.float64).reshape(-1)
+    if not len(x):
+        raise ValueError("seed_interval needs at least one value")
+    mean = float(x.mean())
+    if len(x) == 1:
+        return Interval(mean, math.nan, math.nan, 1)
+    half = float(stats.t.ppf((1 + confidence) / 2, len(x) - 1) * x.std(ddof=1) / math.sqrt(len(x)))
+    return Interval(mean, mean - half, mean + half, len(x))
+
+
+def paired_bootstrap(
+    rows: Sequence[ImageMatches],
+    reference: Sequence[ImageMatches],
+    metric: str = "map50",
+    resamples: int = 2000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> Interval:
+    """Difference of ``metric`` (mean over the seeds of ``rows``) - (mean over the seeds of ``reference``), with a
+    bootstrap interval over validation images, both sides scored on the same resampled images.
+
+    BCa interval, percentile where BCa is undefined (a degenerate distribution); ``mean`` is the difference on all
+    images, ``n`` the number of images.
+    """
+    if metric not in METRICS:
+        raise ValueError(f"metric must be one of {sorted(METRICS)}, got {metric!r}")
+    rows, reference = list(rows), list(reference)
+    if not rows or not reference:
+        raise ValueError("paired_bootstrap needs at least one ImageMatches on each side")
+    counts = [m.images for m in rows], [m.images for m in reference]
+    if len(set(counts[0] + counts[1])) != 1:
+        raise DataError(f"paired comparison needs the same validation images: image counts {counts[0]} vs {counts[1]}")
+    n, columns = counts[0][0], METRICS[metric]
+    if n < 2:
+        raise DataError(f"a bootstrap over images needs at least 2 validation images, got {n}")
+
+    def difference(weights: np.ndarray | None) -> float:
+        side = [float(np.mean([_ap(m, weights, columns).mean() for m in ms])) for ms in (rows, reference)]
+        return side[0] - side[1]
+
+    def statistic(sample: np.ndarray) -> float:
+        return difference(np.bincount(sample, minlength=n))
+
+    common = {"statistic": statistic, "vectorized": False, "confidence_level": confidence, "batch": 256}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = stats.bootstrap(
+            (np.arange(n),), n_resamples=resamples, method="BCa", rng=np.random.default_rng(seed), **common
+        )
+    ci = result.confidence_interval
+    degenerate = any(issubclass(w.category, stats.DegenerateDataWarning) for w in caught)
+    if degenerate or math.isnan(ci.low) or math.isnan(ci.high):  # percentile of the same resamples, no new draws
+        ci = stats.bootstrap(
+            (np.arange(n),), n_resamples=0, method="percentile", bootstrap_result=result, **common
+        ).confidence_interval
+    else:  # warnings of a BCa that failed are answered by the fallback; any others reach the caller
+        for w in caught:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    return Interval(difference(None), float(ci.low), float(ci.high), n)

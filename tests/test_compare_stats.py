@@ -1,0 +1,169 @@
+"""Statistics of comparisons: matching, weighted AP, seed intervals and the paired image bootstrap."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from scipy import stats
+from ultralytics.utils.metrics import ap_per_class
+
+from csfnet.compare.predictions import image_matches
+from csfnet.compare.stats import (
+    ImageMatches,
+    Interval,
+    average_precision,
+    match_images,
+    paired_bootstrap,
+    seed_interval,
+)
+from csfnet.data.dataset import read_labels, split_images
+from csfnet.errors import DataError
+from csfnet.evaluate import _ap, _match, validate
+from csfnet.settings import load_settings
+
+
+def _scene(rng: np.random.Generator, images: int, per_image: int = 3) -> list[np.ndarray]:
+    """Ground truth: ``per_image`` random boxes (xyxy, 4-30 px) per image of 200x200."""
+    out = []
+    for _ in range(images):
+        xy, wh = rng.uniform(0, 160, (per_image, 2)), rng.uniform(4, 30, (per_image, 2))
+        out.append(np.hstack([xy, xy + wh]))
+    return out
+
+
+def _jittered(rng: np.random.Generator, truths: list[np.ndarray], miss: float = 0.3, false: int = 4) -> list:
+    """Predictions: each ground-truth box jittered (some missed), plus ``false`` random boxes, distinct scores."""
+    out = []
+    for gt in truths:
+        keep = gt[rng.random(len(gt)) > miss]
+        scale = (keep[:, 2:] - keep[:, :2]).repeat(2, 1)
+        hits = keep + rng.normal(0, 0.12, keep.shape) * scale
+        xy = rng.uniform(0, 180, (false, 2))
+        boxes = np.vstack([hits, np.hstack([xy, xy + rng.uniform(4, 20, (false, 2))])])
+        scores = np.concatenate([rng.uniform(0.3, 1, len(hits)), rng.uniform(0.001, 0.7, false)])
+        out.append((boxes, scores))
+    return out
+
+
+def test_perfect_detector_scores_ultralytics_maximum() -> None:
+    truths = _scene(np.random.default_rng(0), 5)
+    scores = np.linspace(0.99, 0.5, 15)
+    m = match_images(truths, [(gt, scores[3 * i : 3 * i + 3]) for i, gt in enumerate(truths)])
+    assert m.tp.all() and m.n_gt.tolist() == [3] * 5
+    # ultralytics' 101-point curve closes with precision 0 at recall 1, so its best AP is 0.995, not 1
+    assert average_precision(m) == pytest.approx({"map50": 0.995, "map50_95": 0.995}, abs=1e-12)
+
+
+def test_ap_by_hand() -> None:
+    """3 targets; by confidence: hit (IoU 1), miss, hit with IoU 0.72 (a hit up to the 0.70 threshold).
+
+    IoU 0.50-0.70: recall 1/3, 1/3, 2/3 and precision 1, 1/2, 2/3. ultralytics' envelope is 1 up to recall 1/3,
+    2/3 up to 2/3, then 0; the trapezoid over recall 0, 0.01 ... 1 gives 0.33 + (1 + 2/3)/2 * 0.01 + 0.32 * 2/3
+    + (2/3)/2 * 0.01 = 0.555. IoU 0.75-0.95: only the first hit counts: 0.33 + 0.005 = 0.335.
+    """
+    gt = np.array([[0, 0, 10, 10], [50, 50, 60, 60], [100, 100, 110, 110]], float)
+    boxes = np.array([[0, 0, 10, 10], [150, 150, 160, 160], [50, 50, 60, 57.2]], float)
+    m = match_images([gt], [(boxes, np.array([0.9, 0.8, 0.7]))])
+    assert m.tp.sum(1).tolist() == [10, 0, 5]
+    ap = average_precision(m)
+    assert ap["map50"] == pytest.approx(0.555, abs=1e-12)
+    assert ap["map50_95"] == pytest.approx((5 * 0.555 + 5 * 0.335) / 10, abs=1e-12)
+
+
+def test_weights_equal_duplicated_images_and_ultralytics_ap_per_class() -> None:
+    rng = np.random.default_rng(1)
+    truths = _scene(rng, 12)
+    truths[4] = np.zeros((0, 4))  # a background image
+    predictions = _jittered(rng, truths)
+    m = match_images(truths, predictions)
+    assert 0 < m.tp[:, 0].sum() < len(m.tp) and m.tp[:, 0].sum() > m.tp[:, -1].sum()
+    reference = ap_per_class(m.tp, m.conf, np.zeros(len(m.conf)), np.zeros(m.n_gt.sum()))[5][0]
+    ap = average_precision(m)
+    assert ap == pytest.approx({"map50": reference[0], "map50_95": reference.mean()}, abs=1e-12)
+    for _ in range(5):
+        counts = np.bincount(rng.integers(0, 12, 12), minlength=12)
+        copies = np.repeat(np.arange(12), counts)
+        duplicated = match_images([truths[i] for i in copies], [predictions[i] for i in copies])
+        assert average_precision(m, counts) == pytest.approx(average_precision(duplicated), abs=1e-12)
+    assert average_precision(m, np.ones(12, int)) == pytest.approx(ap, abs=1e-12)
+
+
+def test_save_load_round_trip(tmp_path) -> None:
+    rng = np.random.default_rng(2)
+    truths = _scene(rng, 4)
+    m = match_images(truths, _jittered(rng, truths))
+    back = ImageMatches.load(m.save(tmp_path / "m.npz"))
+    assert [p.name for p in tmp_path.iterdir()] == ["m.npz"]
+    for field in ("image", "conf", "tp", "n_gt"):
+        np.testing.assert_array_equal(getattr(back, field), getattr(m, field))
+    assert average_precision(back) == average_precision(m)
+
+
+def test_real_model_matches_agree_with_ultralytics_val(tiny_weights, tiny_data) -> None:
+    s = load_settings().eval
+    m = image_matches(tiny_weights, tiny_data, imgsz=64)
+    images = split_images(tiny_data, "val")
+    assert m.images == len(images) and m.n_gt.sum() == sum(len(read_labels(p)[0]) for p in images) > 0
+    assert len(m.conf) and m.conf.min() >= s.conf
+    val = validate(tiny_weights, tiny_data, 64, conf=s.conf, iou=s.iou, plots=False)
+    ap = average_precision(m)  # the one-epoch model scores about 0: the test below checks real matching
+    assert ap["map50"] == pytest.approx(val["map50"], abs=0.02)
+    assert ap["map50_95"] == pytest.approx(val["map50_95"], abs=0.02)
+
+
+def test_real_ground_truth_jittered_agrees_with_independent_matching(tiny_data) -> None:
+    """On the real validation frames: IoU-0.5 matches and AP50 agree with csfnet.evaluate's own greedy matcher,
+    and a degraded copy scores lower with a bootstrap interval of non-zero width."""
+    rng = np.random.default_rng(3)
+    truths = [read_labels(p)[0] for p in split_images(tiny_data, "val")]
+    predictions = _jittered(rng, truths, miss=0.2, false=3)
+    m = match_images(truths, predictions)
+    tp, conf = [], []
+    for gt, (boxes, scores) in zip(truths, predictions):
+        order = np.argsort(-scores, kind="stable")
+        tp.append(_match(gt, boxes[order], scores[order]) >= 0), conf.append(scores[order])
+    np.testing.assert_array_equal(m.tp[:, 0], np.concatenate(tp))
+    assert average_precision(m)["map50"] == pytest.approx(_ap(np.concatenate(tp), np.concatenate(conf), m.n_gt.sum()))
+    worse = ImageMatches(m.image, m.conf, m.tp & (m.image % 2 == 0)[:, None], m.n_gt)  # odd frames' hits lost
+    diff = paired_bootstrap([m], [worse], resamples=300)
+    assert diff.mean == pytest.approx(average_precision(m)["map50"] - average_precision(worse)["map50"])
+    assert diff.mean > 0 and diff.low < diff.high and diff.n == m.images
+
+
+def test_paired_bootstrap_known_answers() -> None:
+    rng = np.random.default_rng(4)
+    truths = _scene(rng, 20)
+    m = match_images(truths, _jittered(rng, truths))
+    same = paired_bootstrap([m, m], [m], resamples=200)
+    assert same.mean == 0 and same.low <= 0 <= same.high and same.n == 20
+
+    # 30 images with one target each: the row finds all of them, the reference only the first 10, at confidences
+    # that rank every hit above every miss. Row AP50 0.995 (see above); reference recall 1/3 at precision 1:
+    # 0.33 + 0.005 = 0.335. Difference 0.66.
+    gt = [np.array([[10.0, 10, 20, 20]])] * 30
+    conf = np.linspace(0.9, 0.6, 30)
+    row = match_images(gt, [(g, conf[i : i + 1]) for i, g in enumerate(gt)])
+    ref = match_images(gt, [(g if i < 10 else g + 50, conf[i : i + 1]) for i, g in enumerate(gt)])
+    better = paired_bootstrap([row], [ref], resamples=500)
+    assert better.mean == pytest.approx(0.995 - 0.335, abs=1e-12)
+    assert 0 < better.low < better.mean < better.high
+    half = match_images(gt[:15], [(g, conf[i : i + 1]) for i, g in enumerate(gt[:15])])
+    with pytest.raises(ValueError, match=r"image counts \[30\] vs \[30, 15\]"):
+        paired_bootstrap([row], [ref, half])
+    with pytest.raises(DataError):
+        paired_bootstrap([row], [half])
+
+
+def test_seed_interval_student_t() -> None:
+    values = [0.61, 0.64, 0.58]
+    mean, sd = np.mean(values), np.std(values, ddof=1)
+    half = stats.t.ppf(0.975, 2) * sd / math.sqrt(3)  # 4.303 * sd / sqrt(3)
+    got = seed_interval(values)
+    assert got == Interval(pytest.approx(mean), pytest.approx(mean - half), pytest.approx(mean + half), 3)
+    assert got.to_json() == {"mean": 0.61, "low": round(mean - half, 5), "high": round(mean + half, 5), "n": 3}
+    one = seed_interval([0.5])
+    assert one.mean == 0.5 and math.isnan(one.low) and math.isnan(one.high) and one.n == 1
+    assert one.to_json() == {"mean": 0.5, "low": None, "high": None, "n": 1}
+    assert seed_interval(values, confidence=0.8).high < got.high
