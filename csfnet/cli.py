@@ -21,7 +21,8 @@ from csfnet.errors import CsfnetError
 from csfnet.settings import Settings, load_settings
 
 EPILOG = "Settings not given on the command line come from params.yaml (or $CSFNET_PARAMS)."
-OUTPUT_OPTIONS = ("out", "report", "work_dir", "pipeline_root")  # removed after a user error if the command made them
+# removed after a user error if the command made them
+OUTPUT_OPTIONS = ("out", "report", "work_dir", "pipeline_root", "cells_dir")
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 Handler = Callable[[argparse.Namespace, Settings], int]
 
@@ -73,21 +74,9 @@ def cmd_data_ingest(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_data_extract(args: argparse.Namespace, settings: Settings) -> int:
-    from csfnet.data.extract import Tiling, extract
+    from csfnet.data.extract import extract_with_settings
 
-    x = settings.extract
-    tiling = Tiling(x.tile, x.overlap, x.min_visible, x.negatives, tuple(x.tile_splits), x.seed)
-    report = extract(
-        args.source,
-        args.out,
-        stride=x.stride,
-        fmt=x.format,
-        names=tuple(x.names),
-        fix=x.fix,
-        workers=args.workers,
-        tiling=tiling,
-        report_dir=args.report,
-    )
+    report = extract_with_settings(args.source, args.out, settings, workers=args.workers, report_dir=args.report)
     print(json.dumps({k: v for k, v in report.items() if k != "sequences"}, indent=2))
     return 0
 
@@ -126,10 +115,61 @@ def cmd_tune(args: argparse.Namespace, settings: Settings) -> int:
     from csfnet.tune import tune
 
     result = tune(
-        args.data, out=args.out, work_dir=args.work_dir, worker=args.worker, track=not args.no_mlflow, settings=settings
+        args.data,
+        out=args.out,
+        work_dir=args.work_dir,
+        worker=args.worker,
+        track=not args.no_mlflow,
+        settings=settings,
+        revalidate=args.revalidate,
     )
     print(json.dumps(result.to_json(), indent=2))
     return 0
+
+
+def cmd_compare(args: argparse.Namespace, settings: Settings) -> int:
+    from csfnet.compare.run import compare
+
+    if not args.data:
+        raise CsfnetError("--data is required (or a sub-command: cell, report, data)")
+    result = compare(args.data, out=args.out, cells_dir=args.cells_dir, track=not args.no_mlflow, settings=settings)
+    print(_compare_text(result, args.out))
+    return 0
+
+
+def cmd_compare_cell(args: argparse.Namespace, settings: Settings) -> int:
+    from csfnet.compare.cell import run_cell
+
+    cell = run_cell(args.config, args.seed, args.data, args.out, track=not args.no_mlflow, settings=settings)
+    print(json.dumps({k: cell[k] for k in ("config", "seed", "metrics", "train_s", "device")}, indent=2))
+    return 0
+
+
+def cmd_compare_report(args: argparse.Namespace, settings: Settings) -> int:
+    from csfnet.compare.report import report
+
+    result = report(args.cells, args.out, configured=args.configured, track=not args.no_mlflow, settings=settings)
+    print(_compare_text(result, args.out))
+    return 0
+
+
+def cmd_compare_data(args: argparse.Namespace, settings: Settings) -> int:
+    from csfnet.compare.data import bench_data
+
+    print(f"wrote {bench_data(args.out, settings, workers=args.workers)}")
+    return 0
+
+
+def _compare_text(result: dict[str, Any], out: str) -> str:
+    from csfnet.compare.report import fmt_interval
+
+    lines = [f"report: {out}/compare.md, compare.json, compare.png"]
+    for name in result["order"]:
+        row = result["rows"][name]
+        d = row.get("delta_map50")
+        vs = f"; vs {result['reference']}: {fmt_interval(d)} {d['verdict']}" if d else ""
+        lines.append(f"{name:<22} mAP50 {fmt_interval(row['map50'])} over {len(row['seeds'])} seeds{vs}")
+    return "\n".join(lines)
 
 
 def cmd_eval(args: argparse.Namespace, settings: Settings) -> int:
@@ -410,6 +450,39 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--work-dir", default="runs/tune", help="trial folders and the default SQLite study")
     p.add_argument("--out", default="metrics/tune/best_partition.json", help="best partition JSON")
     p.add_argument("--no-mlflow", action="store_true")
+    p.add_argument(
+        "--no-revalidate",
+        dest="revalidate",
+        action="store_false",
+        help="only run trials (workers sharing a study); a final `csfnet tune` retrains the winner and decides",
+    )
+
+    p = _command(sub, "compare", cmd_compare, "configurations x seeds at equal budget: table with intervals")
+    p.add_argument("--data", help="data.yaml every configuration trains and validates on")
+    _setting(p, "--configs", "compare.configs", nargs="+", help="configurations; the first is the reference")
+    _setting(p, "--seeds", "compare.seeds", nargs="+", type=int)
+    _setting(p, "--preset", "compare.preset", help="training preset of every cell (bench by default)")
+    _setting(p, "--device", "train.device", help="'' auto, cpu, 0 ...")
+    p.add_argument("--cells-dir", default="runs/compare", help="cell folders; finished cells are reused")
+    p.add_argument("--out", default="metrics/compare", help="report folder (compare.md/json/png)")
+    p.add_argument("--no-mlflow", action="store_true")
+    actions = p.add_subparsers(dest="action")
+    q = _command(actions, "cell", cmd_compare_cell, "train and score one configuration with one seed")
+    q.add_argument("--config", required=True, help="configuration")
+    q.add_argument("--seed", required=True, type=int)
+    q.add_argument("--data", required=True, help="data.yaml")
+    q.add_argument("--out", required=True, help="cell folder (cell.json, matches.npz, weights/best.pt)")
+    _setting(q, "--preset", "compare.preset", help="training preset (bench by default)")
+    _setting(q, "--device", "train.device", help="'' auto, cpu, 0 ...")
+    q.add_argument("--no-mlflow", action="store_true")
+    q = _command(actions, "report", cmd_compare_report, "the table with intervals from finished cells")
+    q.add_argument("--cells", required=True, nargs="+", help="cell folders, or folders holding them")
+    q.add_argument("--configured", action="store_true", help="only the cells of compare.configs x compare.seeds")
+    q.add_argument("--out", required=True, help="report folder (compare.md/json/png)")
+    q.add_argument("--no-mlflow", action="store_true")
+    q = _command(actions, "data", cmd_compare_data, "the bench data: synth benchmark at compare.synth sizes")
+    q.add_argument("--out", required=True, help="folder receiving raw/ and dataset/")
+    q.add_argument("--workers", type=int, help="processes (default: all cores)")
 
     p = _command(sub, "eval", cmd_eval, "mAP, size-band AP/recall, per-sequence recall, latency, plots")
     _validation_options(p, "metrics/eval")

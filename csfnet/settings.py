@@ -343,7 +343,9 @@ class Settings(Section):
     synth: Synth = Synth()
     extract: Extract = Extract()
     train: Train = Train()
-    presets: dict[str, dict[str, Any]] = Field(default_factory=lambda: {"quick": dict(QUICK), "bench": dict(BENCH), "paper": dict(PAPER)})
+    presets: dict[str, dict[str, Any]] = Field(
+        default_factory=lambda: {"quick": dict(QUICK), "bench": dict(BENCH), "paper": dict(PAPER)}
+    )
     tune: Tune = Tune()
     compare: Compare = Compare()
     eval: Eval = Eval()

@@ -15,7 +15,7 @@ import json
 import os
 import socket
 import subprocess
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -138,37 +138,43 @@ def pipeline_id() -> str:
 def _parent_run_id(experiment_id: str) -> str:
     if os.environ.get(PARENT_ENV):
         return os.environ[PARENT_ENV]
-    pid = pipeline_id()
+    return parent_run(experiment_id, "csfnet.pipeline_id", pipeline_id(), "pipeline")
+
+
+def parent_run(experiment_id: str, key: str, value: str, prefix: str, tags: Mapping[str, str] | None = None) -> str:
+    """The RUNNING parent run tagged ``key = value`` (created, named ``<prefix>-<value[:8]>``, when there is none):
+    separate processes (DVC stages, Kubeflow pods) of one execution nest under it."""
     runs = MlflowClient().search_runs(
         [experiment_id],
-        filter_string=f"tags.`csfnet.pipeline_id` = '{pid}' and attributes.status = 'RUNNING'",
+        filter_string=f"tags.`{key}` = '{value}' and attributes.status = 'RUNNING'",
         max_results=1,
         order_by=["attributes.start_time DESC"],
     )
     if runs:
         return runs[0].info.run_id
-    run = MlflowClient().create_run(
-        experiment_id,
-        run_name=f"pipeline-{pid[:8]}",
-        tags={"csfnet.pipeline_id": pid, "csfnet.git_commit": git_commit()},
-    )
-    return run.info.run_id
+    all_tags = {key: value, "csfnet.git_commit": git_commit(), **(tags or {})}
+    return MlflowClient().create_run(experiment_id, run_name=f"{prefix}-{value[:8]}", tags=all_tags).info.run_id
 
 
 @contextlib.contextmanager
 def stage_run(
-    stage: str, params: Mapping[str, Any] | None = None, tags: Mapping[str, str] | None = None, final: bool = False
+    stage: str,
+    params: Mapping[str, Any] | None = None,
+    tags: Mapping[str, str] | None = None,
+    final: bool = False,
+    parent: Callable[[str], str] | None = None,
 ) -> Iterator[mlflow.ActiveRun]:
     """A nested MLflow run for one pipeline stage under the pipeline's parent run.
 
     Args:
-        stage: Stage name (``train``, ``eval`` ...), used as run name.
+        stage: Stage name (``train``, ``eval`` ...), used as run name (``mlflow.runName`` in ``tags`` overrides it).
         params: Parameters to log.
         tags: Extra tags; the git commit is always added.
         final: The last stage of the pipeline: closes the parent run when this stage ends.
+        parent: Finds the parent run id from the experiment id (default: the pipeline's, :func:`parent_run`).
     """
     experiment_id = configure()
-    parent = _parent_run_id(experiment_id)
+    parent = (parent or _parent_run_id)(experiment_id)
     _close_orphans(experiment_id, parent, stage)
     all_tags = {
         "csfnet.stage": stage,

@@ -138,7 +138,7 @@ def train(
     with context:
         trainer = CSFNetTrainer(overrides=args)
         if track:
-            trainer.add_callback("on_fit_epoch_end", _log_epoch)
+            trainer.add_callback("on_fit_epoch_end", log_epoch)
         for event, fn in (callbacks or {}).items():
             trainer.add_callback(event, fn)
         trainer.train()
@@ -198,7 +198,7 @@ def _resumable(out: Path, state: dict) -> Path | None:
     return last if epoch is not None and epoch >= 0 else None
 
 
-def _log_epoch(trainer: Any) -> None:
+def log_epoch(trainer: Any) -> None:
     """Per-epoch losses, validation metrics and learning rate (ultralytics ``on_fit_epoch_end`` callback).
 
     ultralytics calls it once more after the last epoch with the best checkpoint's metrics; those go to ``best/``.

@@ -40,6 +40,7 @@ from csfnet.data.formats import (
 from csfnet.data.io import replace_dir, staging_dir, worker_count
 from csfnet.data.tiles import check_tiling, choose_negatives, clip_boxes, grid, tile_name
 from csfnet.errors import DataError
+from csfnet.settings import Settings, load_settings
 
 MANIFEST = "manifest.json"
 JPEG_QUALITY = 95
@@ -73,6 +74,22 @@ class SequenceResult:
     fixes: dict[str, int]
     decoded: int = 0  # frames in the source
     tiles: dict[str, int] = field(default_factory=dict)  # positives, negatives, clipped, dropped (tiled splits)
+
+
+def extract_with_settings(
+    source: str | Path,
+    out: str | Path,
+    settings: Settings | None = None,
+    workers: int | None = None,
+    report_dir: str | Path | None = None,
+) -> dict:
+    """:func:`extract` with every option from the ``extract`` settings (``params.yaml``)."""
+    x = (settings or load_settings()).extract
+    tiling = Tiling(x.tile, x.overlap, x.min_visible, x.negatives, tuple(x.tile_splits), x.seed)
+    return extract(
+        source, out, stride=x.stride, fmt=x.format, names=tuple(x.names), fix=x.fix, workers=workers, tiling=tiling,
+        report_dir=report_dir,
+    )  # fmt: skip
 
 
 def extract(

@@ -1,0 +1,219 @@
+"""One cell of a comparison: a configuration trained with one seed at the comparison's budget, then scored.
+
+A cell folder holds ``cell.json`` (metrics, size, latency, training time, what it was trained with), ``matches.npz``
+(its detections on every validation image matched to the ground truth: the input of the paired bootstrap) and
+``weights/best.pt``. ``cell.json`` is written last: a folder without it is unfinished and is trained again (resumed
+from its ``train/weights/last.pt`` when the settings are the same); one whose fingerprint matches is reused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import resource
+import shutil
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import mlflow
+
+from csfnet.checks import check_dataset
+from csfnet.compare.stats import ImageMatches, average_precision, match_images
+from csfnet.data.io import write_json
+from csfnet.device import resolve_device
+from csfnet.settings import Settings, load_settings
+from csfnet.tracking import data_hash, log_flat_metrics, parent_run, stage_run
+
+CELL_FILE = "cell.json"
+MATCHES_FILE = "matches.npz"
+COMPARISON_TAG = "csfnet.comparison"
+
+
+def cell_settings(config: str, seed: int, preset: str | None = None, settings: Settings | None = None) -> Settings:
+    """The settings a cell trains with: ``train.model`` = ``config``, ``train.seed`` = ``seed``, the comparison's
+    preset (``compare.preset`` unless ``preset``)."""
+    settings = settings or load_settings()
+    return settings.override(
+        {"train.model": config, "train.seed": seed, "train.preset": preset or settings.compare.preset}, "comparison"
+    )
+
+
+def comparison_id(data_version: str, settings: Settings) -> str:
+    """Identity of a comparison (its MLflow parent run): the Kubeflow run id when set, else a hash of the data
+    version (:func:`csfnet.tracking.data_hash`), the budget (the preset's arguments), the configurations and seeds."""
+    import os
+
+    from csfnet.tracking import PIPELINE_ENV, git_commit
+
+    if os.environ.get(PIPELINE_ENV):
+        return os.environ[PIPELINE_ENV]
+    c = settings.compare
+    spec = [data_version, settings.train_args(), c.configs, c.seeds, git_commit()]
+    return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def comparison_parent(comparison: str) -> Any:
+    """A ``stage_run`` parent finder: the comparison's RUNNING parent run, created on first use."""
+    return lambda experiment_id: parent_run(experiment_id, COMPARISON_TAG, comparison, "compare")
+
+
+def run_cell(
+    config: str,
+    seed: int,
+    data: str | Path,
+    out: str | Path,
+    preset: str | None = None,
+    device: str | None = None,
+    track: bool = True,
+    comparison: str | None = None,
+    settings: Settings | None = None,
+) -> dict[str, Any]:
+    """Train ``config`` with ``seed`` at the comparison budget, score it on the validation split, write the cell.
+
+    Args:
+        config: Model configuration (``csfnet-n``, an ablation, ``yolov8n``, ``yolov8n-p2``, ``yolov8s`` or a YAML).
+        seed: Training seed.
+        data: ``data.yaml``; every cell of a comparison must use the same one.
+        out: Cell folder.
+        preset: Training preset (default: ``compare.preset``).
+        device: ``""`` auto, ``cpu``, ``0`` ... (default: ``train.device``).
+        track: Log the cell as a nested MLflow run (tagged with configuration and seed) under the comparison's run.
+        comparison: Comparison id of the parent run (default: :func:`comparison_id`).
+        settings: Validated settings (default: :func:`csfnet.settings.load_settings`).
+
+    Returns:
+        The content of ``cell.json``.
+    """
+    every = cell_settings(config, seed, preset, settings)
+    every = every.override({"train.device": device}, "options")
+    info = check_dataset(data, ("train", "val"))
+    out = Path(out)
+    fingerprint = _fingerprint(config, seed, every, data)
+    done = _finished(out, fingerprint)
+    if done is not None:
+        return done
+    out.mkdir(parents=True, exist_ok=True)
+    (out / CELL_FILE).unlink(missing_ok=True)
+    tags = {
+        "csfnet.config": config,
+        "csfnet.seed": str(seed),
+        "csfnet.preset": every.train.preset,
+        "csfnet.data_hash": data_hash(data),
+        "mlflow.runName": f"{config}-seed{seed}",
+    }
+    if not track:
+        return _run(config, seed, data, out, every, len(info["names"]), fingerprint, track)
+    comparison = comparison or comparison_id(tags["csfnet.data_hash"], every)
+    params = {"config": config, "seed": seed, **every.train_args()}
+    tags[COMPARISON_TAG] = comparison
+    with stage_run("compare-cell", params=params, tags=tags, parent=comparison_parent(comparison)):
+        return _run(config, seed, data, out, every, len(info["names"]), fingerprint, track)
+
+
+def _run(
+    config: str, seed: int, data: str | Path, out: Path, every: Settings, nc: int, fingerprint: str, track: bool
+) -> dict[str, Any]:
+    from csfnet.model import model_summary
+    from csfnet.train import log_epoch, train
+
+    device = resolve_device(None, every)
+    clock, cpu = time.perf_counter(), _cpu_seconds()
+    callbacks = {"on_fit_epoch_end": log_epoch} if track else None
+    result = train(data, out=out / "train", track=False, callbacks=callbacks, settings=every)
+    train_s, cpu_s = time.perf_counter() - clock, _cpu_seconds() - cpu
+    imgsz = every.imgsz
+    matches, bands, latency = _score(result.best, data, imgsz, device, every)
+    summary = model_summary(config, imgsz=imgsz, nc=nc)
+    gpus = 0 if device == "cpu" else len(device.split(","))
+    cell = {
+        "config": config,
+        "seed": seed,
+        "preset": every.train.preset,
+        "args": every.train_args(),
+        "data_hash": data_hash(data),
+        "fingerprint": fingerprint,
+        "images": len(matches.n_gt),
+        "objects": int(matches.n_gt.sum()),
+        "metrics": {**average_precision(matches), "ap50_bands": {k: v["ap50"] for k, v in bands.items()}},
+        "bands_px": {k: v["px"] for k, v in bands.items()},  # [lo, hi) of sqrt(box area) in source pixels
+        "params": summary["params"],
+        "gflops": summary["gflops"],
+        "imgsz": imgsz,
+        "latency_ms_cpu": latency,
+        "train_s": round(train_s, 1),
+        "device": device,
+        "gpu_hours": round(train_s * gpus / 3600, 4),
+        "cpu_s": round(cpu_s, 1),
+    }
+    weights = out / "weights"
+    weights.mkdir(exist_ok=True)
+    shutil.copy2(result.best, weights / "best.pt")
+    matches.save(out / MATCHES_FILE)
+    write_json(out / CELL_FILE, cell)  # last: marks the cell finished
+    if track:
+        log_flat_metrics({k: cell[k] for k in ("params", "gflops", "latency_ms_cpu", "train_s", "cpu_s")})
+        log_flat_metrics(cell["metrics"])
+        mlflow.log_artifact(str(out / CELL_FILE))
+    return cell
+
+
+def _score(
+    weights: Path, data: str | Path, imgsz: int, device: str, every: Settings
+) -> tuple[ImageMatches, dict[str, dict[str, Any]], float]:
+    """Matches on every validation image, AP50 by size band, and the median CPU latency at batch 1 (ms)."""
+    from ultralytics import YOLO
+
+    from csfnet.data.dataset import read_labels, split_images
+    from csfnet.evaluate import band_metrics, predict
+
+    e = every.eval
+    images = split_images(data, "val")
+    predictions, _ = predict(YOLO(str(weights)), images, imgsz, e.conf, e.iou, device)
+    truths = [read_labels(p) for p in images]
+    matches = match_images([t[0] for t in truths], predictions)
+    bands = band_metrics(truths, predictions, e.size_bands, e.report_conf)
+    return matches, bands, cpu_latency(weights, images[: every.compare.latency_images], imgsz)
+
+
+def cpu_latency(weights: Path, images: list[Path], imgsz: int) -> float:
+    """Median end-to-end milliseconds per image (pre-processing, inference, NMS) on the CPU at batch 1."""
+    from ultralytics import YOLO
+
+    model = YOLO(str(weights))
+    times = []
+    for i, image in enumerate(images[:2] + images):  # two warm-up runs
+        r = model.predict(str(image), imgsz=imgsz, device="cpu", verbose=False)[0]
+        if i >= min(2, len(images)):
+            times.append(sum(r.speed.values()))
+    return round(statistics.median(times), 2) if times else 0.0
+
+
+def load_cell(folder: str | Path) -> tuple[dict[str, Any], ImageMatches]:
+    """``cell.json`` and the matches of a finished cell folder."""
+    from csfnet.errors import InputNotFoundError
+
+    folder = Path(folder)
+    if not (folder / CELL_FILE).is_file():
+        raise InputNotFoundError(f"{folder}: not a finished comparison cell (no {CELL_FILE})")
+    return json.loads((folder / CELL_FILE).read_text()), ImageMatches.load(folder / MATCHES_FILE)
+
+
+def _fingerprint(config: str, seed: int, every: Settings, data: str | Path) -> str:
+    spec = [config, seed, every.train_args(), data_hash(data), every.eval.model_dump(), every.compare.latency_images]
+    return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _finished(out: Path, fingerprint: str) -> dict[str, Any] | None:
+    path = out / CELL_FILE
+    if not path.is_file() or not (out / MATCHES_FILE).is_file():
+        return None
+    cell = json.loads(path.read_text())
+    return cell if cell.get("fingerprint") == fingerprint else None
+
+
+def _cpu_seconds() -> float:
+    """CPU time of this process and its finished children (data-loader workers)."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime

@@ -1,0 +1,256 @@
+"""The comparison report: the paper's Tables 2 and 3 with intervals, from finished cells.
+
+Per configuration: mAP50, mAP50-95 and AP50 by size band as the mean and Student-t interval over seeds; parameters,
+GFLOPs, CPU latency and training time; and, for every row after the first, its difference from the first row as a
+paired bootstrap over validation images (every seed's model of both rows scored on the same resampled images).
+Written as ``compare.json`` (DVC metrics), ``compare.md`` and ``compare.png``, all or nothing.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import mlflow
+
+from csfnet.compare.cell import CELL_FILE, COMPARISON_TAG, cell_settings, comparison_id, comparison_parent, load_cell
+from csfnet.compare.stats import ImageMatches, Interval, paired_bootstrap, seed_interval
+from csfnet.data.io import replace_dir, staging_dir
+from csfnet.errors import DataError, InputNotFoundError
+from csfnet.settings import Settings, load_settings
+from csfnet.tracking import log_flat_metrics, stage_run
+
+METRICS = ("map50", "map50_95")
+LABELS = {"map50": "mAP50", "map50_95": "mAP50-95"}
+
+
+def find_cells(paths: Sequence[str | Path]) -> list[Path]:
+    """Cell folders among ``paths``: each a cell folder, or a folder whose sub-folders are cells."""
+    cells: list[Path] = []
+    for path in map(Path, paths):
+        if (path / CELL_FILE).is_file():
+            cells.append(path)
+        elif path.is_dir():
+            cells.extend(sorted(p.parent for p in path.glob(f"*/{CELL_FILE}")))
+        else:
+            raise InputNotFoundError(f"{path}: no comparison cell there")
+    if not cells:
+        raise InputNotFoundError(f"no finished comparison cell ({CELL_FILE}) in {', '.join(map(str, paths))}")
+    return cells
+
+
+def report(
+    cells: Sequence[str | Path],
+    out: str | Path,
+    configured: bool = False,
+    track: bool = True,
+    comparison: str | None = None,
+    settings: Settings | None = None,
+) -> dict[str, Any]:
+    """Compare the configurations of ``cells`` (folders, see :func:`find_cells`) and write the report to ``out``.
+
+    Rows follow ``compare.configs`` (configurations not listed there come after, in folder order); the first row
+    is the reference of every paired difference. Cells must share the data, the validation split and the budget.
+    ``configured``: keep only the cells of ``compare.configs`` x ``compare.seeds`` (a folder may hold older ones).
+    """
+    settings = settings or load_settings()
+    loaded = [load_cell(c) for c in find_cells(cells)]
+    if configured:
+        wanted = {(c, s) for c in settings.compare.configs for s in settings.compare.seeds}
+        loaded = [(cell, m) for cell, m in loaded if (cell["config"], cell["seed"]) in wanted]
+        if not loaded:
+            raise InputNotFoundError(f"none of the cells in {', '.join(map(str, cells))} is in compare.configs x seeds")
+    _check_comparable([c for c, _ in loaded])
+    groups: dict[str, list[tuple[dict[str, Any], ImageMatches]]] = {}
+    for cell, matches in loaded:
+        groups.setdefault(cell["config"], []).append((cell, matches))
+    c = settings.compare
+    order = [name for name in c.configs if name in groups] + [name for name in groups if name not in c.configs]
+    reference = order[0]
+    rows = {name: _row(groups[name], groups[reference] if name != reference else None, c) for name in order}
+    first = loaded[0][0]
+    result = {
+        "reference": reference,
+        "order": order,
+        "confidence": c.confidence,
+        "resamples": c.resamples,
+        "preset": first["preset"],
+        "epochs": first["args"].get("epochs"),
+        "imgsz": first["imgsz"],
+        "images": first["images"],
+        "objects": first["objects"],
+        "data_hash": first["data_hash"],
+        "bands_px": first["bands_px"],
+        "rows": rows,
+    }
+    out = Path(out)
+    with staging_dir(out) as tmp:
+        (tmp / "compare.json").write_text(json.dumps(result, indent=2))
+        (tmp / "compare.md").write_text(markdown(result))
+        plot(result, tmp / "compare.png")
+        replace_dir(tmp, out)
+    if track:
+        budget = cell_settings(first["config"], first["seed"], first["preset"], settings)
+        _log(result, out, comparison or comparison_id(first["data_hash"], budget))
+    return result
+
+
+def _check_comparable(cells: list[dict[str, Any]]) -> None:
+    """Same data, split and budget (the preset's arguments up to the seed) in every cell; no duplicate seed."""
+    first = cells[0]
+    for cell in cells[1:]:
+        for key in ("data_hash", "images", "objects", "imgsz"):
+            if cell[key] != first[key]:
+                raise DataError(
+                    f"cells {first['config']}/seed {first['seed']} and {cell['config']}/seed {cell['seed']} differ in "
+                    f"{key} ({first[key]} vs {cell[key]}): a comparison needs the same data and split"
+                )
+        budget = {k: v for k, v in cell["args"].items() if k != "seed"}
+        if budget != {k: v for k, v in first["args"].items() if k != "seed"}:
+            raise DataError(f"{cell['config']}/seed {cell['seed']} was trained with other arguments: unequal budget")
+    seen = set()
+    for cell in cells:
+        key = (cell["config"], cell["seed"])
+        if key in seen:
+            raise DataError(f"{cell['config']} seed {cell['seed']} appears twice among the cells")
+        seen.add(key)
+
+
+def _row(cells: list[tuple[dict, ImageMatches]], reference: list[tuple[dict, ImageMatches]] | None, c: Any) -> dict:
+    first = cells[0][0]
+    metrics = [cell["metrics"] for cell, _ in cells]
+    row: dict[str, Any] = {
+        "seeds": sorted(cell["seed"] for cell, _ in cells),
+        **{m: seed_interval([x[m] for x in metrics], c.confidence).to_json() for m in METRICS},
+        "ap50_bands": {
+            band: seed_interval([x["ap50_bands"][band] for x in metrics], c.confidence).to_json()
+            for band in first["metrics"]["ap50_bands"]
+        },
+        "params": first["params"],
+        "gflops": first["gflops"],
+        "latency_ms_cpu": round(sum(cell["latency_ms_cpu"] for cell, _ in cells) / len(cells), 2),
+        "train_s": round(sum(cell["train_s"] for cell, _ in cells) / len(cells), 1),
+        "cpu_s": round(sum(cell["cpu_s"] for cell, _ in cells) / len(cells), 1),
+        "gpu_hours": round(sum(cell["gpu_hours"] for cell, _ in cells) / len(cells), 4),
+        "device": first["device"],
+        "per_seed": {str(cell["seed"]): {m: cell["metrics"][m] for m in METRICS} for cell, _ in cells},
+    }
+    if reference is not None:
+        mine, theirs = [m for _, m in cells], [m for _, m in reference]
+        for m in METRICS:
+            delta = paired_bootstrap(mine, theirs, metric=m, resamples=c.resamples, confidence=c.confidence)
+            row[f"delta_{m}"] = {**delta.to_json(), "verdict": verdict(delta)}
+    return row
+
+
+def verdict(delta: Interval) -> str:
+    """``better`` / ``worse`` when the interval of the difference excludes 0, else ``not separated``."""
+    if delta.low > 0:
+        return "better"
+    if delta.high < 0:
+        return "worse"
+    return "not separated"
+
+
+def fmt_interval(interval: dict[str, Any], digits: int = 3) -> str:
+    """``mean [low, high]``, or the mean alone when the interval is undefined (one seed, all values equal)."""
+    mean, low, high = interval["mean"], interval["low"], interval["high"]
+    if low is None or high is None:
+        return f"{mean:.{digits}f}"
+    return f"{mean:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
+
+
+def _band_label(px: list[float | None]) -> str:
+    lo, hi = px
+    if not lo:
+        return f"<{hi:g} px"
+    return f"≥{lo:g} px" if hi is None else f"{lo:g}-{hi:g} px"
+
+
+def markdown(result: dict[str, Any]) -> str:
+    """The report as a Markdown table (means and intervals) with a legend."""
+    ref, conf = result["reference"], round(result["confidence"] * 100)
+    bands = list(result["rows"][ref]["ap50_bands"])
+    head = ["config", "seeds", "mAP50", "mAP50-95", *[f"AP50 {_band_label(result['bands_px'][b])}" for b in bands]]
+    head += [f"Δ mAP50 vs {ref}", f"Δ mAP50-95 vs {ref}", "params (M)", "GFLOPs", "CPU ms", "train s / run"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name in result["order"]:
+        r = result["rows"][name]
+        cells = [name, str(len(r["seeds"])), fmt_interval(r["map50"]), fmt_interval(r["map50_95"])]
+        cells += [fmt_interval(r["ap50_bands"][b]) for b in bands]
+        for m in METRICS:
+            d = r.get(f"delta_{m}")
+            cells.append(f"{fmt_interval(d)} {d['verdict']}" if d else "reference")
+        cells += [f"{r['params'] / 1e6:.2f}", f"{r['gflops']:.1f}", f"{r['latency_ms_cpu']:.1f}"]
+        cells.append(f"{r['train_s']:.0f} ({r['device']})")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(
+        [
+            f"# Comparison: {len(result['order'])} configurations, preset {result['preset']} "
+            f"({result['epochs']} epochs, imgsz {result['imgsz']})",
+            "",
+            f"Validation: {result['images']} images, {result['objects']} objects. Values: mean over seeds "
+            f"[{conf}% Student-t interval]. Δ: difference from {ref} on the same images, mean over seeds, "
+            f"[{conf}% paired bootstrap interval over validation images, {result['resamples']} resamples]; "
+            "better/worse only when the interval excludes 0. GFLOPs at the training image size.",
+            "",
+            *lines,
+            "",
+        ]
+    )
+
+
+def plot(result: dict[str, Any], path: Path) -> None:
+    """mAP50 per configuration (mean, interval, every seed) and the paired difference from the reference."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    order, rows = result["order"], result["rows"]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 0.5 * len(order) + 2), sharey=True)
+    for y, name in enumerate(order):
+        r = rows[name]
+        left.errorbar(r["map50"]["mean"], y, xerr=_err(r["map50"]), fmt="o", color="C0", capsize=4)
+        left.scatter([s["map50"] for s in r["per_seed"].values()], [y] * len(r["per_seed"]), color="C0", alpha=0.35)
+        d = r.get("delta_map50")
+        if d:
+            color = {"better": "C2", "worse": "C3"}.get(d["verdict"], "C7")
+            right.errorbar(d["mean"], y, xerr=_err(d), fmt="s", color=color, capsize=4)
+    right.axvline(0, color="k", lw=0.8)
+    left.set_yticks(range(len(order)), order)
+    left.invert_yaxis()
+    conf = round(result["confidence"] * 100)
+    left.set_xlabel(f"mAP50 (mean, {conf}% interval over seeds; dots: seeds)")
+    right.set_xlabel(f"Δ mAP50 vs {result['reference']} ({conf}% paired bootstrap)")
+    fig.suptitle(f"preset {result['preset']}: {result['images']} validation images, {result['objects']} objects")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _err(interval: dict[str, Any]) -> list[list[float]]:
+    if interval["low"] is None or interval["high"] is None:
+        return [[0.0], [0.0]]
+    return [[interval["mean"] - interval["low"]], [interval["high"] - interval["mean"]]]
+
+
+def _log(result: dict[str, Any], out: Path, comparison: str) -> None:
+    """The report as a nested run closing the comparison's parent run; the table on the parent run too."""
+    from mlflow.tracking import MlflowClient
+
+    tags = {COMPARISON_TAG: comparison, "csfnet.data_hash": result["data_hash"], "mlflow.runName": "report"}
+    params = {"reference": result["reference"], "configs": result["order"], "preset": result["preset"]}
+    parent = comparison_parent(comparison)
+    with stage_run("compare-report", params=params, tags=tags, final=True, parent=parent) as run:
+        for name, row in result["rows"].items():
+            flat = {m: row[m]["mean"] for m in (*METRICS,)}
+            flat.update({f"delta_{m}": row[f"delta_{m}"]["mean"] for m in METRICS if f"delta_{m}" in row})
+            log_flat_metrics(flat, prefix=name)
+        mlflow.log_artifacts(str(out), "compare")
+        parent_id = run.data.tags["mlflow.parentRunId"]
+    client = MlflowClient()
+    for name in ("compare.md", "compare.json", "compare.png"):
+        client.log_artifact(parent_id, str(out / name), "compare")

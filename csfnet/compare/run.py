@@ -1,0 +1,62 @@
+"""``csfnet compare``: every configuration x seed trained at equal budget on the same data, then the report."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from csfnet.checks import check_dataset
+from csfnet.compare.cell import cell_settings, comparison_id, run_cell
+from csfnet.compare.report import report
+from csfnet.settings import Settings, load_settings
+from csfnet.tracking import data_hash
+
+
+def cell_dir(cells_dir: str | Path, config: str, seed: int) -> Path:
+    """Folder of one cell: ``<cells_dir>/<config>-seed<seed>``."""
+    return Path(cells_dir) / f"{Path(config).stem if config.endswith(('.yaml', '.yml')) else config}-seed{seed}"
+
+
+def compare(
+    data: str | Path,
+    out: str | Path = "metrics/compare",
+    cells_dir: str | Path = "runs/compare",
+    configs: Sequence[str] | None = None,
+    seeds: Sequence[int] | None = None,
+    preset: str | None = None,
+    device: str | None = None,
+    track: bool = True,
+    settings: Settings | None = None,
+) -> dict[str, Any]:
+    """Train and score every (configuration, seed) cell not finished yet, then write the report.
+
+    Args:
+        data: ``data.yaml`` every cell trains and validates on.
+        out: Report folder (``compare.json``, ``compare.md``, ``compare.png``).
+        cells_dir: Cell folders (see :func:`cell_dir`); finished cells with the same settings are reused, so a
+            killed comparison continues where it stopped.
+        configs: Configurations, the first being the reference (default: ``compare.configs``).
+        seeds: Seeds (default: ``compare.seeds``).
+        preset: Training preset (default: ``compare.preset``).
+        device: ``""`` auto, ``cpu``, ``0`` ... (default: ``train.device``).
+        track: One MLflow parent run for the comparison, a nested run per cell and one for the report.
+        settings: Validated settings (default: :func:`csfnet.settings.load_settings`).
+    """
+    settings = (settings or load_settings()).override(
+        {"compare.configs": list(configs) if configs else None, "compare.seeds": list(seeds) if seeds else None,
+         "compare.preset": preset, "train.device": device},
+        "options",
+    )  # fmt: skip
+    check_dataset(data, ("train", "val"))
+    c = settings.compare
+    comparison = comparison_id(data_hash(data), cell_settings(c.configs[0], c.seeds[0], settings=settings))
+    cells = [(config, seed) for config in c.configs for seed in c.seeds]
+    folders = []
+    for config, seed in tqdm(cells, desc="comparison cells", unit="cell"):
+        folder = cell_dir(cells_dir, config, seed)
+        run_cell(config, seed, data, folder, track=track, comparison=comparison, settings=settings)
+        folders.append(folder)
+    return report(folders, out, track=track, comparison=comparison, settings=settings)
