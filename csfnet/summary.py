@@ -53,7 +53,31 @@ def _tune(m: dict) -> str:
     if not m.get("partition"):
         return f"no tunable CSwitch ({m.get('reason', '')})".strip()
     trials = sum(m.get("counts", {}).values())
-    return f"{'/'.join(map(str, m['partition']))} (trial {m['trial']} of {trials}, mAP50-95 {m['value']:.3f})"
+    decision = m.get("decision")
+    if not decision:  # written before tuning decided
+        return f"{_channels(m['partition'])} (trial {m['trial']} of {trials}, mAP50-95 {m['value']:.3f})"
+    own = f"the config's own {_channels(decision['incumbent'])}"
+    best = f"study best {_channels(decision['challenger'])} (trial {m['trial']} of {trials}, mAP50-95 {m['value']:.3f})"
+    outcome = decision["outcome"]
+    if outcome == "inconclusive":
+        tied = m.get("counts", {}).get("complete", trials)
+        return f"the search could not separate partitions at this budget ({tied} trials tied); training uses {own}"
+    if outcome == "pending":
+        return f"{best} not re-validated yet; training uses {own}"
+    if decision.get("interval") is None:  # the config's own partition won the study
+        return f"{own} kept: it won the study ({trials} trials, mAP50-95 {m['value']:.3f})"
+    low, high = decision["interval"]
+    gain = (
+        f"mAP50-95 {decision['effect']:+.3f}, {100 * decision['confidence']:g}% interval {low:+.3f} to {high:+.3f} "
+        f"over {len(decision['seeds'])} seeds"
+    )
+    if outcome == "adopted":
+        return f"{_channels(decision['challenger'])} adopted over {own} ({gain})"
+    return f"{own} kept: {best} not better beyond the noise ({gain})"
+
+
+def _channels(partition: list[int]) -> str:
+    return "/".join(map(str, partition))
 
 
 def _eval(m: dict) -> str:

@@ -4,7 +4,8 @@ Every trial trains through :func:`csfnet.train.train`, the code behind ``csfnet 
 mAP50-95 to Optuna after each epoch so that the pruner can stop it, and is logged as a nested MLflow run under the
 study's run. The study lives in any SQLAlchemy database (a SQLite file by default, PostgreSQL for several workers);
 running again continues it: finished trials are kept, trials of a killed worker are failed once their heartbeat
-goes stale and retried with the same parameters.
+goes stale and retried with the same parameters. The study's best partition replaces the config's own only once
+re-validation (:mod:`csfnet.revalidate`) shows it better beyond the noise.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from optuna.trial import TrialState
 from csfnet.checks import check_dataset
 from csfnet.data.io import write_json
 from csfnet.model import model_summary, resolve_config, takes_partition
+from csfnet.revalidate import Decision, TrainingScorer, cache_key, decide
 from csfnet.services import probe_database
 from csfnet.settings import Settings, Tune, load_settings
 from csfnet.tracking import data_hash, log_flat_metrics, stage_run
@@ -58,6 +60,7 @@ class TuneResult:
     pareto_front: list[dict[str, Any]]
     counts: dict[str, int]
     reason: str = ""
+    decision: dict[str, Any] | None = None  # see csfnet.revalidate.Decision; ``partition`` is its outcome
 
     def to_json(self) -> dict[str, Any]:
         return dict(vars(self))
@@ -73,9 +76,14 @@ def tune(
     worker: int = 0,
     track: bool = True,
     settings: Settings | None = None,
+    revalidate: bool = True,
     **overrides: Any,
 ) -> TuneResult:
-    """Run (or continue) a study until it holds ``trials`` finished trials; write the best partition to ``out``.
+    """Run (or continue) a study until it holds ``trials`` finished trials, decide, write the partition to ``out``.
+
+    The study's best partition is adopted only when retraining it and the config's own once per
+    ``tune.revalidate.seeds`` shows it better (the ``decision`` in ``out``); otherwise ``partition`` is the
+    config's own. A complete study runs no trial: calling again only decides (a stored re-validation is reused).
 
     Args:
         data: ``data.yaml`` of the dataset.
@@ -87,6 +95,8 @@ def tune(
         worker: Index of this worker among those sharing the study; offsets the sampler seed.
         track: Log the study and its trials to MLflow.
         settings: Validated settings (default: :func:`csfnet.settings.load_settings`).
+        revalidate: Retrain a challenger against the incumbent; False (workers sharing a study) leaves the decision
+            ``pending`` with the config's own partition, for a final call to decide.
         **overrides: ``tune`` settings (``trials``, ``epochs``, ``storage`` ...).
     """
     every = (settings or load_settings()).override({"train.model": model, "train.preset": preset}, "options")
@@ -108,7 +118,10 @@ def tune(
     storage_url = storage_url or f"sqlite:///{work_dir / 'study.db'}"
     name = settings.study_name or _study_name(model, data, settings)
     study = _load_study(name, storage_url, settings, worker, _baseline(config, settings))
-    objective = _Objective(every, data, nc, device, work_dir, track, worker)
+    budget = _budget(settings)
+    objective = _Objective(every, data, nc, device, work_dir, track, worker, budget)
+    budget = {**budget, "epochs": settings.revalidate.epochs or settings.epochs}
+    scorer = TrainingScorer(every, model, data, nc, budget, _single_device(device), work_dir / "revalidate" / name)
     context = (
         stage_run("tune", params=_run_params(settings, model, name), tags={"csfnet.data_hash": data_hash(data)})
         if track
@@ -117,10 +130,51 @@ def tune(
     with context:
         _optimize(study, objective, settings)
         result = _result(study, name, storage_url, settings)
+        decision = _decide(study, result, _incumbent(config), scorer if revalidate else None, settings, budget)
+        result.partition, result.decision = decision.partition, decision.to_json()
         write_json(out, result.to_json())
         if track:
             _log_study(study, result, out, settings)
+            _log_decision(decision)
     return result
+
+
+def _budget(settings: Tune) -> dict[str, Any]:
+    """Training overrides of a trial (and of a re-validation run)."""
+    return {
+        "epochs": settings.epochs,
+        "imgsz": settings.imgsz,
+        "fraction": settings.fraction,
+        "plots": False,
+        "patience": 0,
+    }
+
+
+def _incumbent(config: dict[str, Any]) -> list[int]:
+    from csfnet.nn.builder import scaled_partition
+
+    return [int(c) for c in scaled_partition(config)]
+
+
+def _decide(
+    study: optuna.Study,
+    result: TuneResult,
+    incumbent: list[int],
+    scorer: TrainingScorer | None,
+    settings: Tune,
+    budget: dict[str, Any],
+) -> Decision:
+    """The decision for the study's best partition; a re-validation stored in the study is not trained again."""
+    challenger = list(result.partition or [])
+    digest = hashlib.sha256(cache_key(challenger, incumbent, settings.revalidate, budget).encode()).hexdigest()[:16]
+    stored = study.user_attrs.get(f"revalidation:{digest}")
+    if stored:
+        return Decision(**stored)
+    values = [float(t.values[0]) for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
+    decision = decide(challenger, incumbent, values, scorer, settings.revalidate)
+    if decision.interval is not None:
+        study.set_user_attr(f"revalidation:{digest}", decision.to_json())
+    return decision
 
 
 def _baseline(config: dict[str, Any], settings: Tune) -> dict[str, int] | None:
@@ -212,11 +266,19 @@ class _Objective:
     """Builds a trial's model, trains it, reports every epoch and returns mAP50-95 (and GFLOPs when Pareto)."""
 
     def __init__(
-        self, every: Settings, data: Path, nc: int, device: str | None, work_dir: Path, track: bool, worker: int
+        self,
+        every: Settings,
+        data: Path,
+        nc: int,
+        device: str | None,
+        work_dir: Path,
+        track: bool,
+        worker: int,
+        budget: dict[str, Any],
     ):
         self.every, self.settings, self.model = every, every.tune, every.train.model
         self.data, self.nc, self.device = data, nc, _single_device(device)
-        self.work_dir, self.track, self.worker = work_dir, track, worker
+        self.work_dir, self.track, self.worker, self.budget = work_dir, track, worker, budget
 
     def __call__(self, trial: optuna.Trial) -> float | tuple[float, float]:
         study = trial.study
@@ -260,13 +322,7 @@ class _Objective:
         if self.settings.head_depth:
             low, high = self.settings.head_depth
             _set_head_depth(config, trial.suggest_int("head_depth", int(low), int(high)))
-        overrides: dict[str, Any] = {
-            "epochs": self.settings.epochs,
-            "imgsz": self.settings.imgsz,
-            "fraction": self.settings.fraction,
-            "plots": False,
-            "patience": 0,
-        }
+        overrides = dict(self.budget)
         if self.settings.lr0:
             overrides["lr0"] = trial.suggest_float("lr0", *map(float, self.settings.lr0), log=True)
         return partition, config, overrides
@@ -386,6 +442,24 @@ def _log_study(study: optuna.Study, result: TuneResult, out: Path, settings: Tun
     log_flat_metrics({f"trials.{k}": v for k, v in result.counts.items()})
     for name, figure in _study_plots(study, settings).items():
         mlflow.log_figure(figure, f"plots/{name}.png")
+
+
+def _log_decision(decision: Decision) -> None:
+    """The decision as tags of the study's run; effect, interval and per-seed scores as metrics."""
+    mlflow.set_tags(
+        {
+            "csfnet.tune.decision": decision.outcome,
+            "csfnet.tune.reason": decision.reason,
+            "csfnet.tune.partition": json.dumps(decision.partition),
+        }
+    )
+    if decision.effect is None or decision.interval is None:
+        return
+    low, high = decision.interval
+    mlflow.log_metrics({"revalidate.effect_map50_95": decision.effect, "revalidate.low": low, "revalidate.high": high})
+    for side, scores in decision.per_seed.items():
+        for step, value in enumerate(scores):
+            mlflow.log_metric(f"revalidate.{side}.map50_95", value, step=step)
 
 
 def _study_plots(study: optuna.Study, settings: Tune) -> Mapping[str, Any]:
