@@ -371,9 +371,13 @@ class Settings(Section):
     def _preset_exists(self) -> Settings:
         if self.train.preset not in self.presets:
             raise SettingsError(f"train.preset: {_unknown(self.train.preset, self.presets, 'a preset')}")
-        if self.compare.preset not in self.presets:
-            raise SettingsError(f"compare.preset: {_unknown(self.compare.preset, self.presets, 'a preset')}")
         return self
+
+    def check_preset(self, key: str, name: str) -> None:
+        """A SettingsError naming ``key`` unless ``name`` is a preset (``compare.preset`` is checked when used, so
+        params files with only the presets they train with stay valid)."""
+        if name not in self.presets:
+            raise SettingsError(f"{key}: {_unknown(name, self.presets, 'a preset')}")
 
     def train_args(self) -> dict[str, Any]:
         """The active preset's ultralytics training arguments (``presets[train.preset]``)."""

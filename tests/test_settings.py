@@ -61,6 +61,20 @@ def test_overrides_revalidate_and_reach_the_active_preset():
         base.override({"train.modle": "yolov8n"})
 
 
+def test_compare_settings_are_checked_where_they_are_used(tmp_path):
+    """A params file with only the presets it trains with stays valid; a comparison names its own missing preset."""
+    from csfnet.compare.cell import cell_settings
+
+    (tmp_path / "params.yaml").write_text("presets: {quick: {epochs: 2}}\n")
+    settings = load_settings(tmp_path / "params.yaml")
+    with pytest.raises(SettingsError, match=r"compare\.preset: 'bench' is not a preset"):
+        cell_settings("yolov8n", 0, settings=settings)
+    cell = cell_settings("yolov8n", 3, preset="quick", settings=settings)
+    assert (cell.train.model, cell.train.seed, cell.train_args()) == ("yolov8n", 3, {"epochs": 2})
+    with pytest.raises(SettingsError, match=r"compare\.configs: 'yolov9' is not a model configuration"):
+        settings.override({"compare.configs": ["csfnet-n", "yolov9"]})
+
+
 def test_loaded_once_and_reloaded_when_the_file_changes(tmp_path):
     path = tmp_path / "params.yaml"
     path.write_text("synth: {seed: 1}\n")

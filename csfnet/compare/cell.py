@@ -35,9 +35,9 @@ def cell_settings(config: str, seed: int, preset: str | None = None, settings: S
     """The settings a cell trains with: ``train.model`` = ``config``, ``train.seed`` = ``seed``, the comparison's
     preset (``compare.preset`` unless ``preset``)."""
     settings = settings or load_settings()
-    return settings.override(
-        {"train.model": config, "train.seed": seed, "train.preset": preset or settings.compare.preset}, "comparison"
-    )
+    preset = preset or settings.compare.preset
+    settings.check_preset("compare.preset", preset)
+    return settings.override({"train.model": config, "train.seed": seed, "train.preset": preset}, "comparison")
 
 
 def comparison_id(data_version: str, settings: Settings) -> str:
