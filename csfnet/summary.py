@@ -24,7 +24,7 @@ def stage_metrics(dvc_file: str | Path = "dvc.yaml") -> dict[str, dict]:
         if not entries:
             continue
         first = entries[0]
-        path = dvc_file.parent / (first if isinstance(first, str) else next(iter(first)))
+        path = dvc_file.parent / stage.get("wdir", ".") / (first if isinstance(first, str) else next(iter(first)))
         if path.is_file():
             found[name] = json.loads(path.read_text())
     return found
@@ -35,7 +35,8 @@ def summary(metrics: dict[str, dict]) -> str:
     rows = [(label, fmt(metrics[stage])) for stage, label, fmt in _ROWS if stage in metrics]
     lines = [(label, text) for label, text in rows if text]
     width = max((len(label) for label, _ in lines), default=0)
-    return "\n".join(f"{label:<{width}}  {text}" for label, text in lines)
+    indent = "\n" + " " * (width + 2)  # continuation lines of multi-line figures
+    return "\n".join(f"{label:<{width}}  {text.replace(chr(10), indent)}" for label, text in lines)
 
 
 def _stats(m: dict) -> str:
@@ -74,6 +75,22 @@ def _tune(m: dict) -> str:
     if outcome == "adopted":
         return f"{_channels(decision['challenger'])} adopted over {own} ({gain})"
     return f"{own} kept: {best} not better beyond the noise ({gain})"
+
+
+def _compare(m: dict) -> str:
+    """One line per configuration: mAP50 over seeds and the paired difference from the reference."""
+    lines = []
+    for name in m["order"]:
+        row = m["rows"][name]
+        text = f"{name} mAP50 {_interval(row['map50'])} ({len(row['seeds'])} seeds)"
+        delta = row.get("delta_map50")
+        lines.append(f"{text}, {_interval(delta, '+.3f')} vs {m['reference']}: {delta['verdict']}" if delta else text)
+    return "\n".join(lines)
+
+
+def _interval(i: dict, spec: str = ".3f") -> str:
+    bounds = f" [{i['low']:{spec}}, {i['high']:{spec}}]" if i["low"] is not None and i["high"] is not None else ""
+    return f"{i['mean']:{spec}}{bounds}"
 
 
 def _channels(partition: list[int]) -> str:
@@ -134,4 +151,5 @@ _ROWS: list[tuple[str, str, Callable[[Any], str]]] = [
     ("export", "ONNX export", _export),
     ("export", "INT8 model", _int8),
     ("register", "MLflow registry", _register),
+    ("report", "comparison", _compare),  # compare/dvc.yaml: csfnet summary --dvc-file compare/dvc.yaml
 ]

@@ -18,6 +18,7 @@ from csfnet.compare.report import report
 from csfnet.compare.stats import ImageMatches
 from csfnet.errors import DataError
 from csfnet.model import model_summary
+from csfnet.summary import summary
 from tests.conftest import TINY_TRAIN
 
 CONFIGS = ["yolov8n", "csfnet-n"]
@@ -59,6 +60,8 @@ def test_compare_writes_table_with_intervals_nested_runs_and_is_deterministic(ti
     table = Path("report/compare.md").read_text()
     assert "| yolov8n | 2 |" in table and "| csfnet-n | 2 |" in table and "paired bootstrap" in table
     assert Path("report/compare.png").read_bytes()[:4] == b"\x89PNG"
+    lines = summary({"report": result}).splitlines()
+    assert lines[0].startswith("comparison  yolov8n mAP50") and f"vs yolov8n: {delta['verdict']}" in lines[1]
 
     # MLflow: one parent for the comparison, one nested run per (configuration, seed) tagged with both, the report
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlruns.db'}")
