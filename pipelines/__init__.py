@@ -1,1 +1,1 @@
-"""Kubeflow pipeline definitions; see csfnet_pipeline.py."""
+"""Kubeflow pipeline definitions: csfnet_pipeline.py (the DVC pipeline, tuning fanned out) and compare_pipeline.py."""

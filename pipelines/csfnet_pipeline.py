@@ -1,5 +1,6 @@
 """The CSF-Net pipeline for Kubeflow Pipelines v2, mirroring dvc.yaml:
-raw-data fingerprint -> extract -> tune -> train -> eval / robustness -> export -> register -> deploy.
+raw-data fingerprint -> extract -> tune (N workers in parallel, then one decision) -> train -> eval / robustness ->
+export -> register -> deploy.
 
 Caching: the raw-data step is never cached and outputs a content fingerprint of the source; every other step takes
 only its real inputs (artifacts and parameters), so a resubmission with the same data and parameters reuses every
@@ -7,11 +8,15 @@ step and new data behind the same URI re-runs from extraction on. The run id rea
 ``$CSFNET_PIPELINE_ID`` from the pod label ``pipeline/runid`` (set by the KFP API server on every pod of a run),
 which is outside the cache key. ``deploy`` runs only when registration changed the champion.
 
-Tuning and training ask for GPUs; every step gets MLflow (and S3) credentials from Kubernetes secrets, never from code
-or images. ``build_pipeline`` applies cluster options at compile time.
+Tuning fans out: ``tune_workers`` (0 = params.yaml's ``tune.workers``) steps run in a ``dsl.ParallelFor``, a GPU
+each, adding trials to one Optuna study in the cluster's PostgreSQL (``$CSFNET_OPTUNA_STORAGE`` from a secret); one
+step after the loop re-validates the study's best partition and decides. Tuning and training ask for GPUs; every step
+gets MLflow (and S3) credentials from Kubernetes secrets, never from code or images. :class:`Cluster` applies the
+cluster options at compile time (``pipelines/compare_pipeline.py`` uses it too).
 """
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 from kfp import dsl, kubernetes
 
@@ -25,6 +30,8 @@ from components import (
     robustness,
     train,
     tune,
+    tune_worker,
+    tune_worker_indices,
 )
 
 MLFLOW_SECRET = "csfnet-mlflow"  # tracking URI and the pipeline's MLflow user; S3 access for raw data
@@ -38,11 +45,64 @@ MLFLOW_KEYS = (
 )
 S3_KEYS = tuple(k for k in MLFLOW_KEYS if k.startswith("AWS_"))
 OPTUNA_SECRET = "csfnet-optuna"  # CSFNET_OPTUNA_STORAGE: postgresql+psycopg2://user:pass@host/optuna
+OPTUNA_ENV = "CSFNET_OPTUNA_STORAGE"  # csfnet.tune.STORAGE_ENV
 GPU_RESOURCE = "nvidia.com/gpu"
 PIPELINE_ID_ENV = "CSFNET_PIPELINE_ID"  # csfnet.tracking.PIPELINE_ENV
 RUN_ID_FIELD = "metadata.labels['pipeline/runid']"  # pod label the KFP API server puts on every pod of a run
 MLFLOW_CLIENT_LABEL = "csfnet.io/mlflow-client"  # NetworkPolicy: pods allowed to reach MLflow
 OPTUNA_CLIENT_LABEL = "csfnet.io/optuna-client"  # NetworkPolicy: pods allowed to reach the Optuna database
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """How steps run on the cluster (see :func:`build_pipeline` for the fields)."""
+
+    gpus: int = 1
+    node_selector: Mapping[str, str] | None = None
+    tolerations: Sequence[Mapping[str, str]] = ()
+    secrets: bool = True
+    retries: int = 2
+    cpu: str = "4"
+    memory: str = "16G"
+
+    def heavy(self, task: dsl.PipelineTask, gpu: bool) -> dsl.PipelineTask:
+        """Resources, retries and caching of a heavy step; ``gpu``: GPUs on the GPU nodes as well."""
+        task.set_cpu_request(self.cpu).set_memory_request(self.memory)
+        task.set_retry(num_retries=self.retries, backoff_duration="60s")
+        task.set_caching_options(True)
+        if gpu and self.gpus:
+            task.set_accelerator_type(GPU_RESOURCE).set_accelerator_limit(self.gpus)
+            for key, value in (self.node_selector or {}).items():
+                kubernetes.add_node_selector(task, label_key=key, label_value=value)
+            for t in self.tolerations:
+                kubernetes.add_toleration(task, **t)
+        return task
+
+    def tracked(self, task: dsl.PipelineTask) -> dsl.PipelineTask:
+        """A step that logs to MLflow: credentials, the run id (outside the cache key), the NetworkPolicy label."""
+        if self.secrets:
+            kubernetes.use_secret_as_env(task, MLFLOW_SECRET, secret_key_to_env={k: k for k in MLFLOW_KEYS})
+            kubernetes.use_field_path_as_env(task, env_name=PIPELINE_ID_ENV, field_path=RUN_ID_FIELD)
+            kubernetes.add_pod_label(task, MLFLOW_CLIENT_LABEL, "true")
+        return task
+
+    def s3(self, task: dsl.PipelineTask) -> dsl.PipelineTask:
+        """A step that reads the object store."""
+        if self.secrets:
+            kubernetes.use_secret_as_env(task, MLFLOW_SECRET, secret_key_to_env={k: k for k in S3_KEYS})
+        return task
+
+    def optuna(self, task: dsl.PipelineTask) -> dsl.PipelineTask:
+        """A step that opens the shared Optuna study: its database URL from the secret, the NetworkPolicy label."""
+        if self.secrets:
+            kubernetes.use_secret_as_env(task, OPTUNA_SECRET, secret_key_to_env={OPTUNA_ENV: OPTUNA_ENV})
+            kubernetes.add_pod_label(task, OPTUNA_CLIENT_LABEL, "true")
+        return task
+
+    def light(self, task: dsl.PipelineTask) -> dsl.PipelineTask:
+        """A step that only reads params.yaml (cached on its inputs, retried like the rest)."""
+        task.set_caching_options(True)
+        return task.set_retry(num_retries=self.retries)
 
 
 def build_pipeline(
@@ -58,7 +118,7 @@ def build_pipeline(
     """The pipeline function.
 
     Args:
-        gpus: GPUs for tuning and training (0 for CPU only).
+        gpus: GPUs for each tuning worker and for training (0 for CPU only).
         node_selector: Node labels GPU steps must run on (e.g. ``{"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}``).
         tolerations: Taints GPU steps tolerate, as ``{"key", "operator", "value", "effect"}`` dicts.
         secrets: Cluster wiring: credentials from Kubernetes secrets, the run id from the pod label, pod labels
@@ -68,30 +128,8 @@ def build_pipeline(
         memory: Memory request of the heavy steps.
         apply_serving: The deploy step applies the InferenceService (off: it only renders the manifest).
     """
-
-    def heavy(task: dsl.PipelineTask, gpu: bool) -> dsl.PipelineTask:
-        task.set_cpu_request(cpu).set_memory_request(memory).set_retry(num_retries=retries, backoff_duration="60s")
-        task.set_caching_options(True)
-        if gpu and gpus:
-            task.set_accelerator_type(GPU_RESOURCE).set_accelerator_limit(gpus)
-            for key, value in (node_selector or {}).items():
-                kubernetes.add_node_selector(task, label_key=key, label_value=value)
-            for t in tolerations:
-                kubernetes.add_toleration(task, **t)
-        return task
-
-    def tracked(task: dsl.PipelineTask) -> dsl.PipelineTask:
-        """A step that logs to MLflow: credentials, the run id (outside the cache key), the NetworkPolicy label."""
-        if secrets:
-            kubernetes.use_secret_as_env(task, MLFLOW_SECRET, secret_key_to_env={k: k for k in MLFLOW_KEYS})
-            kubernetes.use_field_path_as_env(task, env_name=PIPELINE_ID_ENV, field_path=RUN_ID_FIELD)
-            kubernetes.add_pod_label(task, MLFLOW_CLIENT_LABEL, "true")
-        return task
-
-    def s3(task: dsl.PipelineTask) -> dsl.PipelineTask:
-        if secrets:
-            kubernetes.use_secret_as_env(task, MLFLOW_SECRET, secret_key_to_env={k: k for k in S3_KEYS})
-        return task
+    cluster = Cluster(gpus, node_selector, tolerations, secrets, retries, cpu, memory)
+    heavy, tracked, s3 = cluster.heavy, cluster.tracked, cluster.s3
 
     @dsl.pipeline(name="csfnet", description="CSF-Net micro-UAV detection: data, tuning, training, evaluation, serving")
     def csfnet_pipeline(
@@ -105,6 +143,7 @@ def build_pipeline(
         epochs: int = 0,
         trials: int = 0,
         tune_epochs: int = 0,
+        tune_workers: int = 0,
         sigmas: list = [],  # noqa: B006  (KFP parameters are declared by their defaults)
         registry_name: str = "",
         margin: float = -1.0,
@@ -121,14 +160,12 @@ def build_pipeline(
         data = extract_frames(fingerprint=raw.outputs["fingerprint"], source_uri=source_uri, stride=stride, **sizes)
         dataset = s3(heavy(data, gpu=False)).outputs["dataset"]
 
-        search = tracked(
-            heavy(tune(dataset=dataset, model=model, preset=preset, trials=trials, epochs=tune_epochs), True)
-        )
-        if secrets:
-            kubernetes.use_secret_as_env(
-                search, OPTUNA_SECRET, secret_key_to_env={"CSFNET_OPTUNA_STORAGE": "CSFNET_OPTUNA_STORAGE"}
-            )
-            kubernetes.add_pod_label(search, OPTUNA_CLIENT_LABEL, "true")
+        study = {"model": model, "preset": preset, "trials": trials, "epochs": tune_epochs}  # one study for all
+        workers = cluster.light(tune_worker_indices(workers=tune_workers))
+        with dsl.ParallelFor(workers.output, name="tune-workers") as worker:
+            trials_added = tracked(cluster.optuna(heavy(tune_worker(dataset=dataset, worker=worker, **study), True)))
+        search = tracked(cluster.optuna(heavy(tune(dataset=dataset, **study), gpu=True)))  # re-validation trains
+        search.after(trials_added)  # the whole loop: the study is complete
         fit = train(
             dataset=dataset, best_partition=search.outputs["best_partition"], config=model, preset=preset, epochs=epochs
         )

@@ -1,4 +1,5 @@
-"""Kubeflow: the compiled IR, a local run of the whole pipeline, the manifests and the Dockerfiles."""
+"""Kubeflow: the compiled IR of both pipelines (fan-outs, GPUs, secrets), local runs of the whole pipeline and of a
+tiny comparison, the manifests and the Dockerfiles."""
 
 from __future__ import annotations
 
@@ -20,13 +21,30 @@ import yaml
 from dockerfile_parse import DockerfileParser
 from mlflow import MlflowClient
 
+from components import comparison_cells, tune_worker_indices
+from csfnet.errors import SettingsError
+from csfnet.kubeflow.client import compile_pipeline
 from csfnet.kubeflow.deploy import from_dict
 
 from .conftest import REPO, free_port, tool
 from .services import wait_http
 
-STEPS = {"raw-data", "extract-frames", "tune", "train", "evaluate", "robustness", "export-onnx", "register-model"}
-TRACKED = STEPS - {"raw-data", "extract-frames"}
+STEPS = {
+    "raw-data",
+    "extract-frames",
+    "tune-worker-indices",
+    "tune-worker",
+    "tune",
+    "train",
+    "evaluate",
+    "robustness",
+    "export-onnx",
+    "register-model",
+}
+TRACKED = STEPS - {"raw-data", "extract-frames", "tune-worker-indices"}
+GPU_STEPS = {"tune-worker", "tune", "train"}
+H100 = {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}
+GPU_TOLERATION = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
 
 
 @pytest.fixture(scope="module")
@@ -40,31 +58,171 @@ def ir(tmp_path_factory) -> dict:
         "nvidia.com/gpu:NoSchedule",
     ]
     subprocess.run(cmd, cwd=REPO, check=True, capture_output=True)
-    pipeline, platform = yaml.safe_load_all(out.read_text())
+    return _load_ir(out)
+
+
+@pytest.fixture(scope="module")
+def compare_ir(tmp_path_factory) -> dict:
+    out = tmp_path_factory.mktemp("ir") / "compare.yaml"
+    compile_pipeline(out, pipeline="compare", gpus=1, node_selector=H100, tolerations=[GPU_TOLERATION[0]])
+    return _load_ir(out)
+
+
+def _load_ir(path: Path) -> dict:
+    pipeline, platform = yaml.safe_load_all(path.read_text())
+    tasks = dict(pipeline["root"]["dag"]["tasks"])  # every task by name, those inside loops and conditions too
+    for component in pipeline["components"].values():
+        tasks.update(component.get("dag", {}).get("tasks", {}))
     return {
         "pipeline": pipeline,
         "platform": platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"],
-        "text": out.read_text(),
+        "text": path.read_text(),
+        "tasks": tasks,
     }
 
 
 def _executor(ir: dict, task: str) -> str:
-    return ir["pipeline"]["root"]["dag"]["tasks"][task]["componentRef"]["name"].replace("comp-", "exec-")
+    return ir["tasks"][task]["componentRef"]["name"].replace("comp-", "exec-")
+
+
+def _component_tasks(ir: dict, task: str) -> dict:
+    """The tasks of a loop's or condition's sub-DAG, by the root task's name."""
+    return ir["pipeline"]["components"][ir["tasks"][task]["componentRef"]["name"]]["dag"]["tasks"]
+
+
+def _loop(ir: dict) -> tuple[str, dict]:
+    """The pipeline's one ``dsl.ParallelFor`` (root task name, task)."""
+    ((name, task),) = [(n, t) for n, t in ir["pipeline"]["root"]["dag"]["tasks"].items() if "parameterIterator" in t]
+    return name, task
+
+
+def _storage_secret(ir: dict, task: str) -> set[str]:
+    platform = ir["platform"][_executor(ir, task)]
+    return {k["envVar"] for s in platform["secretAsEnv"] if s["secretName"] == "csfnet-optuna" for k in s["keyToEnv"]}
+
+
+def _gpus(ir: dict, task: str) -> tuple[str, str]:
+    """(resource, count) a task's container requests."""
+    accelerator = ir["pipeline"]["deploymentSpec"]["executors"][_executor(ir, task)]["container"]["resources"]
+    return accelerator["accelerator"]["resourceType"], accelerator["accelerator"]["resourceCount"]
 
 
 def test_ir_has_every_step_and_exposes_parameters(ir):
-    tasks = ir["pipeline"]["root"]["dag"]["tasks"]
-    assert set(tasks) == STEPS | {"condition-1"}
+    tasks = ir["tasks"]
+    roots = set(ir["pipeline"]["root"]["dag"]["tasks"])
+    assert roots == STEPS - {"tune-worker"} | {_loop(ir)[0], "condition-2"}
+    assert set(tasks) == STEPS | {"deploy", _loop(ir)[0], "condition-2"}
     params = set(ir["pipeline"]["root"]["inputDefinitions"]["parameters"])
-    assert {"preset", "model", "epochs", "trials", "sigmas", "registry_name", "source_uri", "canary_percent"} <= params
+    assert {"preset", "model", "epochs", "trials", "tune_workers", "sigmas", "registry_name", "source_uri"} <= params
     assert all(tasks[t]["cachingOptions"].get("enableCache") for t in STEPS - {"raw-data"})
     assert all("retryPolicy" in tasks[t] for t in STEPS - {"raw-data"})
     assert set(tasks["register-model"]["dependentTasks"]) >= {"evaluate", "robustness", "export-onnx"}
 
 
+def test_tuning_fans_out_over_workers_that_share_one_study(ir):
+    """N workers in a ParallelFor (N from the tune_workers parameter, or params.yaml), a GPU and the study database
+    each, then one deciding step after the whole loop on the same study."""
+    tasks = ir["tasks"]
+    name, loop = _loop(ir)
+    assert loop["taskInfo"]["name"] == "tune-workers" and set(loop["dependentTasks"]) == {
+        "tune-worker-indices",
+        "extract-frames",
+    }
+    assert loop["parameterIterator"]["items"] == {"inputParameter": "pipelinechannel--tune-worker-indices-Output"}
+    assert set(_component_tasks(ir, name)) == {"tune-worker"}
+    workers = tasks["tune-worker-indices"]["inputs"]["parameters"]["workers"]
+    assert workers == {"componentInputParameter": "tune_workers"}
+    worker = tasks["tune-worker"]["inputs"]["parameters"]
+    assert worker.pop("worker") == {"componentInputParameter": loop["parameterIterator"]["itemInput"]}
+    decider = tasks["tune"]["inputs"]["parameters"]
+    assert {k: v["componentInputParameter"].removeprefix("pipelinechannel--") for k, v in worker.items()} == {
+        k: v["componentInputParameter"] for k, v in decider.items()
+    }  # same model, preset, trials and epochs: the same study
+    assert set(tasks["tune"]["dependentTasks"]) == {name, "extract-frames"}  # after every worker
+    assert tasks["train"]["inputs"]["artifacts"]["best_partition"]["taskOutputArtifact"]["producerTask"] == "tune"
+    for task in ("tune-worker", "tune"):
+        assert _storage_secret(ir, task) == {"CSFNET_OPTUNA_STORAGE"}
+        assert ir["platform"][_executor(ir, task)]["podMetadata"]["labels"]["csfnet.io/optuna-client"] == "true"
+        assert _gpus(ir, task) == ("nvidia.com/gpu", "2")
+    assert all(not _storage_secret(ir, t) for t in TRACKED - {"tune-worker", "tune"})
+
+
+def test_planning_steps_read_params_yaml(tmp_path, monkeypatch):
+    """The steps feeding the loops, run as their pods run them: counts and cells from params.yaml when not given."""
+    monkeypatch.setenv("CSFNET_PARAMS", str(tmp_path / "params.yaml"))
+    params = {"tune": {"workers": 3}, "compare": {"configs": ["csfnet-n", "yolov8n"], "seeds": [4, 5]}}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    assert tune_worker_indices.python_func(workers=0) == [0, 1, 2]
+    assert tune_worker_indices.python_func(workers=2) == [0, 1]
+    with pytest.raises(SettingsError, match="tune_workers: -1"):
+        tune_worker_indices.python_func(workers=-1)
+    cells = comparison_cells.python_func(configs=[], seeds=[])
+    assert cells == [{"config": c, "seed": s} for c in ("csfnet-n", "yolov8n") for s in (4, 5)]
+    assert comparison_cells.python_func(configs=["yolov8n-p2"], seeds=[]) == [
+        {"config": "yolov8n-p2", "seed": 4},
+        {"config": "yolov8n-p2", "seed": 5},
+    ]
+    with pytest.raises(SettingsError, match="yolov9"):
+        comparison_cells.python_func(configs=["yolov9"], seeds=[0])
+
+
+def test_comparison_fans_out_one_gpu_per_cell(compare_ir):
+    ir = compare_ir
+    tasks = ir["tasks"]
+    roots = set(ir["pipeline"]["root"]["dag"]["tasks"])
+    name, loop = _loop(ir)
+    cells = {"bench-sizes", "raw-data", "extract-frames", "comparison-cells", "compare-report"}
+    assert roots == cells | {name} and set(_component_tasks(ir, name)) == {"compare-cell"}
+    params = set(ir["pipeline"]["root"]["inputDefinitions"]["parameters"])
+    assert {"configs", "seeds", "preset", "source_uri", "train_videos", "val_videos", "frames"} <= params
+    # one iteration per {config, seed} the cells step lists
+    assert loop["parameterIterator"]["items"] == {"inputParameter": "pipelinechannel--comparison-cells-Output"}
+    item = loop["parameterIterator"]["itemInput"]
+    cell = tasks["compare-cell"]["inputs"]["parameters"]
+    for key in ("config", "seed"):
+        assert cell[key] == {
+            "componentInputParameter": item,
+            "parameterExpressionSelector": f'parseJson(string_value)["{key}"]',
+        }
+    assert tasks["compare-cell"]["inputs"]["artifacts"]["dataset"]["componentInputArtifact"].endswith(
+        "extract-frames-dataset"
+    )
+    # the bench data sizes come from the planning step (params.yaml's compare.synth when 0)
+    for step in ("raw-data", "extract-frames"):
+        size = tasks[step]["inputs"]["parameters"]["train_videos"]["taskOutputParameter"]
+        assert size == {"outputParameterKey": "train_videos", "producerTask": "bench-sizes"}
+    # one GPU per cell on the GPU nodes; the planning and report steps ask for none
+    assert _gpus(ir, "compare-cell") == ("nvidia.com/gpu", "1")
+    platform = ir["platform"][_executor(ir, "compare-cell")]
+    assert platform["nodeSelector"]["labels"] == H100 and platform["tolerations"] == GPU_TOLERATION
+    executors = ir["pipeline"]["deploymentSpec"]["executors"]
+    for task in cells:
+        assert "accelerator" not in executors[_executor(ir, task)]["container"].get("resources", {})
+    # the report collects every cell's artifact after the whole loop and is the run's Markdown output
+    report = tasks["compare-report"]
+    assert report["dependentTasks"] == [name]
+    collected = report["inputs"]["artifacts"]["cells"]["taskOutputArtifact"]
+    assert collected == {"outputArtifactKey": "pipelinechannel--compare-cell-cell", "producerTask": name}
+    assert ir["pipeline"]["components"]["comp-compare-report"]["inputDefinitions"]["artifacts"]["cells"][
+        "isArtifactList"
+    ]
+    (output,) = ir["pipeline"]["root"]["outputDefinitions"]["artifacts"].values()
+    assert output["artifactType"]["schemaTitle"] == "system.Markdown"
+    # MLflow: every cell and the report find the comparison's parent run by the run id, outside the cache key
+    for task in ("compare-cell", "compare-report"):
+        env = ir["platform"][_executor(ir, task)]
+        assert {"name": "CSFNET_PIPELINE_ID", "fieldPath": "metadata.labels['pipeline/runid']"} in env["fieldPathAsEnv"]
+        assert {s["secretName"] for s in env["secretAsEnv"]} == {"csfnet-mlflow"}
+    # caching as in the main pipeline: everything but the raw-data listing; no pod installs anything
+    assert not tasks["raw-data"]["cachingOptions"].get("enableCache")
+    assert all(tasks[t]["cachingOptions"].get("enableCache") for t in (cells | {"compare-cell"}) - {"raw-data"})
+    assert "pip install" not in ir["text"] and "pip3 install" not in ir["text"]
+    assert all(e["container"]["image"].startswith("ghcr.io/csfnet/csfnet:") for e in executors.values())
+
+
 def test_cache_keys_hold_only_real_inputs(ir):
     """No step takes a per-run value; raw-data is never cached and feeds extraction the content fingerprint."""
-    tasks = ir["pipeline"]["root"]["dag"]["tasks"]
+    tasks = ir["tasks"]  # the loop's and the condition's tasks too
     assert not re.search(r"pipeline_job_(uuid|name)|PIPELINE_JOB|workflow\.uid|\{\{\$\.pipeline", ir["text"])
     for name, task in tasks.items():
         for spec in task.get("inputs", {}).get("parameters", {}).values():
@@ -94,11 +252,11 @@ def test_pods_install_nothing(ir):
 
 
 def test_deploy_runs_only_when_the_champion_changed(ir):
-    condition = ir["pipeline"]["root"]["dag"]["tasks"]["condition-1"]
+    condition = ir["pipeline"]["root"]["dag"]["tasks"]["condition-2"]
     assert condition["dependentTasks"] == ["register-model"]
     trigger = condition["triggerPolicy"]["condition"]
     assert trigger == "inputs.parameter_values['pipelinechannel--register-model-Output'] != ''"
-    deploy = ir["pipeline"]["components"]["comp-condition-1"]["dag"]["tasks"]["deploy"]
+    deploy = ir["pipeline"]["components"]["comp-condition-2"]["dag"]["tasks"]["deploy"]
     inputs = deploy["inputs"]["parameters"]
     assert inputs["model_uri"] == {"componentInputParameter": "pipelinechannel--register-model-Output"}
     assert inputs["canary_percent"] == {"componentInputParameter": "pipelinechannel--canary_percent"}
@@ -109,12 +267,12 @@ def test_gpu_steps_request_gpus_on_gpu_nodes(ir):
     executors = ir["pipeline"]["deploymentSpec"]["executors"]
     for task in STEPS:
         resources = executors[_executor(ir, task)]["container"].get("resources", {})
-        if task in {"tune", "train"}:
+        if task in GPU_STEPS:
             assert resources["accelerator"]["resourceType"] == "nvidia.com/gpu"
             assert resources["accelerator"]["resourceCount"] == "2"
             platform = ir["platform"][_executor(ir, task)]
-            assert platform["nodeSelector"]["labels"] == {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}
-            assert platform["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+            assert platform["nodeSelector"]["labels"] == H100
+            assert platform["tolerations"] == GPU_TOLERATION
         else:
             assert "accelerator" not in resources
 
@@ -134,9 +292,10 @@ def test_credentials_come_from_secrets_only(ir):
             "AWS_SECRET_ACCESS_KEY",
             "AWS_ENDPOINT_URL",
         }
-    tune = ir["platform"][_executor(ir, "tune")]
-    assert "csfnet-optuna" in {s["secretName"] for s in tune["secretAsEnv"]}
-    assert tune["podMetadata"]["labels"]["csfnet.io/optuna-client"] == "true"
+    for task in ("tune-worker", "tune"):  # every step opening the shared study
+        tune = ir["platform"][_executor(ir, task)]
+        assert "csfnet-optuna" in {s["secretName"] for s in tune["secretAsEnv"]}
+        assert tune["podMetadata"]["labels"]["csfnet.io/optuna-client"] == "true"
     text = ir["text"]
     for name in ("AWS_SECRET_ACCESS_KEY", "MLFLOW_TRACKING_PASSWORD"):  # secret key names, not values
         text = text.replace(name, "")
@@ -151,6 +310,7 @@ def test_local_run_ends_with_a_registered_model(tmp_path):
         "train": {"model": "csfnet-n", "preset": "quick"},
         "presets": {"quick": {"imgsz": 64, "epochs": 1, "batch": 4, "workers": 0, "mosaic": 0.0, "plots": False}},
         "tune": {"trials": 2, "epochs": 1, "imgsz": 64},
+        "compare": {"preset": "quick"},  # a preset this file defines
         "robustness": {"sigmas": [0, 10]},
         "export": {"int8": False, "verify_frames": 2},
         "register": {"name": "kfp-uav", "margin": 0.0},
@@ -172,7 +332,7 @@ def test_local_run_ends_with_a_registered_model(tmp_path):
     stages = sorted(
         r.data.tags["csfnet.stage"] for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id
     )
-    assert stages == ["eval", "export", "register", "robustness", "train", "tune"]
+    assert stages == ["eval", "export", "register", "robustness", "train", "tune", "tune"]  # the worker, the decision
     reports = list((tmp_path / "kfp").rglob("evaluate/report"))
     assert reports and '<img src="data:image/png;base64,' in reports[0].read_text()
 
@@ -209,6 +369,60 @@ def test_local_run_ends_with_a_registered_model(tmp_path):
     assert [str(v.version) for v in versions] == ["1"]
     assert str(MlflowClient().get_model_version_by_alias("kfp-uav", "champion").version) == "1"
     print(f"cached resubmission: {time.monotonic() - start:.1f} s")
+
+
+@pytest.mark.slow
+def test_local_comparison_fans_out_and_reports(tmp_path):
+    """The comparison pipeline run here end to end: cells from the parameters, bench data at compare.synth sizes,
+    each cell a nested MLflow run under one comparison parent, the report step's table as the run's output."""
+    tiny = {"imgsz": 64, "epochs": 1, "batch": 4, "workers": 0, "mosaic": 0.0, "plots": False}
+    params = {
+        "synth": {"train_videos": 3, "val_videos": 2, "frames": 8, "width": 96, "height": 64, "seed": 3},
+        "extract": {"stride": 1},
+        "presets": {"quick": tiny, "tiny": tiny},
+        "compare": {
+            "configs": ["csfnet-n", "yolov8n", "yolov8s"],
+            "seeds": [0, 1],
+            "preset": "quick",
+            "resamples": 100,
+            "latency_images": 2,
+            "synth": {"train_videos": 2, "val_videos": 1, "frames": 6},
+        },
+    }
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "CSFNET_PARAMS": str(tmp_path / "params.yaml")}
+    arguments = {"configs": ["csfnet-n", "yolov8n"], "seeds": [1], "preset": "tiny"}
+    code = (
+        "import sys; from csfnet.kubeflow.client import run_local; "
+        f"print(open(run_local({arguments!r}, sys.argv[1], pipeline='compare').output.path).read())"
+    )
+    start = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "kfp")], cwd=REPO, env=env, capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    print(f"local comparison: {time.monotonic() - start:.1f} s")
+    table = proc.stdout  # the pipeline's Markdown output
+    assert "| csfnet-n | 1 |" in table and "| yolov8n | 1 |" in table and "yolov8s" not in table
+
+    (results,) = (tmp_path / "kfp").rglob("compare-report/results/compare.json")
+    result = json.loads(results.read_text())
+    assert result["order"] == ["csfnet-n", "yolov8n"] and result["reference"] == "csfnet-n"
+    assert result["preset"] == "tiny" and result["images"] == 6  # the preset parameter; compare.synth's 1 x 6 frames
+    assert "delta_map50" in result["rows"]["yolov8n"] and (results.parent / "compare.png").is_file()
+    cells = sorted((tmp_path / "kfp").rglob("compare-cell/cell"))
+    assert len(cells) == 2 and all((c / "weights" / "best.pt").is_file() for c in cells)
+
+    mlflow.set_tracking_uri(uri)
+    runs = mlflow.search_runs(experiment_names=["csfnet"], output_format="list")
+    (parent,) = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert parent.info.status == "FINISHED" and parent.data.tags["csfnet.comparison"].startswith("local-")
+    nested = [r.data.tags for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert len(nested) == len(runs) - 1
+    cell_runs = sorted((t["csfnet.config"], t["csfnet.seed"]) for t in nested if t["csfnet.stage"] == "compare-cell")
+    assert cell_runs == [("csfnet-n", "1"), ("yolov8n", "1")]
+    assert [t["csfnet.stage"] for t in nested].count("compare-report") == 1
 
 
 def _serves_like_mlflow_models_serve(tracking_uri: str, model_uri: str, image: Path, tmp_path: Path) -> None:

@@ -1,4 +1,7 @@
-"""Kubeflow Pipelines on the user's machine: compile the pipeline, submit it, or run it here.
+"""Kubeflow Pipelines on the user's machine: compile a pipeline, submit it, or run it here.
+
+Two pipelines (``pipeline=``): ``csfnet`` (pipelines/csfnet_pipeline.py, the DVC pipeline with tuning fanned out
+over workers) and ``compare`` (pipelines/compare_pipeline.py, configurations x seeds in parallel, then the report).
 
 ``pipelines/`` and ``components/`` are installed with the distribution (and copied into the images), so this works
 from a wheel outside any checkout as well as from the project tree.
@@ -15,24 +18,35 @@ from pathlib import Path
 from typing import Any
 
 PIPELINE_ENV = "CSFNET_PIPELINE_ID"  # read by csfnet.tracking.pipeline_id(): one MLflow parent per execution
+OPTUNA_ENV = "CSFNET_OPTUNA_STORAGE"  # csfnet.tune.STORAGE_ENV: the study the tuning workers share
+PIPELINES = {"csfnet": "pipelines.csfnet_pipeline", "compare": "pipelines.compare_pipeline"}
 
 
-def build(**options: Any):
-    """The pipeline function, with cluster options (GPUs, node selector, tolerations, secrets) applied."""
-    from pipelines.csfnet_pipeline import build_pipeline
+def build(pipeline: str = "csfnet", **options: Any):
+    """The pipeline function (a name in :data:`PIPELINES`), with cluster options (GPUs, node selector,
+    tolerations, secrets) applied.
 
-    return build_pipeline(**options)
+    Raises:
+        SettingsError: ``pipeline`` names no pipeline.
+    """
+    import importlib
+
+    from csfnet.errors import SettingsError
+
+    if pipeline not in PIPELINES:
+        raise SettingsError(f"pipeline {pipeline!r} is not one of {', '.join(PIPELINES)}")
+    return importlib.import_module(PIPELINES[pipeline]).build_pipeline(**options)
 
 
-def compile_pipeline(out: str | Path, **options: Any) -> Path:
-    """Write the pipeline's IR YAML to ``out`` (options: see ``pipelines.csfnet_pipeline.build_pipeline``)."""
+def compile_pipeline(out: str | Path, *, pipeline: str = "csfnet", **options: Any) -> Path:
+    """Write the IR YAML of ``pipeline`` to ``out`` (options: see ``pipelines.csfnet_pipeline.build_pipeline``)."""
     from kfp import compiler
 
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}.yaml")
     try:
-        compiler.Compiler().compile(build(**options), str(tmp))
+        compiler.Compiler().compile(build(pipeline, **options), str(tmp))
         tmp.replace(out)
     finally:
         tmp.unlink(missing_ok=True)
@@ -53,15 +67,23 @@ def parse_params(pairs: Sequence[str]) -> dict[str, Any]:
     return params
 
 
-def submit(host: str, params: Mapping[str, Any], experiment: str = "csfnet", token: str | None = None, **options: Any):
-    """Submit a run to Kubeflow Pipelines at ``host`` with caching on; credentials: ``token`` /
+def submit(
+    host: str,
+    params: Mapping[str, Any],
+    experiment: str = "csfnet",
+    token: str | None = None,
+    *,
+    pipeline: str = "csfnet",
+    **options: Any,
+):
+    """Submit a run of ``pipeline`` to Kubeflow Pipelines at ``host`` with caching on; credentials: ``token`` /
     ``$KF_PIPELINES_TOKEN``, else the kube config."""
     import kfp
 
-    pipeline = build(**options)
+    func = build(pipeline, **options)
     client = kfp.Client(host=host, existing_token=token or os.environ.get("KF_PIPELINES_TOKEN"))
     return client.create_run_from_pipeline_func(
-        pipeline, arguments=_typed(pipeline, params), experiment_name=experiment, enable_caching=True
+        func, arguments=_typed(func, params), experiment_name=experiment, enable_caching=True
     )
 
 
@@ -71,9 +93,10 @@ def run_local(
     *,
     cache: bool = True,
     pipeline_id: str | None = None,
+    pipeline: str = "csfnet",
 ) -> Any:
-    """Execute the same pipeline with kfp's local ``SubprocessRunner`` in this environment (no Docker, no cluster:
-    the deploy step only renders its manifest).
+    """Execute ``pipeline`` with kfp's local ``SubprocessRunner`` in this environment (no Docker, no cluster:
+    the deploy step only renders its manifest; ``dsl.ParallelFor`` iterations run two at a time).
 
     Args:
         params: Pipeline arguments.
@@ -83,10 +106,15 @@ def run_local(
             cluster), so editing either never serves stale outputs.
         pipeline_id: Identity of this execution for MLflow (default: a fresh id), set as ``$CSFNET_PIPELINE_ID``
             so the steps share one parent run.
+        pipeline: ``csfnet`` or ``compare``.
+
+    Without ``$CSFNET_OPTUNA_STORAGE`` (and params.yaml's ``tune.storage``) the tuning workers share a SQLite study
+    in ``pipeline_root/optuna.db``, kept across runs as the cluster's PostgreSQL is.
     """
     from kfp import local
 
     root = Path(pipeline_root).resolve()
+    root.mkdir(parents=True, exist_ok=True)  # the local study database lives here
     cache_root = root / ".kfp_cache" / _environment_digest()
     local.init(
         runner=local.SubprocessRunner(use_venv=False),
@@ -94,16 +122,21 @@ def run_local(
         enable_caching=cache,
         cache_root=str(cache_root),
     )
-    previous = os.environ.get(PIPELINE_ENV)
-    os.environ[PIPELINE_ENV] = pipeline_id or f"local-{uuid.uuid4().hex[:16]}"
+    func = build(pipeline, gpus=0, secrets=False, apply_serving=False)
+    env = {
+        PIPELINE_ENV: pipeline_id or f"local-{uuid.uuid4().hex[:16]}",
+        OPTUNA_ENV: os.environ.get(OPTUNA_ENV) or f"sqlite:///{root / 'optuna.db'}",
+    }
+    previous = {key: os.environ.get(key) for key in env}
+    os.environ.update(env)
     try:
-        pipeline = build(gpus=0, secrets=False, apply_serving=False)
-        return pipeline(**_typed(pipeline, params))
+        return func(**_typed(func, params))
     finally:
-        if previous is None:
-            os.environ.pop(PIPELINE_ENV, None)
-        else:
-            os.environ[PIPELINE_ENV] = previous
+        for key, value in previous.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def _typed(pipeline: Any, params: Mapping[str, Any]) -> dict[str, Any]:
