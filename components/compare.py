@@ -66,16 +66,19 @@ def compare_report(
     results: Output[Artifact],
     report: Output[HTML],
     metrics: Output[Metrics],
+    configs: list = [],  # noqa: B006  (KFP reads defaults)
 ):
     """The comparison table over every cell: mean and interval over seeds, paired bootstrap against the first
-    configuration. ``results`` holds compare.json, compare.md and compare.png."""
+    configuration (of ``configs``, else of params.yaml's). ``results`` holds compare.json, compare.md and
+    compare.png."""
     import shutil
     from pathlib import Path
 
     from csfnet.kubeflow.step import log_metrics, read_json, run_step, write_html
 
     out = Path(results.path)
-    run_step(["compare", "report", "--cells", *(c.path for c in cells), "--out", out])
+    order = ["--configs", *configs] if configs else []
+    run_step(["compare", "report", "--cells", *(c.path for c in cells), "--out", str(out), *order])
     shutil.copyfile(out / "compare.md", table.path)
     result = read_json(out / "compare.json")
     means = {  # per configuration: the mean over seeds of each metric and of each difference from the first row

@@ -289,14 +289,16 @@ def cmd_summary(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_pipeline_compile(args: argparse.Namespace, settings: Settings) -> int:
     from csfnet.kubeflow.client import compile_pipeline
 
-    print(f"wrote {compile_pipeline(args.out, **_cluster_options(args))}")
+    out = args.out or f"pipelines/{args.pipeline}_pipeline.yaml"
+    print(f"wrote {compile_pipeline(out, pipeline=args.pipeline, **_cluster_options(args))}")
     return 0
 
 
 def cmd_pipeline_submit(args: argparse.Namespace, settings: Settings) -> int:
     from csfnet.kubeflow.client import parse_params, submit
 
-    run = submit(args.host, parse_params(args.param or []), args.experiment, args.token, **_cluster_options(args))
+    params = parse_params(args.param or [])
+    run = submit(args.host, params, args.experiment, args.token, pipeline=args.pipeline, **_cluster_options(args))
     print(f"submitted run {run.run_id} to {args.host}")
     return 0
 
@@ -304,7 +306,8 @@ def cmd_pipeline_submit(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_pipeline_run_local(args: argparse.Namespace, settings: Settings) -> int:
     from csfnet.kubeflow.client import parse_params, run_local
 
-    task = run_local(parse_params(args.param or []), args.pipeline_root, cache=not args.no_cache)
+    params = parse_params(args.param or [])
+    task = run_local(params, args.pipeline_root, cache=not args.no_cache, pipeline=args.pipeline)
     decision = Path(task.output.path)
     print(decision.read_text() if decision.is_file() else f"pipeline finished; outputs under {args.pipeline_root}")
     return 0
@@ -478,6 +481,7 @@ def build_parser() -> argparse.ArgumentParser:
     q = _command(actions, "report", cmd_compare_report, "the table with intervals from finished cells")
     q.add_argument("--cells", required=True, nargs="+", help="cell folders, or folders holding them")
     q.add_argument("--configured", action="store_true", help="only the cells of compare.configs x compare.seeds")
+    _setting(q, "--configs", "compare.configs", nargs="+", help="row order; the first is the reference")
     q.add_argument("--out", required=True, help="report folder (compare.md/json/png)")
     q.add_argument("--no-mlflow", action="store_true")
     q = _command(actions, "data", cmd_compare_data, "the bench data: synth benchmark at compare.synth sizes")
@@ -552,7 +556,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     pipeline = sub.add_parser("pipeline", help="Kubeflow Pipelines").add_subparsers(dest="action", required=True)
     p = _command(pipeline, "compile", cmd_pipeline_compile, "write the pipeline's IR YAML")
-    p.add_argument("--out", default="pipelines/csfnet_pipeline.yaml", help="IR YAML to write")
+    p.add_argument("--out", help="IR YAML to write (default: pipelines/<pipeline>_pipeline.yaml)")
     _cluster_arguments(p)
     p = _command(pipeline, "submit", cmd_pipeline_submit, "submit a run to a Kubeflow Pipelines endpoint")
     p.add_argument("--host", required=True, help="Kubeflow Pipelines API, e.g. https://kubeflow.example/pipeline")
@@ -564,10 +568,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pipeline-root", default="runs/kfp", help="where local artifacts are written")
     p.add_argument("--param", action="append", metavar="K=V", help="pipeline parameter (repeatable)")
     p.add_argument("--no-cache", action="store_true", help="run every step again instead of reusing cached ones")
+    _pipeline_choice(p)
     return parser
 
 
+def _pipeline_choice(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--pipeline", choices=["csfnet", "compare"], default="csfnet", help="csfnet (the pipeline) or compare"
+    )
+
+
 def _cluster_arguments(p: argparse.ArgumentParser) -> None:
+    _pipeline_choice(p)
     p.add_argument("--gpus", type=int, default=1, help="GPUs for tune and train (0: CPU only)")
     p.add_argument("--node-selector", action="append", metavar="K=V", help="node label for GPU steps")
     p.add_argument("--toleration", action="append", metavar="KEY[=VALUE]:EFFECT", help="taint GPU steps tolerate")

@@ -15,6 +15,7 @@ import json
 import os
 import socket
 import subprocess
+import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -141,19 +142,34 @@ def _parent_run_id(experiment_id: str) -> str:
     return parent_run(experiment_id, "csfnet.pipeline_id", pipeline_id(), "pipeline")
 
 
-def parent_run(experiment_id: str, key: str, value: str, prefix: str, tags: Mapping[str, str] | None = None) -> str:
+def parent_run(
+    experiment_id: str, key: str, value: str, prefix: str, tags: Mapping[str, str] | None = None, settle: float = 1.0
+) -> str:
     """The RUNNING parent run tagged ``key = value`` (created, named ``<prefix>-<value[:8]>``, when there is none):
-    separate processes (DVC stages, Kubeflow pods) of one execution nest under it."""
-    runs = MlflowClient().search_runs(
-        [experiment_id],
-        filter_string=f"tags.`{key}` = '{value}' and attributes.status = 'RUNNING'",
-        max_results=1,
-        order_by=["attributes.start_time DESC"],
-    )
-    if runs:
-        return runs[0].info.run_id
+    separate processes (DVC stages, Kubeflow pods) of one execution nest under it.
+
+    Processes starting together (parallel Kubeflow cells) may each create one: a creator waits ``settle`` seconds
+    for the others' to appear, then all settle on the oldest and delete their own.
+    """
+    client = MlflowClient()
+    found = _running(client, experiment_id, key, value)
+    if found:
+        return found[0]
     all_tags = {key: value, "csfnet.git_commit": git_commit(), **(tags or {})}
-    return MlflowClient().create_run(experiment_id, run_name=f"{prefix}-{value[:8]}", tags=all_tags).info.run_id
+    mine = client.create_run(experiment_id, run_name=f"{prefix}-{value[:8]}", tags=all_tags).info.run_id
+    time.sleep(settle)
+    oldest = _running(client, experiment_id, key, value)[0]
+    if oldest != mine:
+        client.delete_run(mine)
+    return oldest
+
+
+def _running(client: MlflowClient, experiment_id: str, key: str, value: str) -> list[str]:
+    """Ids of the RUNNING runs tagged ``key = value``, oldest first (ties by id, the same order in every process)."""
+    runs = client.search_runs(
+        [experiment_id], filter_string=f"tags.`{key}` = '{value}' and attributes.status = 'RUNNING'"
+    )
+    return [r.info.run_id for r in sorted(runs, key=lambda r: (r.info.start_time, r.info.run_id))]
 
 
 @contextlib.contextmanager

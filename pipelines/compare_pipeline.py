@@ -60,7 +60,7 @@ def build_pipeline(
         with dsl.ParallelFor(cells.output, name="cells") as cell:
             trained = compare_cell(dataset=dataset, config=cell.config, seed=cell.seed, preset=preset)
             tracked(heavy(trained, gpu=True))
-        report = tracked(compare_report(cells=dsl.Collected(trained.outputs["cell"])))
+        report = tracked(compare_report(cells=dsl.Collected(trained.outputs["cell"]), configs=configs))
         report.set_caching_options(True)
         report.set_retry(num_retries=retries)
         return report.outputs["table"]

@@ -392,14 +392,19 @@ def test_local_comparison_fans_out_and_reports(tmp_path):
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "CSFNET_PARAMS": str(tmp_path / "params.yaml")}
-    arguments = {"configs": ["csfnet-n", "yolov8n"], "seeds": [1], "preset": "tiny"}
-    code = (
-        "import sys; from csfnet.kubeflow.client import run_local; "
-        f"print(open(run_local({arguments!r}, sys.argv[1], pipeline='compare').output.path).read())"
-    )
+    arguments = ['configs=["yolov8n", "csfnet-n"]', "seeds=[1]", "preset=tiny"]  # not params.yaml's order
+    command = [
+        tool("csfnet"),
+        "pipeline",
+        "run-local",
+        "--pipeline",
+        "compare",
+        "--pipeline-root",
+        str(tmp_path / "kfp"),
+    ]
     start = time.monotonic()
     proc = subprocess.run(
-        [sys.executable, "-c", code, str(tmp_path / "kfp")], cwd=REPO, env=env, capture_output=True, text=True
+        command + [f"--param={a}" for a in arguments], cwd=REPO, env=env, capture_output=True, text=True
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     print(f"local comparison: {time.monotonic() - start:.1f} s")
@@ -408,9 +413,9 @@ def test_local_comparison_fans_out_and_reports(tmp_path):
 
     (results,) = (tmp_path / "kfp").rglob("compare-report/results/compare.json")
     result = json.loads(results.read_text())
-    assert result["order"] == ["csfnet-n", "yolov8n"] and result["reference"] == "csfnet-n"
+    assert result["order"] == ["yolov8n", "csfnet-n"] and result["reference"] == "yolov8n"  # the parameter's order
     assert result["preset"] == "tiny" and result["images"] == 6  # the preset parameter; compare.synth's 1 x 6 frames
-    assert "delta_map50" in result["rows"]["yolov8n"] and (results.parent / "compare.png").is_file()
+    assert "delta_map50" in result["rows"]["csfnet-n"] and (results.parent / "compare.png").is_file()
     cells = sorted((tmp_path / "kfp").rglob("compare-cell/cell"))
     assert len(cells) == 2 and all((c / "weights" / "best.pt").is_file() for c in cells)
 
