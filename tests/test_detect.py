@@ -380,7 +380,8 @@ def test_sliced_detection_finds_micro_targets_full_frames_miss(micro_detector, t
             if mode == "sliced" and hits and (best is None or hits > best[0]):
                 best = (hits, seq, out / MOT)
     assert counts["micro"] >= 6, counts  # the held-out videos do hold micro targets
-    assert counts["sliced"] >= counts["micro"] / 2 and counts["sliced"] > counts["full"], counts
+    # measured 5-6 of 7 (three training seeds); 0.4 leaves two targets of margin
+    assert counts["sliced"] >= 0.4 * counts["micro"] and counts["sliced"] > counts["full"], counts
 
     # the sliced detections, micro boxes included, become labels of a dataset (whole frames, no tiling)
     _, seq, mot_file = best
