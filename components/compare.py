@@ -10,11 +10,18 @@ from components.image import component
 @component
 def comparison_cells(configs: list = [], seeds: list = []) -> list:  # noqa: B006  (KFP reads defaults)
     """``[{"config": c, "seed": s}, ...]`` for every configuration x seed (empty: params.yaml's ``compare``),
-    validated as params.yaml would be (unknown configurations fail here, before any training)."""
+    validated as params.yaml would be (unknown configurations fail here, before any training). With the run's id
+    in ``$CSFNET_PIPELINE_ID`` it also opens the comparison's MLflow parent run, before the cells fan out."""
+    import os
+
     from csfnet.settings import load_settings
 
     chosen = {"compare.configs": list(configs) or None, "compare.seeds": list(seeds) or None}
     compare = load_settings().override(chosen, "pipeline parameters").compare
+    if os.environ.get("CSFNET_PIPELINE_ID"):
+        from csfnet.compare.cell import open_comparison
+
+        open_comparison(os.environ["CSFNET_PIPELINE_ID"])
     return [{"config": config, "seed": seed} for config in compare.configs for seed in compare.seeds]
 
 

@@ -56,7 +56,8 @@ def build_pipeline(
         data = extract_frames(fingerprint=raw.outputs["fingerprint"], source_uri=source_uri, stride=stride, **sizes)
         dataset = s3(heavy(data, gpu=False)).outputs["dataset"]
 
-        cells = cluster.light(comparison_cells(configs=configs, seeds=seeds))
+        cells = tracked(cluster.light(comparison_cells(configs=configs, seeds=seeds)))
+        cells.set_caching_options(False)  # opens this run's MLflow parent before the cells fan out
         with dsl.ParallelFor(cells.output, name="cells") as cell:
             trained = compare_cell(dataset=dataset, config=cell.config, seed=cell.seed, preset=preset)
             tracked(heavy(trained, gpu=True))

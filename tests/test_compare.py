@@ -104,24 +104,3 @@ def test_compare_writes_table_with_intervals_nested_runs_and_is_deterministic(ti
     with pytest.raises(DataError, match="unequal budget"):
         report(["cells/yolov8n-seed0", "odd"], tmp_path / "bad", track=False)
     assert not (tmp_path / "bad").exists()
-
-
-def test_cells_starting_together_settle_on_one_parent_run(tmp_path: Path) -> None:
-    """Parallel Kubeflow cells each look up the comparison's parent run; those that created one at the same time
-    delete theirs, so one parent remains and every cell nests under it."""
-    import threading
-    from concurrent.futures import ThreadPoolExecutor
-
-    from csfnet.tracking import configure, parent_run
-
-    experiment = configure()
-    start = threading.Barrier(6)
-
-    def find(_: int) -> str:
-        start.wait()
-        return parent_run(experiment, "csfnet.comparison", "race", "compare")
-
-    with ThreadPoolExecutor(6) as pool:
-        ids = set(pool.map(find, range(6)))
-    running = mlflow.search_runs([experiment], "tags.`csfnet.comparison` = 'race'", output_format="list")
-    assert len(ids) == 1 and [r.info.run_id for r in running] == list(ids)

@@ -209,13 +209,15 @@ def test_comparison_fans_out_one_gpu_per_cell(compare_ir):
     (output,) = ir["pipeline"]["root"]["outputDefinitions"]["artifacts"].values()
     assert output["artifactType"]["schemaTitle"] == "system.Markdown"
     # MLflow: every cell and the report find the comparison's parent run by the run id, outside the cache key
-    for task in ("compare-cell", "compare-report"):
+    for task in ("comparison-cells", "compare-cell", "compare-report"):  # the planning step opens the parent
         env = ir["platform"][_executor(ir, task)]
         assert {"name": "CSFNET_PIPELINE_ID", "fieldPath": "metadata.labels['pipeline/runid']"} in env["fieldPathAsEnv"]
         assert {s["secretName"] for s in env["secretAsEnv"]} == {"csfnet-mlflow"}
-    # caching as in the main pipeline: everything but the raw-data listing; no pod installs anything
-    assert not tasks["raw-data"]["cachingOptions"].get("enableCache")
-    assert all(tasks[t]["cachingOptions"].get("enableCache") for t in (cells | {"compare-cell"}) - {"raw-data"})
+    # caching as in the main pipeline but for the raw-data listing and the planning step (it opens this run's
+    # MLflow parent before the cells fan out, so parallel cells never race to create it); no pod installs anything
+    uncached = {"raw-data", "comparison-cells"}
+    assert not any(tasks[t]["cachingOptions"].get("enableCache") for t in uncached)
+    assert all(tasks[t]["cachingOptions"].get("enableCache") for t in (cells | {"compare-cell"}) - uncached)
     assert "pip install" not in ir["text"] and "pip3 install" not in ir["text"]
     assert all(e["container"]["image"].startswith("ghcr.io/csfnet/csfnet:") for e in executors.values())
 

@@ -18,10 +18,11 @@ PAPER_PARAMS, PAPER_GFLOPS = 6.87e6, 18.25
 @pytest.mark.parametrize("name", ALL_CONFIGS)
 def test_every_config_builds_and_runs_at_two_sizes(name):
     model = build_model(name, nc=2).eval()
+    assert [int(s) for s in model.stride] == ([4, 8, 16, 32] if name.endswith("-p2") else [8, 16, 32])
     for size in (64, 96):
         with torch.no_grad():
             out = model(torch.zeros(1, 3, size, size))
-        anchors = sum((size // s) ** 2 for s in (8, 16, 32))
+        anchors = sum((size // int(s)) ** 2 for s in model.stride)  # 8, 16, 32 (and 4 with a P2 head)
         assert out[0].shape == (1, 4 + 2, anchors)
 
 

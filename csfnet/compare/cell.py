@@ -54,6 +54,14 @@ def comparison_id(data_version: str, settings: Settings) -> str:
     return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def open_comparison(comparison: str) -> str:
+    """Create (or find) the comparison's parent run and return its id: Kubeflow's planning step calls it before
+    the cells fan out, so parallel cells find one parent instead of racing to create it."""
+    from csfnet.tracking import configure
+
+    return parent_run(configure(), COMPARISON_TAG, comparison, "compare")
+
+
 def comparison_parent(comparison: str) -> Any:
     """A ``stage_run`` parent finder: the comparison's RUNNING parent run, created on first use."""
     return lambda experiment_id: parent_run(experiment_id, COMPARISON_TAG, comparison, "compare")
