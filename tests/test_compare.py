@@ -14,7 +14,7 @@ import yaml
 
 from csfnet.cli import main
 from csfnet.compare.cell import run_cell
-from csfnet.compare.report import report
+from csfnet.compare.report import band_label, report
 from csfnet.compare.stats import ImageMatches
 from csfnet.errors import DataError
 from csfnet.model import model_summary
@@ -59,6 +59,9 @@ def test_compare_writes_table_with_intervals_nested_runs_and_is_deterministic(ti
     assert "delta_map50" not in result["rows"]["yolov8n"]  # the reference
     table = Path("report/compare.md").read_text()
     assert "| yolov8n | 2 |" in table and "| csfnet-n | 2 |" in table and "paired bootstrap" in table
+    header = table.splitlines()[4]
+    for band, objects in result["bands_objects"].items():  # a size band without validation objects gets no column
+        assert (f"AP50 {band_label(result['bands_px'][band])} |" in header) == (objects > 0)
     assert Path("report/compare.png").read_bytes()[:4] == b"\x89PNG"
     lines = summary({"report": result}).splitlines()
     assert lines[0].startswith("comparison  yolov8n mAP50") and f"vs yolov8n: {delta['verdict']}" in lines[1]

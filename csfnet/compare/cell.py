@@ -146,6 +146,7 @@ def _run(
         "objects": int(matches.n_gt.sum()),
         "metrics": {**average_precision(matches), "ap50_bands": {k: v["ap50"] for k, v in bands.items()}},
         "bands_px": {k: v["px"] for k, v in bands.items()},  # [lo, hi) of sqrt(box area) in source pixels
+        "bands_objects": {k: v["objects"] for k, v in bands.items()},
         "params": summary["params"],
         "gflops": summary["gflops"],
         "imgsz": imgsz,

@@ -83,6 +83,7 @@ def report(
         "objects": first["objects"],
         "data_hash": first["data_hash"],
         "bands_px": first["bands_px"],
+        "bands_objects": first.get("bands_objects"),  # validation objects per band (cells before it: None)
         "rows": rows,
     }
     out = Path(out)
@@ -123,9 +124,9 @@ def _row(cells: list[tuple[dict, ImageMatches]], reference: list[tuple[dict, Ima
     metrics = [cell["metrics"] for cell, _ in cells]
     row: dict[str, Any] = {
         "seeds": sorted(cell["seed"] for cell, _ in cells),
-        **{m: seed_interval([x[m] for x in metrics], c.confidence).to_json() for m in METRICS},
+        **{m: _ap_interval([x[m] for x in metrics], c.confidence) for m in METRICS},
         "ap50_bands": {
-            band: seed_interval([x["ap50_bands"][band] for x in metrics], c.confidence).to_json()
+            band: _ap_interval([x["ap50_bands"][band] for x in metrics], c.confidence)
             for band in first["metrics"]["ap50_bands"]
         },
         "params": first["params"],
@@ -145,6 +146,15 @@ def _row(cells: list[tuple[dict, ImageMatches]], reference: list[tuple[dict, Ima
     return row
 
 
+def _ap_interval(values: list[float], confidence: float) -> dict[str, Any]:
+    """Student-t interval over seeds, clipped to AP's range [0, 1] (two seeds give wide intervals)."""
+    interval = seed_interval(values, confidence).to_json()
+    for key in ("low", "high"):
+        if interval[key] is not None:
+            interval[key] = min(max(interval[key], 0.0), 1.0)
+    return interval
+
+
 def verdict(delta: Interval) -> str:
     """``better`` / ``worse`` when the interval of the difference excludes 0, else ``not separated``."""
     if delta.low > 0:
@@ -162,7 +172,8 @@ def fmt_interval(interval: dict[str, Any], digits: int = 3) -> str:
     return f"{mean:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
 
 
-def _band_label(px: list[float | None]) -> str:
+def band_label(px: list[float | None]) -> str:
+    """``<8 px``, ``8-16 px``, ``≥32 px`` for a band's ``[lo, hi)`` of sqrt(box area)."""
     lo, hi = px
     if not lo:
         return f"<{hi:g} px"
@@ -172,9 +183,10 @@ def _band_label(px: list[float | None]) -> str:
 def markdown(result: dict[str, Any]) -> str:
     """The report as a Markdown table (means and intervals) with a legend."""
     ref, conf = result["reference"], round(result["confidence"] * 100)
-    bands = list(result["rows"][ref]["ap50_bands"])
-    head = ["config", "seeds", "mAP50", "mAP50-95", *[f"AP50 {_band_label(result['bands_px'][b])}" for b in bands]]
-    head += [f"Δ mAP50 vs {ref}", f"Δ mAP50-95 vs {ref}", "params (M)", "GFLOPs", "CPU ms", "train s / run"]
+    counts = result.get("bands_objects") or {}
+    bands = [b for b in result["rows"][ref]["ap50_bands"] if counts.get(b, 1)]  # no column for an empty band
+    head = ["config", "seeds", "mAP50", "mAP50-95", *[f"AP50 {band_label(result['bands_px'][b])}" for b in bands]]
+    head += [f"Δ mAP50 vs {ref}", f"Δ mAP50-95 vs {ref}", "params (M)", "GFLOPs", "CPU ms", "training / run"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name in result["order"]:
         r = result["rows"][name]
@@ -184,7 +196,8 @@ def markdown(result: dict[str, Any]) -> str:
             d = r.get(f"delta_{m}")
             cells.append(f"{fmt_interval(d)} {d['verdict']}" if d else "reference")
         cells += [f"{r['params'] / 1e6:.2f}", f"{r['gflops']:.1f}", f"{r['latency_ms_cpu']:.1f}"]
-        cells.append(f"{r['train_s']:.0f} ({r['device']})")
+        gpu = f"{r['gpu_hours']:.3f} GPU-h" if r["gpu_hours"] else f"{r['cpu_s']:.0f} CPU-s"
+        cells.append(f"{r['train_s']:.0f} s, {gpu} ({r['device']})")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(
         [
