@@ -161,15 +161,9 @@ def cmd_compare_data(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _compare_text(result: dict[str, Any], out: str) -> str:
-    from csfnet.compare.report import fmt_interval
+    from csfnet.summary import compare_lines
 
-    lines = [f"report: {out}/compare.md, compare.json, compare.png"]
-    for name in result["order"]:
-        row = result["rows"][name]
-        d = row.get("delta_map50")
-        vs = f"; vs {result['reference']}: {fmt_interval(d)} {d['verdict']}" if d else ""
-        lines.append(f"{name:<22} mAP50 {fmt_interval(row['map50'])} over {len(row['seeds'])} seeds{vs}")
-    return "\n".join(lines)
+    return f"report: {out}/compare.md, compare.json, compare.png\n{compare_lines(result)}"
 
 
 def cmd_eval(args: argparse.Namespace, settings: Settings) -> int:

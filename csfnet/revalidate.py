@@ -156,6 +156,7 @@ class TrainingScorer:
                 settings=self.every,
             )
             device = resolve_device(self.device, self.every)
-            return image_matches(result.best, self.data, int(self.budget["imgsz"]), device=device, split="val")
+            e = self.every.eval
+            return image_matches(result.best, self.data, int(self.budget["imgsz"]), e.conf, e.iou, device, "val")
         finally:
             shutil.rmtree(run_dir / "weights", ignore_errors=True)  # like trials: results.csv stays, weights go

@@ -77,7 +77,7 @@ def _tune(m: dict) -> str:
     return f"{own} kept: {best} not better beyond the noise ({gain})"
 
 
-def _compare(m: dict) -> str:
+def compare_lines(m: dict) -> str:
     """One line per configuration: mAP50 over seeds and the paired difference from the reference."""
     lines = []
     for name in m["order"]:
@@ -89,8 +89,9 @@ def _compare(m: dict) -> str:
 
 
 def _interval(i: dict, spec: str = ".3f") -> str:
-    bounds = f" [{i['low']:{spec}}, {i['high']:{spec}}]" if i["low"] is not None and i["high"] is not None else ""
-    return f"{i['mean']:{spec}}{bounds}"
+    from csfnet.compare.report import fmt_interval
+
+    return fmt_interval(i, spec)
 
 
 def _channels(partition: list[int]) -> str:
@@ -151,5 +152,5 @@ _ROWS: list[tuple[str, str, Callable[[Any], str]]] = [
     ("export", "ONNX export", _export),
     ("export", "INT8 model", _int8),
     ("register", "MLflow registry", _register),
-    ("report", "comparison", _compare),  # compare/dvc.yaml: csfnet summary --dvc-file compare/dvc.yaml
+    ("report", "comparison", compare_lines),  # compare/dvc.yaml: csfnet summary --dvc-file compare/dvc.yaml
 ]

@@ -179,6 +179,7 @@ def stage_run(
     tags: Mapping[str, str] | None = None,
     final: bool = False,
     parent: Callable[[str], str] | None = None,
+    fail_parent: bool = True,
 ) -> Iterator[mlflow.ActiveRun]:
     """A nested MLflow run for one pipeline stage under the pipeline's parent run.
 
@@ -188,6 +189,8 @@ def stage_run(
         tags: Extra tags; the git commit is always added.
         final: The last stage of the pipeline: closes the parent run when this stage ends.
         parent: Finds the parent run id from the experiment id (default: the pipeline's, :func:`parent_run`).
+        fail_parent: Mark the parent FAILED when this stage fails (off for steps running in parallel, such as
+            comparison cells: their siblings and a retry must still find the RUNNING parent).
     """
     experiment_id = configure()
     parent = (parent or _parent_run_id)(experiment_id)
@@ -208,7 +211,8 @@ def stage_run(
         try:
             yield run
         except BaseException:
-            MlflowClient().set_terminated(parent, "FAILED")
+            if fail_parent:
+                MlflowClient().set_terminated(parent, "FAILED")
             raise
     if final and not os.environ.get(PARENT_ENV):
         MlflowClient().set_terminated(parent, "FINISHED")

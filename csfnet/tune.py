@@ -129,6 +129,12 @@ def tune(
     )
     with context:
         _optimize(study, objective, settings)
+        if not revalidate and not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+            # a fan-out worker whose trials are still running elsewhere (or were all pruned): the deciding step
+            # reads the study once every worker is done
+            result = _empty_result("no trial complete yet; the deciding `csfnet tune` step chooses")
+            write_json(out, result.to_json())
+            return result
         result = _result(study, name, storage_url, settings)
         decision = _decide(study, result, _incumbent(config), scorer if revalidate else None, settings, budget)
         result.partition, result.decision = decision.partition, decision.to_json()

@@ -107,3 +107,27 @@ def test_compare_writes_table_with_intervals_nested_runs_and_is_deterministic(ti
     with pytest.raises(DataError, match="unequal budget"):
         report(["cells/yolov8n-seed0", "odd"], tmp_path / "bad", track=False)
     assert not (tmp_path / "bad").exists()
+
+
+def test_dvc_runs_the_comparison_only_on_request(tmp_path: Path) -> None:
+    """compare/dvc.yaml expands to one stage per configuration x seed of params.yaml; `dvc repro` leaves it out."""
+    import subprocess
+
+    from tests.conftest import REPO, tool
+
+    (tmp_path / "compare").mkdir()
+    for name in ("dvc.yaml", "params.yaml", "compare/dvc.yaml"):
+        shutil.copy(REPO / name, tmp_path / name)
+    for cmd in (["git", "init", "-q"], [tool("dvc"), "init", "-q"]):
+        subprocess.run(cmd, cwd=tmp_path, check=True, capture_output=True)
+
+    def stages(*target: str) -> list[str]:
+        listed = subprocess.run(
+            [tool("dvc"), "stage", "list", *target], cwd=tmp_path, check=True, capture_output=True, text=True
+        )
+        return [line.split()[0] for line in listed.stdout.splitlines()]
+
+    settings = yaml.safe_load((REPO / "params.yaml").read_text())["compare"]
+    cells = {f"compare/dvc.yaml:cell@{c}-{s}" for c in settings["configs"] for s in settings["seeds"]}
+    assert set(stages("compare/dvc.yaml")) == cells | {"compare/dvc.yaml:bench-data", "compare/dvc.yaml:report"}
+    assert not any("cell" in name or "bench" in name for name in stages())  # the default pipeline

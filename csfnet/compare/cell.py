@@ -37,7 +37,8 @@ def cell_settings(config: str, seed: int, preset: str | None = None, settings: S
     settings = settings or load_settings()
     preset = preset or settings.compare.preset
     settings.check_preset("compare.preset", preset)
-    return settings.override({"train.model": config, "train.seed": seed, "train.preset": preset}, "comparison")
+    values = {"train.model": config, "train.seed": seed, "train.preset": preset, "train.pretrained": ""}
+    return settings.override(values, "comparison")  # from scratch: a pretrained file would break equal budget
 
 
 def comparison_id(data_version: str, settings: Settings) -> str:
@@ -45,12 +46,12 @@ def comparison_id(data_version: str, settings: Settings) -> str:
     version (:func:`csfnet.tracking.data_hash`), the budget (the preset's arguments), the configurations and seeds."""
     import os
 
-    from csfnet.tracking import PIPELINE_ENV, git_commit
+    from csfnet.tracking import PIPELINE_ENV
 
     if os.environ.get(PIPELINE_ENV):
         return os.environ[PIPELINE_ENV]
-    c = settings.compare
-    spec = [data_version, settings.train_args(), c.configs, c.seeds, git_commit()]
+    c = settings.compare  # not the commit: DVC rewrites tracked files between cells, which would split the parent
+    spec = [data_version, settings.train_args(), c.configs, c.seeds]
     return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -112,16 +113,25 @@ def run_cell(
         "mlflow.runName": f"{config}-seed{seed}",
     }
     if not track:
-        return _run(config, seed, data, out, every, len(info["names"]), fingerprint, track)
+        return _run(config, seed, data, out, every, len(info["names"]), fingerprint, track, comparison)
     comparison = comparison or comparison_id(tags["csfnet.data_hash"], every)
     params = {"config": config, "seed": seed, **every.train_args()}
     tags[COMPARISON_TAG] = comparison
-    with stage_run("compare-cell", params=params, tags=tags, parent=comparison_parent(comparison)):
-        return _run(config, seed, data, out, every, len(info["names"]), fingerprint, track)
+    parent = comparison_parent(comparison)
+    with stage_run("compare-cell", params=params, tags=tags, parent=parent, fail_parent=False):
+        return _run(config, seed, data, out, every, len(info["names"]), fingerprint, track, comparison)
 
 
 def _run(
-    config: str, seed: int, data: str | Path, out: Path, every: Settings, nc: int, fingerprint: str, track: bool
+    config: str,
+    seed: int,
+    data: str | Path,
+    out: Path,
+    every: Settings,
+    nc: int,
+    fingerprint: str,
+    track: bool,
+    comparison: str | None,
 ) -> dict[str, Any]:
     from csfnet.model import model_summary
     from csfnet.train import log_epoch, train
@@ -142,6 +152,8 @@ def _run(
         "args": every.train_args(),
         "data_hash": data_hash(data),
         "fingerprint": fingerprint,
+        "comparison": comparison,  # the MLflow parent's id: the report nests under the same one
+        "eval": every.eval.model_dump(),  # how it was scored: cells of one report must agree
         "images": len(matches.n_gt),
         "objects": int(matches.n_gt.sum()),
         "metrics": {**average_precision(matches), "ap50_bands": {k: v["ap50"] for k, v in bands.items()}},

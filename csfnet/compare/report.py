@@ -67,6 +67,8 @@ def report(
     for cell, matches in loaded:
         groups.setdefault(cell["config"], []).append((cell, matches))
     c = settings.compare
+    if configured and c.configs[0] not in groups:
+        raise InputNotFoundError(f"no finished cell of the reference configuration {c.configs[0]} (compare.configs)")
     order = [name for name in c.configs if name in groups] + [name for name in groups if name not in c.configs]
     reference = order[0]
     rows = {name: _row(groups[name], groups[reference] if name != reference else None, c) for name in order}
@@ -94,7 +96,7 @@ def report(
         replace_dir(tmp, out)
     if track:
         budget = cell_settings(first["config"], first["seed"], first["preset"], settings)
-        _log(result, out, comparison or comparison_id(first["data_hash"], budget))
+        _log(result, out, comparison or first.get("comparison") or comparison_id(first["data_hash"], budget))
     return result
 
 
@@ -102,11 +104,11 @@ def _check_comparable(cells: list[dict[str, Any]]) -> None:
     """Same data, split and budget (the preset's arguments up to the seed) in every cell; no duplicate seed."""
     first = cells[0]
     for cell in cells[1:]:
-        for key in ("data_hash", "images", "objects", "imgsz"):
-            if cell[key] != first[key]:
+        for key in ("data_hash", "images", "objects", "imgsz", "bands_px", "eval"):
+            if cell.get(key) != first.get(key):
                 raise DataError(
                     f"cells {first['config']}/seed {first['seed']} and {cell['config']}/seed {cell['seed']} differ in "
-                    f"{key} ({first[key]} vs {cell[key]}): a comparison needs the same data and split"
+                    f"{key} ({first.get(key)} vs {cell.get(key)}): a comparison needs the same data, split and scoring"
                 )
         budget = {k: v for k, v in cell["args"].items() if k != "seed"}
         if budget != {k: v for k, v in first["args"].items() if k != "seed"}:
@@ -164,12 +166,12 @@ def verdict(delta: Interval) -> str:
     return "not separated"
 
 
-def fmt_interval(interval: dict[str, Any], digits: int = 3) -> str:
+def fmt_interval(interval: dict[str, Any], spec: str = ".3f") -> str:
     """``mean [low, high]``, or the mean alone when the interval is undefined (one seed, all values equal)."""
     mean, low, high = interval["mean"], interval["low"], interval["high"]
     if low is None or high is None:
-        return f"{mean:.{digits}f}"
-    return f"{mean:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
+        return f"{mean:{spec}}"
+    return f"{mean:{spec}} [{low:{spec}}, {high:{spec}}]"
 
 
 def band_label(px: list[float | None]) -> str:
