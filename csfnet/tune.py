@@ -123,7 +123,9 @@ def tune(
     budget = {**budget, "epochs": settings.revalidate.epochs or settings.epochs}
     scorer = TrainingScorer(every, model, data, nc, budget, _single_device(device), work_dir / "revalidate" / name)
     context = (
-        stage_run("tune", params=_run_params(settings, model, name), tags={"csfnet.data_hash": data_hash(data)})
+        stage_run(  # fan-out workers (no re-validation) run side by side: one failing must not fail the parent
+            "tune", _run_params(settings, model, name), {"csfnet.data_hash": data_hash(data)}, fail_parent=revalidate
+        )
         if track
         else contextlib.nullcontext()
     )
