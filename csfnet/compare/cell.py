@@ -20,7 +20,7 @@ from typing import Any
 import mlflow
 
 from csfnet.checks import check_dataset
-from csfnet.compare.stats import ImageMatches, average_precision, match_images
+from csfnet.compare.stats import ImageMatches, average_precision
 from csfnet.data.io import write_json
 from csfnet.device import resolve_device
 from csfnet.settings import Settings, load_settings
@@ -184,16 +184,11 @@ def _score(
     weights: Path, data: str | Path, imgsz: int, device: str, every: Settings
 ) -> tuple[ImageMatches, dict[str, dict[str, Any]], float]:
     """Matches on every validation image, AP50 by size band, and the median CPU latency at batch 1 (ms)."""
-    from ultralytics import YOLO
-
-    from csfnet.data.dataset import read_labels, split_images
-    from csfnet.evaluate import band_metrics, predict
+    from csfnet.compare.predictions import scored_split
+    from csfnet.evaluate import band_metrics
 
     e = every.eval
-    images = split_images(data, "val")
-    predictions, _ = predict(YOLO(str(weights)), images, imgsz, e.conf, e.iou, device)
-    truths = [read_labels(p) for p in images]
-    matches = match_images([t[0] for t in truths], predictions)
+    images, predictions, truths, matches = scored_split(weights, data, imgsz, e.conf, e.iou, device)
     bands = band_metrics(truths, predictions, e.size_bands, e.report_conf)
     return matches, bands, cpu_latency(weights, images[: every.compare.latency_images], imgsz)
 

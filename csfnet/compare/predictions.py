@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 from ultralytics import YOLO
 
 from csfnet._offline import disable_ultralytics_integrations
@@ -12,6 +14,19 @@ from csfnet.compare.stats import ImageMatches, match_images
 from csfnet.data.dataset import read_labels, split_images
 from csfnet.evaluate import predict
 from csfnet.settings import load_settings
+
+
+def scored_split(
+    weights: str | Path, data: str | Path, imgsz: int, conf: float, iou: float, device: str = "cpu", split: str = "val"
+) -> tuple[list[Path], list[tuple[np.ndarray, np.ndarray]], list[tuple[np.ndarray, Any]], ImageMatches]:
+    """Images of ``split``, the predictions of ``weights`` on them, their ground truth, and the two matched."""
+    weights = check_checkpoint(weights)
+    check_dataset(data, (split,))
+    disable_ultralytics_integrations()
+    images = split_images(data, split)
+    predictions, _ = predict(YOLO(str(weights), task="detect"), images, imgsz, conf, iou, device)
+    truths = [read_labels(p) for p in images]
+    return images, predictions, truths, match_images([t[0] for t in truths], predictions)
 
 
 def image_matches(
@@ -29,9 +44,4 @@ def image_matches(
     """
     s = load_settings().eval
     conf, iou = s.conf if conf is None else conf, s.iou if iou is None else iou
-    weights = check_checkpoint(weights)
-    check_dataset(data, (split,))
-    disable_ultralytics_integrations()
-    images = split_images(data, split)
-    predictions, _ = predict(YOLO(str(weights), task="detect"), images, imgsz, conf, iou, device)
-    return match_images([read_labels(p)[0] for p in images], predictions)
+    return scored_split(weights, data, imgsz, conf, iou, device, split)[3]
