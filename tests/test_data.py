@@ -1,6 +1,7 @@
 """Synthesis, ingestion of both public formats, extraction, validation errors, statistics."""
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -83,6 +84,39 @@ def test_stride_and_rerun_reuses_finished_sequences(tiny_raw, tmp_path, monkeypa
     assert (tmp_path / "ds/images/val/uav_val_0000_000000.jpg").stat().st_ino == stamp  # linked, not re-decoded
     monkeypatch.setattr(extract_module, "OUTPUT_VERSION", extract_module.OUTPUT_VERSION + 1)
     assert extract(tiny_raw, tmp_path / "ds", stride=2)["reused_sequences"] == 0  # newer code writes afresh
+
+
+def _dvc_hash(folder: Path) -> str:
+    """The md5 DVC records for a folder output (``<md5>.dir``), computed by DVC's own hashing library."""
+    from dvc_data.hashfile.build import build
+    from dvc_data.hashfile.db import HashFileDB
+    from dvc_objects.fs.local import LocalFileSystem
+
+    fs = LocalFileSystem()
+    _, _, obj = build(HashFileDB(fs, str(folder.parent / ".dvc-cache")), str(folder), fs, "md5", dry_run=True)
+    return obj.hash_info.value
+
+
+def test_dataset_hash_depends_on_content_only(tiny_raw, tmp_path):
+    """Two clones holding the same raw files with other times get the same dataset, so the same DVC hash; so does a
+    re-run that reuses every sequence. Reuse follows content: an edit keeping size and time is extracted again."""
+    clone = _copy(tiny_raw, tmp_path)
+    for n, path in enumerate(sorted(p for p in clone.rglob("*") if p.is_file())):
+        os.utime(path, ns=(10**9 * (1 + n), 10**9 * (1 + n)))  # as a fresh checkout: every file has another time
+    extract(tiny_raw, tmp_path / "here", stride=2, workers=2)
+    extract(clone, tmp_path / "there", stride=2, workers=2)
+    assert _dvc_hash(tmp_path / "here") == _dvc_hash(tmp_path / "there")
+    assert extract(tiny_raw, tmp_path / "here", stride=2, workers=2)["reused_sequences"] == 3
+    assert _dvc_hash(tmp_path / "here") == _dvc_hash(tmp_path / "there")
+
+    gt = clone / "train/uav_train_0000/gt/gt.txt"
+    before = gt.stat()
+    row = gt.read_text().splitlines()[0].split(",")
+    _edit_gt(clone, 0, ",".join([*row[:2], f"{float(row[2]) - 1:.2f}", *row[3:]]))  # box moved 1 px left
+    os.utime(gt, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert gt.stat().st_size == before.st_size
+    assert extract(clone, tmp_path / "there", stride=2, workers=2)["reused_sequences"] == 2
+    assert _dvc_hash(tmp_path / "here") != _dvc_hash(tmp_path / "there")
 
 
 def _video_to_img1(seq: Path, suffix: str) -> list[Path]:

@@ -5,7 +5,9 @@ frame index in six digits; frames without targets are kept as negatives), ``data
 With ``tile`` > 0, frames of the tiled splits larger than the tile become native-resolution tiles named
 ``<sequence>_<frame>_x<x>_y<y>`` (see :mod:`csfnet.data.tiles`); other splits keep whole frames.
 Everything is written to a staging folder and renamed into place only when complete. Sequences already extracted
-with the same inputs and options are reused (hard-linked) instead of decoded again.
+with the same inputs and options are reused (hard-linked) instead of decoded again. What is written depends on the
+content of the raw files only (no file times, no count of reused sequences): two clones holding the same frames get
+the same dataset, byte for byte, and so the same DVC hash.
 """
 
 from __future__ import annotations
@@ -139,7 +141,8 @@ def _extract_sequences(
         try:
             validate = pool.map(_plan, sequences, repeat(names), repeat(fix))
             plans = list(tqdm(validate, total=len(sequences), desc="validate", unit="seq"))
-            results, todo = _reuse_previous(plans, previous, out, tmp, stride, fix, tiling)
+            sources = list(pool.map(_source_digest, sequences))
+            results, todo = _reuse_previous(plans, sources, previous, out, tmp, stride, fix, tiling)
             reused = len(results)
             futures = [pool.submit(_extract_sequence, tmp, *job, stride, fix, tiling) for job in todo]
             for future in tqdm(futures, desc="extract", unit="seq"):
@@ -174,22 +177,40 @@ def _source_info(seq: SequenceSource, width: int, height: int) -> dict:
         cap.release()
 
 
-def _fingerprint(seq: SequenceSource, stride: int, fix: bool, tiling: Tiling) -> str:
+def _source_digest(seq: SequenceSource) -> str:
+    """sha256 over the names and bytes of a sequence's media and annotation files, never their times: a clone or a
+    copy of the same raw data has the same digest (runs in a worker; hashing costs a read, decoding far more)."""
     media = [seq.video] if seq.video else frame_files(seq)
     labels = sorted(seq.annotation.glob("*.txt")) if seq.annotation.is_dir() else [seq.annotation]
-    parts = [f"{p.name}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in [*media, *labels]]
+    digest = hashlib.sha256()
+    for path in [*media, *labels]:
+        digest.update(f"{path.name}\0".encode())
+        with path.open("rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def _fingerprint(seq: SequenceSource, source: str, stride: int, fix: bool, tiling: Tiling) -> str:
     cut = asdict(tiling) if tiling.applies(seq.split) else None
     settings = [stride, fix, JPEG_QUALITY, OUTPUT_VERSION, cut]
-    return hashlib.sha256(json.dumps([parts, settings]).encode()).hexdigest()[:16]
+    return hashlib.sha256(json.dumps([source, settings]).encode()).hexdigest()[:16]
 
 
 def _reuse_previous(
-    plans: list[tuple], previous: dict[str, dict], out: Path, tmp: Path, stride: int, fix: bool, tiling: Tiling
+    plans: list[tuple],
+    sources: list[str],
+    previous: dict[str, dict],
+    out: Path,
+    tmp: Path,
+    stride: int,
+    fix: bool,
+    tiling: Tiling,
 ) -> tuple[list[SequenceResult], list[tuple]]:
     """Link unchanged sequences of the previous extraction into ``tmp``; return them and the jobs still to run."""
     reused, todo = [], []
-    for seq, ann, size, _ in plans:
-        fingerprint = _fingerprint(seq, stride, fix, tiling)
+    for (seq, ann, size, _), source in zip(plans, sources):
+        fingerprint = _fingerprint(seq, source, stride, fix, tiling)
         done = previous.get(seq.key)
         if done and done["fingerprint"] == fingerprint and _link_previous(out, tmp, done):
             reused.append(SequenceResult(**done))
@@ -422,7 +443,8 @@ def _write_dataset_files(root: Path, results: list[SequenceResult], report: dict
     data = {split: f"images/{split}" for split in report["splits"]}  # paths relative to this file's folder
     data["names"] = dict(enumerate(names))
     (root / "data.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
-    (root / "report.json").write_text(json.dumps(report, indent=2))
+    run_only = ("reused_sequences",)  # how this run got there, not what the dataset holds
+    (root / "report.json").write_text(json.dumps({k: v for k, v in report.items() if k not in run_only}, indent=2))
     manifest = {"sequences": [asdict(r) for r in sorted(results, key=lambda r: r.key)]}
     (root / MANIFEST).write_text(json.dumps(manifest))
 
