@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import shlex
+import textwrap
 from collections.abc import Iterator
 from functools import cache
 from pathlib import Path
@@ -52,10 +53,17 @@ def _exempt(module: str) -> bool:
     return module_file(module).relative_to(REPO).as_posix() in NOT_DEPS
 
 
+NOT_RUN = ("TYPE_CHECKING", "typing.TYPE_CHECKING", "__name__ == '__main__'")  # `if` blocks an import never runs
+
+
+def _never_run(node: ast.AST) -> bool:
+    return isinstance(node, ast.If) and ast.unparse(node.test) in NOT_RUN
+
+
 def _runtime_nodes(node: ast.AST) -> Iterator[ast.AST]:
-    """Every node below ``node`` except the bodies of ``if TYPE_CHECKING:`` (never run)."""
+    """Every node below ``node`` except the bodies of ``if TYPE_CHECKING:`` and ``if __name__ == "__main__":``."""
     for child in ast.iter_child_nodes(node):
-        if isinstance(child, ast.If) and "TYPE_CHECKING" in ast.unparse(child.test):
+        if _never_run(child):
             for branch in child.orelse:
                 yield branch
                 yield from _runtime_nodes(branch)
@@ -89,15 +97,18 @@ class Module:
         self.defs = {
             n.name: n for n in self.tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))
         }
-        self.top = [n for n in self.tree.body if n not in self.defs.values()]
-        self.bound = dict(pair for node in self.top for pair in self.bindings(node))
+        self.top = [n for n in self.tree.body if n not in self.defs.values() and not _never_run(n)]
+        self.bound: dict[str, list[tuple[str, str]]] = {}
+        for node in self.top:
+            for local, target in self.bindings(node):
+                self.bound.setdefault(local, []).append(target)
 
     def bindings(self, node: ast.AST) -> Iterator[tuple[str, tuple[str, str]]]:
         """``(local name, (module, name in it))`` for every package import below ``node``."""
         for n in [node, *_runtime_nodes(node)]:
             if isinstance(n, ast.Import):
-                for alias in n.names:  # `import a.b` binds a, `import a.b as c` binds c to a.b
-                    yield (alias.asname, (alias.name, WHOLE)) if alias.asname else (alias.name, (alias.name, WHOLE))
+                for alias in n.names:  # `import a.b as c` binds c; `import a.b` binds a, used as a.b
+                    yield alias.asname or alias.name.split(".")[0], (alias.name, WHOLE)
             elif isinstance(n, ast.ImportFrom):
                 base = n.module or ""
                 if n.level:
@@ -114,12 +125,15 @@ class Module:
 
     def data_paths(self, node: ast.AST) -> set[Path]:
         """Package files opened by path: ``Path(__file__).parent / "cfg"``, ``Path(csfnet.__file__).parent / ...``."""
-        paths = set()
+        paths, inner = set(), set()
         for n in _runtime_nodes(node):
+            if id(n) in inner:
+                continue  # `Path(__file__).parent / "cfg"` inside `... / "cfg" / "models"`
             parts: list[str] = []
             while isinstance(n, ast.BinOp) and isinstance(n.op, ast.Div) and isinstance(n.right, ast.Constant):
                 parts.insert(0, str(n.right.value))
                 n = n.left
+                inner.add(id(n))
             beside = _beside(ast.unparse(n), self.file)
             if parts and beside and beside.joinpath(*parts).exists():
                 paths.add(beside.joinpath(*parts))
@@ -129,11 +143,12 @@ class Module:
         """What running ``node`` reaches: the modules it imports (at the top level only their own top level; in a
         function what the import binds, as it is there to be used) and the definitions its names resolve to."""
         targets = {(module, TOP) if top else (module, name) for _, (module, name) in self.bindings(node)}
+        targets |= {t for local, t in self.bindings(node) if "." in t[0] and local == t[0].split(".")[0]}  # a.b.f()
         for n in _runtime_nodes(node):
             if isinstance(n, ast.Name) and n.id in self.defs:
                 targets.add((self.name, n.id))
             elif isinstance(n, ast.Name) and n.id in self.bound:
-                targets.add(self.bound[n.id])
+                targets.update(self.bound[n.id])
         return {t for t in targets if module_file(t[0])}
 
 
@@ -168,7 +183,7 @@ def needed_files(module: str, name: str) -> frozenset[Path]:
         mod = _module(target[0])
         parents = [".".join(mod.name.split(".")[:i]) for i in range(1, mod.name.count(".") + 1)]
         todo += [(parent, TOP) for parent in parents if module_file(parent)]
-        if target != (module, name) and _exempt(mod.name):
+        if mod.name != module and _exempt(mod.name):
             continue  # what an exempt file runs for itself cannot change an output either
         if not mod.runs_nothing():
             files.add(mod.file)
@@ -182,7 +197,7 @@ def needed_files(module: str, name: str) -> frozenset[Path]:
         else:
             nodes = [mod.defs[target[1]]] if target[1] in mod.defs else []  # else a constant: the top level
             if target[1] in mod.bound:  # a name the module imported itself (a re-export)
-                todo.append(mod.bound[target[1]])
+                todo += mod.bound[target[1]]
         if target[1] != TOP:
             todo.append((mod.name, TOP))
         for node in nodes:
@@ -203,11 +218,12 @@ def stages() -> dict[str, tuple[str, list[Path]]]:
             if stage.always_changed:  # runs every time whatever its deps (ingest looks at its source)
                 continue
             commands = stage.cmd if isinstance(stage.cmd, list) else [stage.cmd]
-            assert len(commands) == 1, f"{stage.addressing}: one `csfnet` command per stage, got {commands}"
+            assert len(commands) == 1, f"{stage}: one `csfnet` command per stage, got {commands}"
             argv = shlex.split(commands[0])
-            assert argv[0] == "csfnet", f"{stage.addressing}: {commands[0]!r} is not a `csfnet` command"
+            assert argv[0] == "csfnet", f"{stage}: {commands[0]!r} is not a `csfnet` command"
             handler = build_parser().parse_args(argv[1:]).func.__name__
-            found[stage.addressing] = handler, [Path(dep.fs_path).resolve() for dep in stage.deps]
+            deps = [Path(dep.fs_path).resolve() for dep in stage.deps]
+            found[f"{Path(stage.path).relative_to(REPO)}:{stage.name}"] = handler, deps
     return found
 
 
@@ -244,15 +260,83 @@ def test_every_code_dep_is_run_by_its_stage():
     )
 
 
-def test_the_analysis_follows_local_imports_and_package_data():
-    """The derivation itself, on the issue's two misses and on what must stay apart."""
-    robustness, evaluation = needed_files(CLI, "cmd_robustness"), needed_files(CLI, "cmd_eval")
-    assert _module("csfnet.robustness").bound["validate"] == ("csfnet.evaluate", "validate")
-    assert module_file("csfnet.evaluate") in robustness  # robustness scores through evaluation's validate
-    training = needed_files(CLI, "cmd_train")
-    assert REPO / "csfnet/cfg/models" in training  # model YAMLs, read beside model.py
-    serving = needed_files(CLI, "cmd_detect")
-    assert serving - training and not training & {module_file(m) for m in ("csfnet.detect.run", "csfnet.detector")}
-    assert evaluation - robustness  # --slice and --track: function-local imports of evaluate.py count
+FAKE = {  # a made-up package with each case the derivation must get right
+    "__init__.py": '"""Docstring only: runs nothing."""',
+    "cli.py": """
+        from csfnet.settings import load  # exempt: not followed
+
+        def cmd_x(args):
+            from csfnet.a import f
+
+            return _helper(f)
+
+        def _helper(f):
+            import csfnet.g
+
+            return csfnet.g.run(f)
+
+        def cmd_other(args):
+            from csfnet.unused import u
+
+        if __name__ == "__main__":
+            cmd_other(None)
+        """,
+    "settings.py": "from csfnet.never import u",
+    "a.py": """
+        from typing import TYPE_CHECKING
+
+        from csfnet.b import CONSTANT
+        from csfnet.unused import never  # its top level runs: the file is needed
+
+        if TYPE_CHECKING:
+            from csfnet.never import hint
+
+        def f():
+            from .c import h
+
+            return h()
+
+        def not_called():
+            from csfnet.never import u
+        """,
+    "b.py": "CONSTANT = 1",
+    "c.py": """
+        from pathlib import Path
+
+        from csfnet.pkg import reexported
+
+        def h():
+            return Path(__file__).parent / "cfg" / "models", reexported()
+        """,
+    "pkg/__init__.py": "from csfnet.pkg.impl import reexported",
+    "pkg/impl.py": "def reexported(): ...",
+    "g.py": "def run(f): ...",
+    "unused.py": "def u(): ...\ndef never(): ...",
+    "never.py": "def u(): ...\nhint = 0",
+    "cfg/models/m.yaml": "depth: 1",
+}
+
+
+def test_the_derivation_follows_what_runs_and_only_that(tmp_path, monkeypatch):
+    """On a made-up package: function-local and relative imports, helpers the handler calls, re-exports, package
+    data and ``import a.b`` count; unused definitions, ``TYPE_CHECKING`` and ``__main__`` blocks and what exempt files
+    import do not."""
+    for rel, text in FAKE.items():
+        (tmp_path / PACKAGE / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / PACKAGE / rel).write_text(textwrap.dedent(text))
+    monkeypatch.setattr(f"{__name__}.REPO", tmp_path)
+    for cached in (module_file, _module, needed_files):
+        cached.cache_clear()
+    try:
+        found = {f.relative_to(tmp_path / PACKAGE).as_posix() for f in needed_files(CLI, "cmd_x")}
+        assert found == {"a.py", "b.py", "c.py", "cfg/models", "pkg/__init__.py", "pkg/impl.py", "g.py", "unused.py"}
+        other = {f.relative_to(tmp_path / PACKAGE).as_posix() for f in needed_files(CLI, "cmd_other")}
+        assert other == {"unused.py"}
+    finally:  # what was derived from the made-up package must not answer for the real one
+        for cached in (module_file, _module, needed_files):
+            cached.cache_clear()
+
+
+def test_the_exemptions_exist():
     missing = [path for path in NOT_DEPS if not (REPO / path).is_file()]
     assert not missing, f"NOT_DEPS names files that no longer exist: {missing}"
