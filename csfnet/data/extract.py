@@ -6,8 +6,8 @@ With ``tile`` > 0, frames of the tiled splits larger than the tile become native
 ``<sequence>_<frame>_x<x>_y<y>`` (see :mod:`csfnet.data.tiles`); other splits keep whole frames.
 Everything is written to a staging folder and renamed into place only when complete. Sequences already extracted
 with the same inputs and options are reused (hard-linked) instead of decoded again. What is written depends on the
-content of the raw files only (no file times, no count of reused sequences): two clones holding the same frames get
-the same dataset, byte for byte, and so the same DVC hash.
+content of the raw files and the options only (no file times, no count of reused sequences): two clones holding the
+same raw files get the same dataset and so the same DVC hash.
 """
 
 from __future__ import annotations
