@@ -235,15 +235,21 @@ def _code_deps(deps: list[Path]) -> list[Path]:
     return [dep for dep in deps if (REPO / PACKAGE) in dep.parents]
 
 
+def _listing(found: dict[str, list[str]]) -> str:
+    """``stage: files; ...`` with the cells of a matrix stage (``cell@a-0``, ``cell@b-1`` ...) as one ``cell@*``."""
+    merged: dict[str, set[str]] = {}
+    for stage, files in found.items():
+        merged.setdefault(stage.split("@")[0] + ("@*" if "@" in stage else ""), set()).update(files)
+    return "; ".join(f"{stage}: {', '.join(sorted(files))}" for stage, files in merged.items())
+
+
 def test_every_file_a_stage_runs_is_a_dep():
     missing = {}
     for name, (handler, deps) in stages().items():
-        uncovered = sorted(f.relative_to(REPO).as_posix() for f in needed_files(CLI, handler) if not _covered(f, deps))
+        uncovered = [f.relative_to(REPO).as_posix() for f in needed_files(CLI, handler) if not _covered(f, deps)]
         if uncovered:
             missing[name] = uncovered
-    assert not missing, "dvc.yaml deps miss files the stage's command runs: " + "; ".join(
-        f"{stage}: {', '.join(files)}" for stage, files in missing.items()
-    )
+    assert not missing, f"dvc.yaml deps miss files the stage's command runs: {_listing(missing)}"
 
 
 def test_every_code_dep_is_run_by_its_stage():
@@ -255,9 +261,7 @@ def test_every_code_dep_is_run_by_its_stage():
         unused = [d.relative_to(REPO).as_posix() for d in _code_deps(deps) if not any(_covered(f, [d]) for f in needed)]
         if unused:
             idle[name] = unused
-    assert not idle, "dvc.yaml deps no module of the stage runs: " + "; ".join(
-        f"{stage}: {', '.join(files)}" for stage, files in idle.items()
-    )
+    assert not idle, f"dvc.yaml deps no module of the stage runs: {_listing(idle)}"
 
 
 FAKE = {  # a made-up package with each case the derivation must get right
