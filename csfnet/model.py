@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import ultralytics
 import yaml
 from ultralytics.nn.modules import Detect
 from ultralytics.nn.tasks import DetectionModel, yaml_model_load
@@ -17,17 +18,67 @@ from ultralytics.utils.torch_utils import get_flops, initialize_weights
 from csfnet.nn.builder import build_layers
 
 CONFIG_DIR = Path(__file__).parent / "cfg" / "models"
-CSFNET_CONFIGS = ("csfnet-n", "csfnet-s", "csfnet-m", "csfnet-no-cswitch", "csfnet-no-dfuse", "csfnet-no-cretonext")
-BASELINES = ("yolov8n", "yolov8n-p2", "yolov8s")  # ultralytics configs; -p2: the P2-head tiny-object variant
+ULTRALYTICS_CONFIG_DIR = Path(ultralytics.__file__).parent / "cfg" / "models"
+CSFNET_CONFIGS = (
+    "csfnet-n",  # the paper's model: YOLOv8 blocks
+    "csfnet-s",
+    "csfnet-m",
+    "csfnet-no-cswitch",
+    "csfnet-no-dfuse",
+    "csfnet-no-cretonext",
+    "csfnet26-n",  # the same idea on YOLO26's blocks and NMS-free head
+    "csfnet26-n-p2",
+)
+# ultralytics detectors shown by default; any scale of yolov8/yolo11/yolo12/yolo26 (and -p2/-p6 where ultralytics
+# ships it) is accepted too. -p2: the P2-head tiny-object variant; yolo26: NMS-free (end-to-end) head.
+BASELINES = ("yolov8n", "yolov8n-p2", "yolov8s", "yolo11n", "yolo26n", "yolo26n-p2")
 ALL_CONFIGS = CSFNET_CONFIGS + BASELINES
-_NAME = re.compile(r"^(?P<base>csfnet(?:-no-[a-z]+)?)(?:-(?P<scale>[nsm]))?$")
+_NAME = re.compile(r"^(?P<base>csfnet(?:26)?(?:-no-[a-z]+)?)(?:-(?P<scale>[nsm]))?(?P<level>-p2)?$")
+_ULTRALYTICS_NAME = re.compile(r"^(?P<family>yolov8|yolo11|yolo12|yolo26)(?P<scale>[nsmlx])(?P<variant>-p[26])?$")
+
+
+def _csfnet_file(name: str) -> tuple[Path, str] | None:
+    """The CSF-Net YAML and scale a config name stands for, or None if no such file ships."""
+    match = _NAME.match(name)
+    if not match:
+        return None
+    path = CONFIG_DIR / f"{match['base']}{match['level'] or ''}.yaml"
+    return (path, match["scale"] or "n") if path.is_file() else None
+
+
+def ultralytics_yaml(name: str) -> Path | None:
+    """ultralytics' own YAML behind a detector name (``yolo26n-p2`` -> ``cfg/models/26/yolo26-p2.yaml``), or None."""
+    match = _ULTRALYTICS_NAME.match(name)
+    if not match:
+        return None
+    family = match["family"]
+    folder = "v8" if family == "yolov8" else family.removeprefix("yolo")
+    path = ULTRALYTICS_CONFIG_DIR / folder / f"{family}{match['variant'] or ''}.yaml"
+    return path if path.is_file() else None
+
+
+def is_known_config(name: str) -> bool:
+    """Whether ``name`` is a CSF-Net config name or an ultralytics detector name this installation ships."""
+    return _csfnet_file(name) is not None or ultralytics_yaml(name) is not None
+
+
+def unknown_config(name: str) -> str:
+    """The error message for an unknown config name, with the closest known name."""
+    import difflib
+
+    close = difflib.get_close_matches(name, ALL_CONFIGS, n=1, cutoff=0.6)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    return (
+        f"unknown model config {name!r} ({hint}known: {', '.join(ALL_CONFIGS)}, any yolov8/yolo11/yolo12/yolo26 "
+        "scale n-x, or a YAML path)"
+    )
 
 
 def is_csfnet(name: str | Path | dict) -> bool:
     """Whether ``name`` is a CSF-Net config name, or a YAML file or dict marked ``builder: csfnet``."""
     if isinstance(name, dict):
         return name.get("builder") == "csfnet"
-    if _NAME.match(str(name)):
+    if _csfnet_file(str(name)):
         return True
     return str(name).endswith((".yaml", ".yml")) and Path(name).is_file() and _read(name).get("builder") == "csfnet"
 
@@ -45,16 +96,15 @@ def load_config(name: str | Path, nc: int | None = None, partition: Sequence[int
         nc: Number of classes, overriding the YAML's.
         partition: Absolute CSwitch channels per fusion stage (e.g. from tuning), overriding the width-scaled default.
     """
-    match = _NAME.match(str(name))
-    if match:
-        path = CONFIG_DIR / f"{match['base']}.yaml"
-        scale = match["scale"] or "n"
+    known = _csfnet_file(str(name))
+    if known:
+        path, scale = known
     elif Path(name).is_file():
         path, scale = Path(name), None
         if _read(path).get("builder") != "csfnet":
             raise ValueError(f"{name} is not a CSF-Net config (no 'builder: csfnet' key)")
     else:
-        raise ValueError(f"unknown model config {str(name)!r}; choose one of {', '.join(ALL_CONFIGS)} or a YAML path")
+        raise ValueError(unknown_config(str(name)))
     cfg = _read(path)
     if "backbone" not in cfg or "head" not in cfg:
         raise ValueError(f"{path}: a model config needs 'backbone' and 'head' sections")
@@ -105,7 +155,8 @@ class CSFNetModel(DetectionModel):
         head.inplace = self.inplace
         self.model.eval()
         head.training = True  # return raw feature maps
-        feats = self.forward(torch.zeros(1, ch, size, size))["feats"]
+        preds = self.forward(torch.zeros(1, ch, size, size))
+        feats = preds.get("one2many", preds)["feats"]  # an end-to-end head returns both branches
         head.stride = torch.tensor([size / f.shape[-2] for f in feats])
         self.stride = head.stride
         self.model.train()
@@ -113,7 +164,8 @@ class CSFNetModel(DetectionModel):
 
 
 def baseline_yaml(name: str | Path) -> str:
-    """ultralytics config file of a baseline name (``yolov8n`` -> ``yolov8n.yaml``; never a ``.pt`` download)."""
+    """ultralytics config file of a detector name (``yolo26n-p2`` -> ``yolo26n-p2.yaml``, whose scale letter
+    ultralytics reads; never a ``.pt`` download)."""
     return str(name) if str(name).endswith((".yaml", ".yml")) else f"{name}.yaml"
 
 
@@ -123,8 +175,8 @@ def resolve_config(name: str | Path, nc: int = 1, partition: Sequence[int] | Non
         return load_config(name, nc=nc, partition=partition)
     if partition is not None:
         raise ValueError(f"{name} has no CSwitch, so it takes no partition")
-    if str(name) not in BASELINES and not Path(name).is_file():
-        raise ValueError(f"unknown model config {str(name)!r}; choose one of {', '.join(ALL_CONFIGS)} or a YAML path")
+    if ultralytics_yaml(str(name)) is None and not Path(name).is_file():
+        raise ValueError(unknown_config(str(name)))
     return baseline_yaml(name)
 
 
@@ -137,7 +189,7 @@ def takes_partition(config: dict[str, Any] | str) -> bool:
 def build_model(
     name: str | Path | dict, nc: int = 1, partition: Sequence[int] | None = None, ch: int = 3, verbose: bool = False
 ) -> DetectionModel:
-    """Build any supported config (CSF-Net variants or the ultralytics YOLOv8n baseline) with ``nc`` classes."""
+    """Build any supported config (CSF-Net variants or an ultralytics detector) with ``nc`` classes."""
     cfg = name if isinstance(name, dict) else resolve_config(name, nc=nc, partition=partition)
     if is_csfnet(cfg):
         return CSFNetModel(cfg, ch=ch, nc=nc, verbose=verbose)

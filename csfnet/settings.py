@@ -92,11 +92,11 @@ class Train(Section):
     @field_validator("model")
     @classmethod
     def _known_model(cls, value: str) -> str:
-        from csfnet.model import ALL_CONFIGS
+        from csfnet.model import is_known_config, unknown_config
 
-        if value in ALL_CONFIGS or value.endswith((".yaml", ".yml")):
+        if is_known_config(value) or value.endswith((".yaml", ".yml")):
             return value
-        raise ValueError(_unknown(value, ALL_CONFIGS, "a model configuration") + " or a YAML file")
+        raise ValueError(unknown_config(value))
 
 
 class PartitionSpace(Section):

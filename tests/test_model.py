@@ -79,3 +79,41 @@ def test_pretrained_transfer_loads_every_shape_matching_tensor():
     torch.testing.assert_close(
         csf.state_dict()["model.4.m.0.cv1.conv.weight"], yolo.state_dict()["model.4.m.0.cv1.conv.weight"]
     )
+
+
+@pytest.mark.parametrize("name", ["csfnet26-n", "csfnet26-n-p2", "yolo26n", "yolo26n-p2"])
+def test_current_generation_keeps_ultralytics_end_to_end_head_and_loss(name):
+    from ultralytics.cfg import get_cfg
+    from ultralytics.utils.loss import E2ELoss
+
+    model = build_model(name, nc=1).eval()
+    model.args = get_cfg()  # what the trainer attaches before building the loss
+    assert isinstance(model.init_criterion(), E2ELoss)  # YOLO26's one-to-one + one-to-many loss, not swapped
+    model.end2end = True  # NMS-free inference: at most 300 boxes as (x1, y1, x2, y2, score, class)
+    with torch.no_grad():
+        out = model(torch.zeros(1, 3, 64, 64))[0]
+    anchors = sum((64 // int(s)) ** 2 for s in model.stride)
+    assert out.shape == (1, min(300, anchors), 6)
+
+
+def test_csfnet26_is_yolo26_shallow_backbone_with_a_tunable_partition():
+    shallow = DetectionModel("yolo26n.yaml", nc=1, verbose=False)
+    csf = build_model("csfnet26-n", nc=1)
+    yolo_state, csf_state = shallow.state_dict(), csf.state_dict()
+    backbone = [k for k in yolo_state if int(k.split(".")[1]) <= 10]  # YOLO26's backbone, layers 0-10
+    assert all(csf_state[k].shape == yolo_state[k].shape for k in backbone)
+    assert {CSwitch, DFuse, CReToNeXt} <= {type(m) for m in csf.modules()}
+    tuned = build_model("csfnet26-n", partition=[48, 96, 192])
+    assert {tuple(m.partition) for m in tuned.modules() if isinstance(m, CSwitch)} == {(48, 96, 192)}
+
+
+def test_any_current_ultralytics_scale_is_accepted_and_unknown_names_get_the_closest():
+    assert [int(s) for s in build_model("yolo11s", nc=1).stride] == [8, 16, 32]
+    assert model_summary("yolo12n", imgsz=64)["params"] > 1e6
+    with pytest.raises(ValueError, match="did you mean 'yolo26n'"):
+        build_model("yolo26q")
+    from csfnet.errors import SettingsError
+    from csfnet.settings import load_settings
+
+    with pytest.raises(SettingsError, match="did you mean 'yolo26n-p2'"):
+        load_settings().override({"train.model": "yolo26n-p3"})

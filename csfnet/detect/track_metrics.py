@@ -75,3 +75,56 @@ def combined_tracking_metrics(sequences: Sequence[tuple[np.ndarray, np.ndarray]]
         results = {str(i): metric.eval_sequence(_sequence_data(g, t)) for i, (g, t) in enumerate(sequences)}
         per_metric[name] = metric.combine_sequences(results)
     return _summary(per_metric)
+
+
+MISS_PENALTY, MISS_EXPONENT = 0.2, 0.3  # Anti-UAV challenge: SA - 0.2 * (miss rate) ** 0.3
+
+
+def single_target_states(rows: np.ndarray, frames: int) -> list[np.ndarray | None]:
+    """One state per frame ``1..frames`` for a single-target stream: the ``x, y, w, h`` box of the frame's
+    highest-scoring row (MOT rows ``frame, id, x, y, w, h[, score]``; without scores the first row), or None for
+    "target absent"."""
+    rows = np.asarray(rows, float)
+    rows = rows.reshape(-1, rows.shape[-1]) if rows.size else np.zeros((0, 6))
+    states: list[np.ndarray | None] = [None] * frames
+    for f in range(1, frames + 1):
+        here = rows[rows[:, 0] == f]
+        if len(here):
+            best = here[np.argmax(here[:, 6])] if here.shape[1] > 6 else here[0]
+            states[f - 1] = best[2:6]
+    return states
+
+
+def state_accuracy(truth: Sequence[np.ndarray | None], predicted: Sequence[np.ndarray | None]) -> dict[str, float]:
+    """Anti-UAV state accuracy of one single-target sequence (boxes ``x, y, w, h``, None = absent), per frame:
+    the IoU when the target is visible (0 without a prediction), 1 for a correct "absent", 0 for a box on a frame
+    without the target. ``SA`` is the mean; ``SA_penalised`` subtracts ``0.2 * miss_rate ** 0.3``, the miss rate
+    being the share of visible-target frames predicted absent (the challenge's variant)."""
+    if len(truth) != len(predicted):
+        raise ValueError(f"state accuracy needs one prediction per frame: {len(truth)} frames, {len(predicted)} states")
+    scores, visible, missed = [], 0, 0
+    for gt, pred in zip(truth, predicted):
+        if gt is None:
+            scores.append(1.0 if pred is None else 0.0)
+            continue
+        visible += 1
+        missed += pred is None
+        scores.append(0.0 if pred is None else _iou_xywh(gt, pred))
+    sa = float(np.mean(scores)) if scores else 0.0
+    miss_rate = missed / visible if visible else 0.0
+    return {
+        "SA": sa,
+        "SA_penalised": sa - MISS_PENALTY * miss_rate**MISS_EXPONENT,
+        "miss_rate": miss_rate,
+        "frames": len(scores),
+        "visible_frames": visible,
+    }
+
+
+def _iou_xywh(a: np.ndarray, b: np.ndarray) -> float:
+    ax, ay, aw, ah = (float(v) for v in a)
+    bx, by, bw, bh = (float(v) for v in b)
+    iw = max(0.0, min(ax + aw, bx + bw) - max(ax, bx))
+    ih = max(0.0, min(ay + ah, by + bh) - max(ay, by))
+    union = aw * ah + bw * bh - iw * ih
+    return iw * ih / union if union > 0 else 0.0

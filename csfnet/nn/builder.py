@@ -12,14 +12,15 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from torch import nn
-from ultralytics.nn.modules import SPPF, C2f, CBFuse, Concat, Conv, Detect
+from ultralytics.nn.modules import C2PSA, SPPF, C2f, C3k2, CBFuse, Concat, Conv, Detect
 from ultralytics.utils.ops import make_divisible
 
 from csfnet.nn.modules import CReToNeXt, CSwitch, DFuse
 
 # Modules whose first argument is an output channel count scaled by the width multiple.
-_SCALED = {"Conv": Conv, "C2f": C2f, "SPPF": SPPF, "CReToNeXt": CReToNeXt}
-_REPEATED = {"C2f", "CReToNeXt"}  # modules taking the repeat count as their third argument
+_SCALED = {"Conv": Conv, "C2f": C2f, "C3k2": C3k2, "C2PSA": C2PSA, "SPPF": SPPF, "CReToNeXt": CReToNeXt}
+_REPEATED = {"C2f", "C3k2", "C2PSA", "CReToNeXt"}  # modules taking the repeat count as their third argument
+_CURRENT = {"C3k2"}  # blocks of the YOLO11/YOLO26 generation: their configs use the current Detect head layout
 _OTHER = {
     "Concat": Concat,
     "Detect": Detect,
@@ -33,10 +34,10 @@ KNOWN_MODULES = frozenset(_SCALED) | frozenset(_OTHER)
 
 
 @contextlib.contextmanager
-def _legacy_detect_head() -> Iterator[None]:
-    """Build Detect with the YOLOv8 (legacy) head layout, restoring ultralytics' class default afterwards."""
+def _detect_head_layout(legacy: bool) -> Iterator[None]:
+    """Build Detect with the YOLOv8 (``legacy``) or current head layout, restoring ultralytics' class default."""
     previous = Detect.legacy
-    Detect.legacy = True
+    Detect.legacy = legacy
     try:
         yield
     finally:
@@ -64,7 +65,7 @@ def build_layers(cfg: dict[str, Any], ch: int = 3) -> tuple[nn.Sequential, list[
 
     Args:
         cfg: Model config with ``nc``, ``scales``, ``scale``, ``backbone``, ``head`` and, when CSwitch is used,
-            ``partition``.
+            ``partition``; optionally ``reg_max`` and ``end2end`` (YOLO26's NMS-free head), as in ultralytics.
         ch: Input image channels.
 
     Returns:
@@ -72,10 +73,12 @@ def build_layers(cfg: dict[str, Any], ch: int = 3) -> tuple[nn.Sequential, list[
     """
     depth, width, max_ch = cfg["scales"][cfg["scale"]]
     partition = scaled_partition(cfg) if "partition" in cfg else []
-    nc, reg_max = cfg["nc"], cfg.get("reg_max", 16)
+    nc, head = cfg["nc"], {"reg_max": cfg.get("reg_max", 16), "end2end": bool(cfg.get("end2end", False))}
+    rows = cfg["backbone"] + cfg["head"]
+    head["legacy"] = not any(row[2] in _CURRENT for row in rows)  # as ultralytics' parse_model decides
     chans: list[Any] = [ch]  # output channels per layer; a CSwitch layer stores its list of branch widths
     layers, save = [], []
-    for i, (f, n, name, args) in enumerate(cfg["backbone"] + cfg["head"]):
+    for i, (f, n, name, args) in enumerate(rows):
         if name not in KNOWN_MODULES:
             raise ValueError(f"layer {i}: unknown module {name!r}; known: {sorted(KNOWN_MODULES)}")
         args = [nc if a == "nc" else _literal(a) for a in args]
@@ -87,9 +90,14 @@ def build_layers(cfg: dict[str, Any], ch: int = 3) -> tuple[nn.Sequential, list[
             if name in _REPEATED:
                 args.insert(2, n)
                 n = 1
+            if name == "C3k2" and cfg["scale"] in {"m", "l", "x"}:
+                args[3:4] = [True]  # C3k inner blocks at the larger scales, as ultralytics builds them
             module = nn.Sequential(*(_SCALED[name](*args) for _ in range(n))) if n > 1 else _SCALED[name](*args)
+            if name == "SPPF" and len(args) <= 3:  # YOLOv8's SPPF row: activated cv1, as ultralytics restores it
+                for block in module if n > 1 else [module]:
+                    block.cv1.act = Conv.default_act
         else:
-            module, c2 = _build_other(name, args, c_in, partition, reg_max)
+            module, c2 = _build_other(name, args, c_in, partition, head)
         module.i, module.f, module.type = i, f, name
         module.np = sum(p.numel() for p in module.parameters())
         save.extend(x % i for x in ([f] if isinstance(f, int) else f) if x != -1)
@@ -101,14 +109,14 @@ def build_layers(cfg: dict[str, Any], ch: int = 3) -> tuple[nn.Sequential, list[
 
 
 def _build_other(
-    name: str, args: list[Any], c_in: Any, partition: Sequence[int], reg_max: int
+    name: str, args: list[Any], c_in: Any, partition: Sequence[int], head: dict[str, Any]
 ) -> tuple[nn.Module, Any]:
     """Build a module whose channels follow from its inputs rather than from a width-scaled argument."""
     if name == "Concat":
         return Concat(*args), sum(c_in)
     if name == "Detect":
-        with _legacy_detect_head():
-            return Detect(args[0], reg_max, False, list(c_in)), None
+        with _detect_head_layout(head["legacy"]):
+            return Detect(args[0], head["reg_max"], head["end2end"], list(c_in)), None
     if name == "CSwitch":
         branches = [partition[s] for s in args[0]]
         return CSwitch(c_in, branches), branches
