@@ -95,7 +95,7 @@ def run_section(name: str, plan: dict, work: Path, timeout: float) -> dict[str, 
     entry = json.loads(result.read_text()) if result.is_file() else {}
     entry.update(status=status, seconds=round(time.perf_counter() - start, 1), log=str(log))
     if status == "timeout":
-        entry["reason"] = f"time box of {timeout:.0f} s ended (rows measured before it are kept)"
+        entry["reason"] = f"time box of {round(timeout, 1):g} s ended (rows measured before it are kept)"
     elif status == "error":
         entry["reason"] = _last_error(log)
     return entry
