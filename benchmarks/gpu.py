@@ -84,7 +84,9 @@ def run_section(name: str, plan: dict, work: Path, timeout: float) -> dict[str, 
     command = [sys.executable, str(Path(__file__).resolve()), "--section", name, "--work", str(work)]
     start = time.perf_counter()
     with open(log, "w") as out:
-        child = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, cwd=work)
+        child = subprocess.Popen(
+            command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, cwd=work, env=_child_env()
+        )
         try:
             code = child.wait(timeout=timeout)
             status = "ok" if code == 0 else "error"
@@ -99,6 +101,13 @@ def run_section(name: str, plan: dict, work: Path, timeout: float) -> dict[str, 
     elif status == "error":
         entry["reason"] = _last_error(log)
     return entry
+
+
+def _child_env() -> dict[str, str]:
+    """The environment with this checkout first on PYTHONPATH: sections, and the DDP workers ultralytics starts from
+    them, import csfnet from here whether or not it is installed."""
+    paths = [str(HERE.parent), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(dict.fromkeys(paths)), "PYTHONUNBUFFERED": "1"}
 
 
 def _last_error(log: Path) -> str:

@@ -50,12 +50,22 @@ def test_cpu_mode_measures_every_section_and_says_what_it_skipped(tmp_path):
     assert "| ddp | skipped | 0 CUDA device(s): DDP needs 2 |" in table
 
 
-def test_a_section_past_its_time_box_is_killed_and_reported(tmp_path):
+def _runner():
     sys.path.insert(0, str(GPU_CHECK.parent))
     try:
         import gpu
     finally:
         sys.path.remove(str(GPU_CHECK.parent))
+    return gpu
+
+
+def test_a_section_past_its_time_box_is_killed_and_reported(tmp_path):
+    gpu = _runner()
     entry = gpu.run_section("env", {**gpu.CPU, **gpu.TINY}, tmp_path, timeout=0.5)
     assert entry["status"] == "timeout" and "time box of 0.5 s ended" in entry["reason"]
     assert entry["seconds"] < 30  # killed, not waited for
+
+
+def test_a_failing_section_is_reported_with_its_error(tmp_path):
+    entry = _runner().run_section("throughput", {"batch": 2}, tmp_path, timeout=300)  # a plan without a device
+    assert entry["status"] == "error" and "KeyError" in entry["reason"] and entry["rows"] == []
