@@ -100,6 +100,8 @@ def run_section(name: str, plan: dict, work: Path, timeout: float) -> dict[str, 
         entry["reason"] = f"time box of {round(timeout, 1):g} s ended (rows measured before it are kept)"
     elif status == "error":
         entry["reason"] = _last_error(log)
+    if status != "ok":  # the log lives in the temporary work folder: keep its end
+        entry["log_tail"] = log.read_text(errors="replace").splitlines()[-20:]
     return entry
 
 
@@ -143,12 +145,13 @@ def check(out: Path, cpu: bool, tiny: bool, budget: float, only: list[str]) -> d
     """
     start = time.perf_counter()
     gpus = 0 if cpu else cuda_devices()
-    plan = {**(CUDA if gpus else CPU), **(TINY if tiny or not gpus else FULL)}
+    tiny = tiny or not gpus
+    plan = {**(CUDA if gpus else CPU), **(TINY if tiny else FULL)}
     plan["train_args"] = {**plan["train_args"], "amp": plan["amp"]}
     report: dict[str, Any] = {
         "meta": {
             "mode": "cuda" if gpus else "cpu",
-            "tiny": plan["imgsz"] == TINY["imgsz"],
+            "tiny": tiny,
             "cuda_devices": gpus,
             "budget_s": budget,
             "plan": plan,

@@ -69,3 +69,4 @@ def test_a_section_past_its_time_box_is_killed_and_reported(tmp_path):
 def test_a_failing_section_is_reported_with_its_error(tmp_path):
     entry = _runner().run_section("throughput", {"batch": 2}, tmp_path, timeout=300)  # a plan without a device
     assert entry["status"] == "error" and "KeyError" in entry["reason"] and entry["rows"] == []
+    assert "KeyError" in entry["log_tail"][-1]  # the log's end, for a GPU session to see why
