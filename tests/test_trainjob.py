@@ -121,3 +121,12 @@ def test_committed_trainjob_is_what_the_command_renders_now():
     )
     assert committed == fresh
     assert committed_command[:8] == fresh_command[:8]  # csfnet train --data ... --out ... --model ...
+
+
+def test_a_device_a_trainjob_cannot_ask_for_is_one_line_and_writes_nothing(tmp_path, capsys):
+    from csfnet.cli import main
+
+    code = main(["train", "--data", "d/data.yaml", "--device", "mps", "--render-trainjob", "gitops/job.yaml"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.startswith("csfnet train: error: train.device") and "\n" not in err
+    assert not (tmp_path / "gitops").exists()
