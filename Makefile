@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint format benchmark clean
+.PHONY: run test lint format benchmark gpu-check clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,9 @@ lint: $(STAMP)
 
 benchmark: $(STAMP)
 	$(BIN)/python benchmarks/run.py
+
+gpu-check: $(STAMP)  # <= 8 min on one NVIDIA GPU: benchmarks/gpu.json + gpu.md
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python benchmarks/gpu.py
 
 clean:
 	rm -rf $(VENV) data runs mlruns.db mlartifacts

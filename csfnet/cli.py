@@ -106,6 +106,12 @@ def cmd_data_stats(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
     from csfnet.train import train
 
+    if args.render_trainjob:  # GitOps: the Kubeflow TrainJob of this command instead of training here
+        from csfnet.kubeflow.trainjob import render, train_job_for
+
+        render(train_job_for(settings, args.data, args.out, args.partition, not args.no_mlflow), args.render_trainjob)
+        print(f"wrote {args.render_trainjob}")
+        return 0
     result = train(args.data, out=args.out, partition=args.partition, track=not args.no_mlflow, settings=settings)
     print(json.dumps({"best": str(result.best), "resumed": result.resumed, **result.metrics}, indent=2))
     return 0
@@ -431,6 +437,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--partition", help="`csfnet tune`'s JSON with a CSwitch partition (default: the config's own)")
     p.add_argument("--out", default="runs/train", help="run folder (gets weights/best.pt)")
     p.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow")
+    p.add_argument("--render-trainjob", metavar="PATH", help="write the Kubeflow TrainJob here instead of training")
 
     p = _command(sub, "tune", cmd_tune, "Optuna search for the CSwitch partition")
     p.add_argument("--data", required=True, help="data.yaml")

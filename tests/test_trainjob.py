@@ -1,0 +1,132 @@
+"""Kubeflow Trainer v2: the TrainJob of `csfnet train`, validated by the Trainer API models, and infra/k8s/trainer."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+import yaml
+
+from csfnet.errors import SettingsError
+from csfnet.kubeflow.trainjob import from_dict, render, runtime_from_dict, train_job, train_job_for
+from csfnet.settings import Settings
+
+from .conftest import REPO
+
+TRAINER = REPO / "infra/k8s/trainer"
+
+
+def test_cli_renders_a_trainjob_the_api_models_accept(tmp_path):
+    from csfnet.cli import main
+
+    render_to = ["--partition", "runs/tune/partition.json", "--render-trainjob", "gitops/trainjob.yaml"]
+    code = main(
+        [
+            "train",
+            "--data",
+            "data/dataset/data.yaml",
+            "--model",
+            "yolov8n",
+            "--device",
+            "0,1",
+            "--epochs",
+            "3",
+            *render_to,
+        ]
+    )
+    assert code == 0 and not (tmp_path / "runs").exists()  # rendered, nothing trained
+    manifest = yaml.safe_load((tmp_path / "gitops/trainjob.yaml").read_text())
+    job = from_dict(manifest)  # the Trainer API models take it, field for field
+    assert (job.api_version, job.kind) == ("trainer.kubeflow.org/v1alpha1", "TrainJob")
+    assert job.spec.runtime_ref.name == "csfnet-torch-distributed"
+    trainer = job.spec.trainer
+    assert trainer.num_nodes == 1 and trainer.image.startswith("ghcr.io/csfnet/csfnet:") and "cuda" in trainer.image
+    command = trainer.command
+    assert command[:2] == ["csfnet", "train"]
+    options = dict(zip(command[2::2], command[3::2]))
+    assert options["--data"] == "/workspace/data/dataset/data.yaml" and options["--out"] == "/workspace/runs/train"
+    assert options["--model"] == "yolov8n" and options["--device"] == "0,1" and options["--epochs"] == "3"
+    assert options["--partition"] == "/workspace/runs/tune/partition.json"
+    assert manifest["spec"]["trainer"]["resourcesPerNode"]["limits"]["nvidia.com/gpu"] == "2"
+    env = {e["name"]: e for e in manifest["spec"]["trainer"]["env"]}
+    assert env["MLFLOW_TRACKING_PASSWORD"]["valueFrom"]["secretKeyRef"] == {
+        "name": "csfnet-mlflow",
+        "key": "MLFLOW_TRACKING_PASSWORD",
+    }
+    assert env["CSFNET_PARAMS"]["value"] == "/workspace/params.yaml"
+    (patch,) = manifest["spec"]["runtimePatches"]
+    (node,) = patch["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"]
+    pod = node["template"]["spec"]["template"]
+    assert pod["metadata"]["labels"] == {"csfnet.io/mlflow-client": "true"}  # NetworkPolicy: reaches MLflow
+    assert pod["spec"]["volumes"] == [{"name": "workspace", "persistentVolumeClaim": {"claimName": "csfnet-workspace"}}]
+    assert pod["spec"]["containers"][0]["volumeMounts"] == [{"mountPath": "/workspace", "name": "workspace"}]
+
+
+def test_cpu_job_asks_for_no_gpu_and_keeps_mlflow_off_when_told():
+    settings = Settings().override({"train.device": "cpu"})
+    manifest = yaml.safe_load(render(train_job_for(settings, "d/data.yaml", "/abs/run", track=False)))
+    trainer = manifest["spec"]["trainer"]
+    assert "nvidia.com/gpu" not in trainer["resourcesPerNode"]["limits"]
+    assert trainer["command"][-1] == "--no-mlflow" and "/abs/run" in trainer["command"]
+    assert trainer["command"][trainer["command"].index("--device") + 1] == "cpu"
+
+
+def test_validation_rejects_what_the_trainer_api_would():
+    manifest = yaml.safe_load(render(train_job("a", ["--data", "x"])))
+    manifest["spec"]["trainer"]["numProcsPerNode"] = 2  # misspelt
+    with pytest.raises(SettingsError, match=r"TrainJob\.spec\.trainer\.numProcsPerNode"):
+        from_dict(manifest)
+    manifest["spec"]["trainer"].pop("numProcsPerNode")
+    manifest["spec"]["trainer"]["numNodes"] = "two"
+    with pytest.raises(SettingsError, match="numNodes"):
+        from_dict(manifest)
+    with pytest.raises(SettingsError, match="DNS label"):
+        train_job("Bad_Name", [])
+    with pytest.raises(SettingsError, match=r"train\.device"):
+        train_job_for(Settings().override({"train.device": "mps"}), "d", "o")
+
+
+def test_trainer_manifests_render_with_kustomize_and_validate():
+    out = subprocess.run(["kubectl", "kustomize", str(TRAINER)], check=True, capture_output=True, text=True)
+    docs = {(d["kind"], d["metadata"]["name"]): d for d in yaml.safe_load_all(out.stdout)}
+    assert set(docs) == {
+        ("ClusterTrainingRuntime", "csfnet-torch-distributed"),
+        ("PersistentVolumeClaim", "csfnet-workspace"),
+        ("TrainJob", "csfnet-train"),
+    }
+    assert all("namespace" not in d["metadata"] for d in docs.values())  # applied to the jobs' namespace
+    runtime = runtime_from_dict(docs[("ClusterTrainingRuntime", "csfnet-torch-distributed")])
+    (node,) = runtime.spec.template.spec.replicated_jobs
+    assert node.name == "node" and node.template.spec.template.spec.containers[0].name == "node"
+    assert runtime.spec.ml_policy.torch is not None
+    job = docs[("TrainJob", "csfnet-train")]
+    from_dict(job)
+    assert job["spec"]["runtimeRef"]["name"] == runtime.metadata.name
+    claim = job["spec"]["runtimePatches"][0]["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"][0]
+    assert claim["template"]["spec"]["template"]["spec"]["volumes"][0]["persistentVolumeClaim"]["claimName"] == (
+        "csfnet-workspace"
+    )
+
+
+def test_committed_trainjob_is_what_the_command_renders_now():
+    """infra/k8s/trainer/trainjob.yaml is `csfnet train --data data/dataset/data.yaml --device 0,1 --render-trainjob`
+    output; everything but the preset-dependent training options must match a fresh render."""
+    committed = yaml.safe_load((TRAINER / "trainjob.yaml").read_text())
+    fresh = yaml.safe_load(
+        render(train_job_for(Settings().override({"train.device": "0,1"}), "data/dataset/data.yaml", "runs/train"))
+    )
+    committed_command, fresh_command = (
+        committed["spec"]["trainer"].pop("command"),
+        fresh["spec"]["trainer"].pop("command"),
+    )
+    assert committed == fresh
+    assert committed_command[:8] == fresh_command[:8]  # csfnet train --data ... --out ... --model ...
+
+
+def test_a_device_a_trainjob_cannot_ask_for_is_one_line_and_writes_nothing(tmp_path, capsys):
+    from csfnet.cli import main
+
+    code = main(["train", "--data", "d/data.yaml", "--device", "mps", "--render-trainjob", "gitops/job.yaml"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.startswith("csfnet train: error: train.device") and "\n" not in err
+    assert not (tmp_path / "gitops").exists()
