@@ -10,7 +10,10 @@ from scipy import stats
 from ultralytics.utils.metrics import ap_per_class
 
 from csfnet.compare.predictions import image_matches
-from csfnet.compare.stats import (
+from csfnet.data.dataset import read_labels, split_images
+from csfnet.errors import DataError
+from csfnet.evaluate import _ap, _match, validate
+from csfnet.metrics import (
     ImageMatches,
     Interval,
     average_precision,
@@ -18,9 +21,6 @@ from csfnet.compare.stats import (
     paired_bootstrap,
     seed_interval,
 )
-from csfnet.data.dataset import read_labels, split_images
-from csfnet.errors import DataError
-from csfnet.evaluate import _ap, _match, validate
 from csfnet.settings import load_settings
 
 

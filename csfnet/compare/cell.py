@@ -20,9 +20,9 @@ from typing import Any
 import mlflow
 
 from csfnet.checks import check_dataset
-from csfnet.compare.stats import ImageMatches, average_precision
-from csfnet.data.io import write_json
 from csfnet.device import resolve_device
+from csfnet.files import write_json
+from csfnet.metrics import ImageMatches, average_precision
 from csfnet.settings import Settings, load_settings
 from csfnet.tracking import data_hash, log_flat_metrics, parent_run, stage_run
 
