@@ -73,14 +73,14 @@ def average_precision_sorted(tp: np.ndarray, n_gt: float) -> float:
     return float(compute_ap(recall, precision)[0])
 
 
-def band_names(edges: Sequence[float]) -> list[tuple[str, float, float]]:
+def _band_names(edges: Sequence[float]) -> list[tuple[str, float, float]]:
     """``(name, low, high)`` of the size bands that ``edges`` (sqrt of box area, px) cut; the last is open."""
     bounds = [0.0, *edges, math.inf]
     names = [BAND_NAMES[i] if i < len(BAND_NAMES) else f"band{i}" for i in range(len(bounds) - 1)]
     return [(names[i], bounds[i], bounds[i + 1]) for i in range(len(bounds) - 1)]
 
 
-def sqrt_area(boxes: np.ndarray) -> np.ndarray:
+def _sqrt_area(boxes: np.ndarray) -> np.ndarray:
     """Square root of the area of xyxy ``boxes``: the size that bands compare."""
     return np.sqrt(np.clip(boxes[:, 2] - boxes[:, 0], 0, None) * np.clip(boxes[:, 3] - boxes[:, 1], 0, None))
 
@@ -98,11 +98,11 @@ def band_metrics(
     """
     # matching and sizes do not depend on the band: compute them once per image
     images = [
-        (sqrt_area(gt), sqrt_area(pred), scores, match(gt, pred, scores)[:, 0])
+        (_sqrt_area(gt), _sqrt_area(pred), scores, match(gt, pred, scores)[:, 0])
         for (gt, _), (pred, scores) in zip(truths, predictions)
     ]
     out = {}
-    for name, lo, hi in band_names(edges):
+    for name, lo, hi in _band_names(edges):
         tp, conf, n_gt, hits = [], [], 0, 0
         for gt_size, pred_size, scores, matched in images:
             in_band = (gt_size >= lo) & (gt_size < hi)
