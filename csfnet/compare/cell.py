@@ -185,7 +185,7 @@ def _score(
 ) -> tuple[ImageMatches, dict[str, dict[str, Any]], float]:
     """Matches on every validation image, AP50 by size band, and the median CPU latency at batch 1 (ms)."""
     from csfnet.compare.predictions import scored_split
-    from csfnet.evaluate import band_metrics
+    from csfnet.metrics import band_metrics
 
     e = every.eval
     images, predictions, truths, matches = scored_split(weights, data, imgsz, e.conf, e.iou, device)
