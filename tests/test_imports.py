@@ -181,6 +181,52 @@ def test_no_import_circle_between_floor_entries() -> None:
     )
 
 
+def defined_names(path: Path) -> set[str] | None:
+    """Names a module defines at its top level (also under ``if``/``try``), plus those it re-exports in
+    ``__all__``; None when a module ``__getattr__`` can answer any name."""
+    names: set[str] = set()
+    exported: set[str] = set()
+    todo = list(ast.parse(path.read_text(), str(path)).body)
+    while todo:
+        node = todo.pop()
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, (ast.Assign, ast.AnnAssign, ast.AugAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            names.update(n.id for t in targets for n in ast.walk(t) if isinstance(n, ast.Name))
+            if "__all__" in names and not exported and isinstance(node.value, (ast.List, ast.Tuple)):
+                exported = {e.value for e in node.value.elts if isinstance(e, ast.Constant)}
+        elif isinstance(node, (ast.If, ast.Try)):
+            todo.extend([*node.body, *node.orelse, *getattr(node, "finalbody", []), *getattr(node, "handlers", [])])
+        elif isinstance(node, ast.ExceptHandler):
+            todo.extend(node.body)
+    return None if "__getattr__" in names else names | exported
+
+
+def test_every_imported_name_is_defined_where_it_is_imported_from() -> None:
+    """``from csfnet.x import name``, wherever it sits (tests too), names something x defines or exports in
+    ``__all__``, never a name x only imports: after a move, no import is left behind, and none hides the module
+    a name really comes from (the graph above would miss that edge)."""
+    known = modules()
+    defined = {m: defined_names(path) for m, path in known.items()}
+    sources = [*known.values(), *sorted((ROOT / "tests").glob("*.py"))]
+    missing = []
+    for path in sources:
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            where = f"{path.relative_to(ROOT)}:{getattr(node, 'lineno', 0)}"
+            if isinstance(node, ast.ImportFrom) and not node.level and node.module in known:
+                names = defined[node.module]
+                for alias in node.names:
+                    if names is not None and alias.name not in names and f"{node.module}.{alias.name}" not in known:
+                        missing.append(f"{where}: {node.module} does not define {alias.name}")
+            elif isinstance(node, (ast.Import, ast.ImportFrom)):
+                module = node.module if isinstance(node, ast.ImportFrom) else None
+                for name in [module] if module else [a.name for a in node.names]:
+                    if name and name.split(".")[0] in PACKAGES and name not in known:
+                        missing.append(f"{where}: no module {name}")
+    assert not missing, "imports of names the module neither defines nor exports:\n" + "\n".join(missing)
+
+
 def test_the_checks_see_what_they_check() -> None:
     """The graph holds function-local and relative imports, and the checks catch a planted circle and upward edge."""
     g = graph()
@@ -193,3 +239,4 @@ def test_the_checks_see_what_they_check() -> None:
     assert circles(two) == [["a", "b", "a"], ["d", "e", "d"]]
     assert floor_of("csfnet.cli") > floor_of("csfnet.evaluate") > floor_of("csfnet.data.anything")
     assert unit_of("csfnet.new_module") is None  # the root package places nothing but itself
+    assert {"match", "IOU_THRESHOLDS", "ImageMatches"} <= defined_names(ROOT / "csfnet" / "metrics.py")
