@@ -53,12 +53,13 @@ def cmd_data_synth(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_data_fetch(args: argparse.Namespace, settings: Settings) -> int:
-    from csfnet.data.io import fetch
+    from csfnet.data.source import ingest
     from csfnet.services import probe_s3
 
     if args.source.startswith("s3://"):
         probe_s3(args.source, settings.services.timeout)
-    print(f"fetched {args.source} to {fetch(args.source, args.out)}")
+    ingest(args.source, args.out)
+    print(f"fetched {args.source} to {args.out}")
     return 0
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import shutil
 import tempfile
 import time
@@ -21,17 +20,16 @@ from typing import Any
 import cv2
 import mlflow
 import numpy as np
-import torch
 from ultralytics import YOLO
-from ultralytics.utils.metrics import box_iou, compute_ap
 
 from csfnet._offline import disable_ultralytics_integrations
 from csfnet.checks import check_checkpoint, check_dataset
 from csfnet.data.dataset import read_labels, split_images
-from csfnet.data.io import replace_dir, staging_dir
 from csfnet.data.tiles import parse_tile_name
 from csfnet.device import resolve_device
 from csfnet.errors import DataError
+from csfnet.files import replace_dir, staging_dir
+from csfnet.metrics import band_metrics, match
 from csfnet.settings import Settings, load_settings
 from csfnet.tracking import log_flat_metrics, stage_run_if
 
@@ -201,77 +199,6 @@ def predict(
     return results, latency
 
 
-def _band_names(edges: Sequence[float]) -> list[tuple[str, float, float]]:
-    names = ["very_tiny", "tiny", "small", "medium", "large"]
-    bounds = [0.0, *edges, math.inf]
-    return [(names[i] if i < len(names) else f"band{i}", bounds[i], bounds[i + 1]) for i in range(len(bounds) - 1)]
-
-
-def _sqrt_area(boxes: np.ndarray) -> np.ndarray:
-    return np.sqrt(np.clip(boxes[:, 2] - boxes[:, 0], 0, None) * np.clip(boxes[:, 3] - boxes[:, 1], 0, None))
-
-
-def _match(gt: np.ndarray, pred: np.ndarray, scores: np.ndarray, thr: float = 0.5) -> np.ndarray:
-    """Greedy matching by score at IoU >= thr: for each prediction, the index of its ground truth or -1."""
-    matched = np.full(len(pred), -1)
-    if not len(gt) or not len(pred):
-        return matched
-    ious = box_iou(torch.from_numpy(pred).float(), torch.from_numpy(gt).float()).numpy()
-    taken = set()
-    for i in np.argsort(-scores):
-        for j in np.argsort(-ious[i]):
-            if ious[i, j] < thr:
-                break
-            if j not in taken:
-                taken.add(j)
-                matched[i] = j
-                break
-    return matched
-
-
-def band_metrics(
-    truths: Sequence[tuple[np.ndarray, Any]],
-    predictions: Sequence[tuple[np.ndarray, np.ndarray]],
-    edges: Sequence[float],
-    report_conf: float,
-) -> dict[str, dict[str, float]]:
-    """AP50 (COCO-style area ranges) and recall at ``report_conf`` per size band of the ground truth."""
-    # matching and sizes do not depend on the band: compute them once per image
-    images = [
-        (_sqrt_area(gt), _sqrt_area(pred), scores, _match(gt, pred, scores))
-        for (gt, _), (pred, scores) in zip(truths, predictions)
-    ]
-    out = {}
-    for name, lo, hi in _band_names(edges):
-        tp, conf, n_gt, hits = [], [], 0, 0
-        for gt_size, pred_size, scores, matched in images:
-            in_band = (gt_size >= lo) & (gt_size < hi)
-            n_gt += int(in_band.sum())
-            pred_in_band = (pred_size >= lo) & (pred_size < hi)
-            for i, j in enumerate(matched):
-                if j >= 0 and in_band[j]:
-                    tp.append(1), conf.append(scores[i])
-                    hits += scores[i] >= report_conf
-                elif j < 0 and pred_in_band[i]:
-                    tp.append(0), conf.append(scores[i])
-        out[name] = {
-            "px": [lo, hi if math.isfinite(hi) else None],  # sqrt of box area in source pixels, [lo, hi)
-            "objects": n_gt,
-            "ap50": _ap(np.array(tp), np.array(conf), n_gt),
-            "recall": hits / n_gt if n_gt else 0.0,
-        }
-    return out
-
-
-def _ap(tp: np.ndarray, conf: np.ndarray, n_gt: int) -> float:
-    if n_gt == 0 or not len(tp):
-        return 0.0
-    order = np.argsort(-conf)
-    tpc = np.cumsum(tp[order])
-    recall, precision = tpc / n_gt, tpc / np.arange(1, len(tp) + 1)
-    return float(compute_ap(recall, precision)[0])
-
-
 def sequence_recall(
     images: Sequence[Path],
     truths: Sequence[tuple[np.ndarray, Any]],
@@ -286,7 +213,7 @@ def sequence_recall(
         except DataError:
             seq = image.stem
         keep = scores >= report_conf
-        matched = _match(gt, pred[keep], scores[keep])
+        matched = match(gt, pred[keep], scores[keep])[:, 0]
         total[seq] += len(gt)
         found[seq] += int((matched >= 0).sum())
     return {seq: round(found[seq] / total[seq], 4) if total[seq] else 1.0 for seq in sorted(total)}

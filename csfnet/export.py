@@ -29,9 +29,9 @@ from tqdm import tqdm
 
 from csfnet.checks import check_checkpoint, check_dataset
 from csfnet.data.dataset import split_images
-from csfnet.data.io import staging_dir, write_json
-from csfnet.detector import preprocess, session
+from csfnet.detect.onnx_detector import preprocess, session
 from csfnet.errors import VerificationError
+from csfnet.files import staging_dir, write_json
 from csfnet.settings import Settings, load_settings
 from csfnet.tracking import log_flat_metrics, stage_run_if
 

@@ -20,9 +20,9 @@ import numpy as np
 import yaml
 
 from csfnet.data.dataset import split_images
-from csfnet.data.io import write_json
-from csfnet.detector import preprocess
+from csfnet.detect.onnx_detector import preprocess
 from csfnet.errors import InputNotFoundError, SettingsError, VerificationError
+from csfnet.files import write_json
 
 INT8_MAP50_TOL = 0.03
 SUFFIX = "_openvino_model"
@@ -173,7 +173,7 @@ def ov_latency_ms(model_dir: str | Path, imgsz: int, batch: int, repeats: int = 
 
 def _move(src: Path, dst: Path) -> None:
     """Move an exported folder into place, replacing an older one; record that it is INT8 in its metadata."""
-    from csfnet.data.io import replace_dir
+    from csfnet.files import replace_dir
 
     meta_file = src / "metadata.yaml"
     meta = yaml.safe_load(meta_file.read_text()) or {}

@@ -23,10 +23,10 @@ from mlflow.entities.model_registry import ModelVersion
 
 from csfnet.checks import check_checkpoint, require_file
 from csfnet.data.dataset import split_images
-from csfnet.data.io import write_json
+from csfnet.detect.onnx_detector import COLUMNS, OnnxDetector
 from csfnet.detect.serving import PARAMS as SERVING_PARAMS
-from csfnet.detector import COLUMNS, OnnxDetector
 from csfnet.errors import VerificationError
+from csfnet.files import write_json
 from csfnet.settings import Settings, load_settings
 from csfnet.tracking import data_hash, git_commit, stage_run
 

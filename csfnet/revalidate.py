@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from csfnet.compare.predictions import image_matches
-from csfnet.compare.stats import ImageMatches, average_precision, paired_bootstrap
+from csfnet.metrics import ImageMatches, average_precision, paired_bootstrap
 from csfnet.model import resolve_config
 from csfnet.settings import Revalidate, Settings
 

@@ -17,9 +17,9 @@ from tqdm import tqdm
 
 from csfnet.checks import check_checkpoint, check_dataset
 from csfnet.data.dataset import label_path, split_images
-from csfnet.data.io import replace_dir, staging_dir
 from csfnet.device import resolve_device
 from csfnet.evaluate import validate
+from csfnet.files import replace_dir, staging_dir
 from csfnet.settings import Settings, load_settings
 from csfnet.tracking import stage_run_if
 

@@ -24,7 +24,7 @@ import mlflow
 import yaml
 from mlflow.tracking import MlflowClient
 
-from csfnet.data.io import pid_alive
+from csfnet.files import pid_alive
 from csfnet.services import probe_tracking
 from csfnet.settings import load_settings, params_path
 

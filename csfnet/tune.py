@@ -28,7 +28,7 @@ from optuna.storages import RDBStorage, RetryFailedTrialCallback, fail_stale_tri
 from optuna.trial import TrialState
 
 from csfnet.checks import check_dataset
-from csfnet.data.io import write_json
+from csfnet.files import write_json
 from csfnet.model import model_summary, resolve_config, takes_partition
 from csfnet.revalidate import Decision, TrainingScorer, cache_key, decide
 from csfnet.services import probe_database

@@ -15,8 +15,8 @@ import yaml
 from csfnet.cli import main
 from csfnet.compare.cell import run_cell
 from csfnet.compare.report import band_label, report
-from csfnet.compare.stats import ImageMatches
 from csfnet.errors import DataError
+from csfnet.metrics import ImageMatches
 from csfnet.model import model_summary
 from csfnet.summary import summary
 from tests.conftest import TINY_TRAIN

@@ -14,9 +14,9 @@ import pytest
 
 from csfnet.data.dataset import split_images
 from csfnet.detect import Predictor, SliceOptions, detect, load_runtime
+from csfnet.detect.onnx_detector import COLUMNS
 from csfnet.detect.run import JSONL, MOT, SUMMARY, VIDEO
 from csfnet.detect.slicing import merge, windows
-from csfnet.detector import COLUMNS
 from csfnet.errors import CheckpointError, DataError, InputNotFoundError, SettingsError
 
 pytestmark = pytest.mark.slow

@@ -31,6 +31,7 @@ NOT_DEPS = {
     "csfnet/settings.py": "the schema: the values are params.yaml's, which stages track through `params` "
     "(test_settings keeps the schema's defaults equal to params.yaml)",
     "csfnet/errors.py": "exception types: a stage that fails writes nothing",
+    "csfnet/kubeflow/trainjob.py": "`csfnet train --render-trainjob` only writes a manifest; it trains nothing",
 }
 
 

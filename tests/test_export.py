@@ -20,7 +20,7 @@ import torch
 from mlflow import MlflowClient
 
 from csfnet.data.dataset import split_images
-from csfnet.detector import COLUMNS, OnnxDetector
+from csfnet.detect.onnx_detector import COLUMNS, OnnxDetector
 from csfnet.export import export, verify
 from csfnet.registry import CHALLENGER, CHAMPION, encode_image, log_detector, register
 from csfnet.tracking import configure

@@ -18,7 +18,7 @@ import yaml
 from optuna.trial import TrialState
 
 import csfnet.train
-from csfnet.compare.stats import ImageMatches
+from csfnet.metrics import ImageMatches
 from csfnet.model import build_model
 from csfnet.nn.modules import CSwitch
 from csfnet.revalidate import decide, revalidate

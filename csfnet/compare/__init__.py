@@ -1,1 +1,1 @@
-"""Comparisons of configurations x seeds at equal budget: statistics, cells, report."""
+"""Comparisons of configurations x seeds at equal budget: cells, report (their statistics: csfnet.metrics)."""

@@ -20,9 +20,9 @@ from typing import Any
 import mlflow
 
 from csfnet.checks import check_dataset
-from csfnet.compare.stats import ImageMatches, average_precision
-from csfnet.data.io import write_json
 from csfnet.device import resolve_device
+from csfnet.files import write_json
+from csfnet.metrics import ImageMatches, average_precision
 from csfnet.settings import Settings, load_settings
 from csfnet.tracking import data_hash, log_flat_metrics, parent_run, stage_run
 
@@ -185,7 +185,7 @@ def _score(
 ) -> tuple[ImageMatches, dict[str, dict[str, Any]], float]:
     """Matches on every validation image, AP50 by size band, and the median CPU latency at batch 1 (ms)."""
     from csfnet.compare.predictions import scored_split
-    from csfnet.evaluate import band_metrics
+    from csfnet.metrics import band_metrics
 
     e = every.eval
     images, predictions, truths, matches = scored_split(weights, data, imgsz, e.conf, e.iou, device)

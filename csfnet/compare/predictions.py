@@ -10,9 +10,9 @@ from ultralytics import YOLO
 
 from csfnet._offline import disable_ultralytics_integrations
 from csfnet.checks import check_checkpoint, check_dataset
-from csfnet.compare.stats import ImageMatches, match_images
 from csfnet.data.dataset import read_labels, split_images
 from csfnet.evaluate import predict
+from csfnet.metrics import ImageMatches, match_images
 from csfnet.settings import load_settings
 
 

@@ -16,9 +16,9 @@ from typing import Any
 import mlflow
 
 from csfnet.compare.cell import CELL_FILE, COMPARISON_TAG, cell_settings, comparison_id, comparison_parent, load_cell
-from csfnet.compare.stats import ImageMatches, Interval, paired_bootstrap, seed_interval
-from csfnet.data.io import replace_dir, staging_dir
 from csfnet.errors import DataError, InputNotFoundError
+from csfnet.files import replace_dir, staging_dir
+from csfnet.metrics import ImageMatches, Interval, paired_bootstrap, seed_interval
 from csfnet.settings import Settings, load_settings
 from csfnet.tracking import log_flat_metrics, stage_run
 

@@ -39,9 +39,9 @@ from csfnet.data.formats import (
     probe_size,
     read_annotations,
 )
-from csfnet.data.io import replace_dir, staging_dir, worker_count
 from csfnet.data.tiles import check_tiling, choose_negatives, clip_boxes, grid, tile_name
 from csfnet.errors import DataError
+from csfnet.files import replace_dir, staging_dir, worker_count
 from csfnet.settings import Settings, load_settings
 
 MANIFEST = "manifest.json"

@@ -19,7 +19,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from csfnet.data.io import write_json
+from csfnet.files import write_json
 
 THUMB_WIDTH = 320
 SAMPLES = 12

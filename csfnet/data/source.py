@@ -22,9 +22,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from csfnet.data.io import replace_dir, staging_dir
 from csfnet.data.synth import SynthSpec, generate
 from csfnet.errors import DataError, InputNotFoundError, ServiceError
+from csfnet.files import replace_dir, staging_dir
 from csfnet.services import mask
 
 SYNTH_SOURCES = {"synth": None, "synth-hd": (1920, 1080)}  # name -> (width, height) overriding the spec

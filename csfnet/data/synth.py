@@ -21,7 +21,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from csfnet.data.io import replace_dir, staging_dir, worker_count
+from csfnet.files import replace_dir, staging_dir, worker_count
 
 SCENES = ("sky", "urban", "night")
 SHAPES = ("quad", "fixed-wing")

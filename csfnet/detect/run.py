@@ -10,12 +10,12 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from csfnet.data.io import replace_dir, staging_dir, write_json
 from csfnet.detect.predict import Predictor, SliceOptions
 from csfnet.detect.runtimes import Runtime, load_runtime
 from csfnet.detect.sources import open_source
 from csfnet.detect.tracking import TRACKERS, Tracker
 from csfnet.errors import SettingsError
+from csfnet.files import replace_dir, staging_dir, write_json
 from csfnet.settings import Detect
 
 DEFAULTS = Detect()  # the defaults of the detect: settings, the one place they are set

@@ -13,7 +13,7 @@ import base64
 import mlflow
 import numpy as np
 
-from csfnet.detector import COLUMNS, OnnxDetector
+from csfnet.detect.onnx_detector import COLUMNS, OnnxDetector
 
 #: Every param the served model takes, with its default: the signature registration must declare (MLflow drops
 #: params that are not in the signature).

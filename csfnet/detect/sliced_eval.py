@@ -14,6 +14,7 @@ from csfnet.data.dataset import read_labels, split_images
 from csfnet.detect.predict import Predictor, SliceOptions
 from csfnet.detect.runtimes import Runtime, load_runtime
 from csfnet.errors import DataError
+from csfnet.metrics import band_metrics
 from csfnet.settings import Detect, Eval
 
 DETECT, EVAL = Detect(), Eval()  # defaults of the detect: and eval: settings, set there only
@@ -37,14 +38,12 @@ def sliced_vs_full(
     batch: int = DETECT.batch,
     max_images: int | None = None,
 ) -> dict[str, Any]:
-    """Size-band AP50/recall (:func:`csfnet.evaluate.band_metrics`) of whole-frame and sliced prediction.
+    """Size-band AP50/recall (:func:`csfnet.metrics.band_metrics`) of whole-frame and sliced prediction.
 
     Returns ``{"full": bands, "sliced": bands, "slice": ..., "images": n, "objects": n, "ms_per_image": {"full",
     "sliced"}, "crops_per_image": k}`` where ``bands`` maps each band name to ``{"px", "objects", "ap50",
     "recall"}``. Use :func:`flat_metrics` for MLflow.
     """
-    from csfnet.evaluate import band_metrics
-
     runtime = model if isinstance(model, Runtime) else load_runtime(model, imgsz)
     images = split_images(data, split)[:max_images]
     if not images:

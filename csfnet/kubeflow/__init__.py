@@ -10,14 +10,3 @@
 
 Nothing here imports :mod:`csfnet.cli`; steps run the command line in a subprocess (``python -m csfnet``).
 """
-
-_CLIENT = ("compile_pipeline", "parse_params", "run_local", "submit")
-
-
-def __getattr__(name: str):
-    """``csfnet.kubeflow.<client function>`` still resolves (lazily: importing the package loads nothing)."""
-    if name in _CLIENT:
-        from csfnet.kubeflow import client
-
-        return getattr(client, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,26 +1,31 @@
-"""Statistics of comparisons: matching, weighted AP, seed intervals and the paired image bootstrap."""
+"""Shared detection metrics: matching, weighted AP, size bands, seed intervals and the paired image bootstrap."""
 
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import torch
 from scipy import stats
-from ultralytics.utils.metrics import ap_per_class
+from ultralytics.engine.validator import BaseValidator
+from ultralytics.utils.metrics import ap_per_class, box_iou, compute_ap
 
 from csfnet.compare.predictions import image_matches
-from csfnet.compare.stats import (
+from csfnet.data.dataset import read_labels, split_images
+from csfnet.errors import DataError
+from csfnet.evaluate import validate
+from csfnet.metrics import (
     ImageMatches,
     Interval,
     average_precision,
+    band_metrics,
+    match,
     match_images,
     paired_bootstrap,
     seed_interval,
 )
-from csfnet.data.dataset import read_labels, split_images
-from csfnet.errors import DataError
-from csfnet.evaluate import _ap, _match, validate
 from csfnet.settings import load_settings
 
 
@@ -113,8 +118,18 @@ def test_real_model_matches_agree_with_ultralytics_val(tiny_weights, tiny_data) 
     assert ap["map50_95"] == pytest.approx(val["map50_95"], abs=0.02)
 
 
+def _validator_tp(gt: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    """Independent reference: ultralytics' detect validator's own matching of boxes sorted by confidence."""
+    gt, boxes = np.asarray(gt, np.float32).reshape(-1, 4), np.asarray(boxes, np.float32).reshape(-1, 4)
+    if not len(gt) or not len(boxes):
+        return np.zeros((len(boxes), 10), bool)
+    iou = box_iou(torch.from_numpy(gt), torch.from_numpy(boxes))
+    validator = SimpleNamespace(iouv=torch.linspace(0.5, 0.95, 10))
+    return BaseValidator.match_predictions(validator, torch.zeros(len(boxes)), torch.zeros(len(gt)), iou).numpy()
+
+
 def test_real_ground_truth_jittered_agrees_with_independent_matching(tiny_data) -> None:
-    """On the real validation frames: IoU-0.5 matches and AP50 agree with csfnet.evaluate's own greedy matcher,
+    """On the real validation frames: matches and AP50 agree with ultralytics' validator matching and AP,
     and a degraded copy scores lower with a bootstrap interval of non-zero width."""
     rng = np.random.default_rng(3)
     truths = [read_labels(p)[0] for p in split_images(tiny_data, "val")]
@@ -123,13 +138,46 @@ def test_real_ground_truth_jittered_agrees_with_independent_matching(tiny_data) 
     tp, conf = [], []
     for gt, (boxes, scores) in zip(truths, predictions):
         order = np.argsort(-scores, kind="stable")
-        tp.append(_match(gt, boxes[order], scores[order]) >= 0), conf.append(scores[order])
-    np.testing.assert_array_equal(m.tp[:, 0], np.concatenate(tp))
-    assert average_precision(m)["map50"] == pytest.approx(_ap(np.concatenate(tp), np.concatenate(conf), m.n_gt.sum()))
+        tp.append(_validator_tp(gt, boxes[order])), conf.append(scores[order])
+    tp, conf = np.concatenate(tp), np.concatenate(conf)
+    np.testing.assert_array_equal(m.tp, tp)
+    reference = ap_per_class(tp, conf, np.zeros(len(conf)), np.zeros(m.n_gt.sum()))[5][0][0]
+    assert average_precision(m)["map50"] == pytest.approx(reference)
     worse = ImageMatches(m.image, m.conf, m.tp & (m.image % 2 == 0)[:, None], m.n_gt)  # odd frames' hits lost
     diff = paired_bootstrap([m], [worse], resamples=300)
     assert diff.mean == pytest.approx(average_precision(m)["map50"] - average_precision(worse)["map50"])
     assert diff.mean > 0 and diff.low < diff.high and diff.n == m.images
+
+
+def test_match_equals_validator_with_duplicates_and_ties() -> None:
+    """Two boxes per target, boxes spanning two targets and tied scores: the one matcher takes each target once per
+    threshold, exactly as ultralytics' validator does."""
+    rng = np.random.default_rng(4)
+    for gt in _scene(rng, 30, per_image=5):
+        gt[1] = gt[0] + [6, 0, 6, 0]  # a neighbour overlapping the first target
+        scale = (gt[:, 2:] - gt[:, :2]).repeat(2, 1)
+        boxes = np.vstack([gt + rng.normal(0, 0.15, gt.shape) * scale for _ in range(2)])
+        scores = np.round(rng.uniform(0, 1, len(boxes)), 1)  # many ties
+        order = np.argsort(-scores, kind="stable")
+        got = match(gt, boxes, scores, torch.linspace(0.5, 0.95, 10).numpy())
+        np.testing.assert_array_equal(got[order] >= 0, _validator_tp(gt, boxes[order]))
+        for column in got.T:  # each target at most once per threshold
+            taken = column[column >= 0]
+            assert len(taken) == len(set(taken.tolist()))
+
+
+def test_band_metrics_by_hand() -> None:
+    """Targets of 5 px (very tiny) and 20 px (small); a duplicate on the first, a false positive of 20 px."""
+    gt = np.array([[0, 0, 5, 5], [50, 50, 70, 70]], float)
+    boxes = np.array([[0, 0, 5, 5], [100, 100, 120, 120], [50, 50, 70, 70], [0, 0, 5, 6]], float)
+    scores = np.array([0.9, 0.8, 0.3, 0.2])
+    bands = band_metrics([(gt, np.zeros(2))], [(boxes, scores)], [8, 16, 32], report_conf=0.5)
+    assert list(bands) == ["very_tiny", "tiny", "small", "medium"]
+    assert bands["very_tiny"] == {"px": [0.0, 8], "objects": 1, "ap50": pytest.approx(0.995), "recall": 1.0}
+    assert bands["tiny"] == {"px": [8, 16], "objects": 0, "ap50": 0.0, "recall": 0.0}
+    small = compute_ap(np.array([0.0, 1.0]), np.array([0.0, 0.5]))[0]  # false positive first, then the hit
+    assert bands["small"] == {"px": [16, 32], "objects": 1, "ap50": pytest.approx(small), "recall": 0.0}
+    assert bands["medium"] == {"px": [32, None], "objects": 0, "ap50": 0.0, "recall": 0.0}
 
 
 def test_paired_bootstrap_known_answers() -> None:

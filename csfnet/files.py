@@ -1,4 +1,4 @@
-"""Filesystem helpers: all-or-nothing output directories and files, worker counts, fetching raw data."""
+"""File helpers shared by every stage: all-or-nothing output folders and files, worker counts."""
 
 from __future__ import annotations
 
@@ -53,29 +53,27 @@ def replace_dir(src: Path, dst: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def write_json(path: str | Path, data: Any) -> None:
-    """Write JSON atomically (temporary file + rename): readers such as the next DVC stage never see half a file."""
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """A temporary sibling of ``path`` to write; renamed onto ``path`` when the block succeeds, removed otherwise,
+    so readers (the next DVC stage, a concurrent process) never see half a file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    tmp.replace(path)
+    try:
+        yield tmp
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_json(path: str | Path, data: Any) -> None:
+    """Write ``data`` as indented JSON, all or nothing (:func:`atomic_path`)."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2) + "\n")
 
 
 def worker_count(requested: int | None, jobs: int) -> int:
     """Processes to use: ``requested`` or every available core, never more than there are jobs."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     return max(1, min(requested or cores, max(jobs, 1)))
-
-
-def fetch(uri: str, out: str | Path) -> Path:
-    """Copy a raw dataset folder from any fsspec URI (``s3://bucket/raw``, ``gs://...``, a local path) to ``out``.
-
-    S3-compatible stores take their endpoint from ``$AWS_ENDPOINT_URL`` (MinIO, moto) and credentials from the usual
-    AWS variables. See :func:`csfnet.data.source.ingest`: only changed files are transferred, the copy is staged and
-    swapped in when complete, and an unreachable source fails within seconds leaving ``out`` untouched.
-    """
-    from csfnet.data.source import ingest
-
-    ingest(uri, out)
-    return Path(out)

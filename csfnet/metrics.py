@@ -1,32 +1,127 @@
-"""Statistics of comparisons: per-image matches, weighted AP, seed intervals and a paired image bootstrap.
+"""Detection metrics shared by evaluation, sliced evaluation, comparison and re-validation.
 
-A configuration's score varies with the training seed and with the validation images drawn. :func:`seed_interval`
-covers the first (Student-t over seeds); :func:`paired_bootstrap` the second, resampling the same validation images
-for both sides of a difference so that image difficulty cancels out.
+One matcher (:func:`match`), one AP (:func:`average_precision_sorted` and its per-image form
+:func:`average_precision`), AP50 and recall by size band (:func:`band_metrics`), and the two intervals of a
+comparison. A configuration's score varies with the training seed and with the validation images drawn.
+:func:`seed_interval` covers the first (Student-t over seeds); :func:`paired_bootstrap` the second, resampling the
+same validation images for both sides of a difference so that image difficulty cancels out.
 """
 
 from __future__ import annotations
 
 import functools
 import math
-import os
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
+from typing import Any
 
 import numpy as np
 import torch
 from scipy import stats
-from ultralytics.engine.validator import BaseValidator
 from ultralytics.utils.metrics import box_iou, compute_ap
 
 from csfnet.errors import DataError
+from csfnet.files import atomic_path
 
-IOU_THRESHOLDS = torch.linspace(0.5, 0.95, 10)  # as ultralytics' DetectionValidator.iouv
+IOU_THRESHOLDS = torch.linspace(0.5, 0.95, 10).numpy()  # ultralytics' DetectionValidator.iouv, float32 and all
 METRICS = {"map50": [0], "map50_95": list(range(10))}  # metric -> tp columns it needs
+BAND_NAMES = ("very_tiny", "tiny", "small", "medium", "large")  # AI-TOD's names, then band<i>
 _EPS = 1e-16  # ultralytics' ap_per_class eps
+
+
+def match(gt: np.ndarray, boxes: np.ndarray, scores: np.ndarray, thresholds: Sequence[float] = (0.5,)) -> np.ndarray:
+    """Match one image's predictions (xyxy ``boxes`` with ``scores``) to its ground truth (xyxy ``gt``).
+
+    Returns ``(predictions, thresholds)`` ints: the index of the ground truth each prediction takes at each IoU
+    threshold, -1 for none. Predictions by descending score (ties in input order) each take the unclaimed ground
+    truth of highest IoU, if that IoU reaches the threshold: COCO's rule and ultralytics' detect validator's
+    (single class).
+    """
+    gt = np.asarray(gt, dtype=np.float32).reshape(-1, 4)
+    boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
+    thresholds = np.asarray(thresholds, dtype=np.float64).reshape(-1)
+    matched = np.full((len(boxes), len(thresholds)), -1, dtype=np.int64)
+    if not len(gt) or not len(boxes):
+        return matched
+    iou = box_iou(torch.from_numpy(boxes), torch.from_numpy(gt)).numpy()  # (predictions, ground truth)
+    claimed = np.zeros((len(gt), len(thresholds)), dtype=bool)
+    columns = np.arange(len(thresholds))
+    order = np.argsort(-np.asarray(scores).reshape(-1), kind="stable")
+    for i in order[iou[order].max(1) >= thresholds.min()]:  # predictions overlapping nothing match nothing
+        available = np.where(claimed, -1.0, iou[i, :, None])  # IoU with each unclaimed target, per threshold
+        k = available.argmax(0)
+        hit = available[k, columns] >= thresholds
+        matched[i, hit] = k[hit]
+        claimed[k[hit], columns[hit]] = True
+    return matched
+
+
+def average_precision_sorted(tp: np.ndarray, n_gt: float) -> float:
+    """ultralytics' interpolated AP of one IoU threshold: ``tp`` flags of the predictions by descending confidence,
+    ``n_gt`` ground-truth boxes; 0 without ground truth or hits.
+
+    False positives after the last true positive are left out: they sit at the final recall, where compute_ap's
+    curve already drops to its closing 0, so they cannot change the AP (low-confidence tails are most predictions).
+    """
+    hits = np.flatnonzero(tp)
+    if n_gt <= 0 or not len(hits):
+        return 0.0
+    tpc = np.cumsum(tp[: hits[-1] + 1], dtype=np.float64)
+    recall, precision = tpc / (n_gt + _EPS), tpc / np.arange(1, len(tpc) + 1, dtype=np.float64)  # tpc / (tpc + fpc)
+    return float(compute_ap(recall, precision)[0])
+
+
+def _band_names(edges: Sequence[float]) -> list[tuple[str, float, float]]:
+    """``(name, low, high)`` of the size bands that ``edges`` (sqrt of box area, px) cut; the last is open."""
+    bounds = [0.0, *edges, math.inf]
+    names = [BAND_NAMES[i] if i < len(BAND_NAMES) else f"band{i}" for i in range(len(bounds) - 1)]
+    return [(names[i], bounds[i], bounds[i + 1]) for i in range(len(bounds) - 1)]
+
+
+def _sqrt_area(boxes: np.ndarray) -> np.ndarray:
+    """Square root of the area of xyxy ``boxes``: the size that bands compare."""
+    return np.sqrt(np.clip(boxes[:, 2] - boxes[:, 0], 0, None) * np.clip(boxes[:, 3] - boxes[:, 1], 0, None))
+
+
+def band_metrics(
+    truths: Sequence[tuple[np.ndarray, Any]],
+    predictions: Sequence[tuple[np.ndarray, np.ndarray]],
+    edges: Sequence[float],
+    report_conf: float,
+) -> dict[str, dict[str, float]]:
+    """AP50 (COCO-style area ranges) and recall at ``report_conf`` per size band of the ground truth.
+
+    ``truths``: (boxes xyxy, classes) per image; ``predictions``: (boxes xyxy, scores) per image. A prediction
+    matched to a ground truth of another band counts in neither; an unmatched one counts where its own size falls.
+    """
+    # matching and sizes do not depend on the band: compute them once per image
+    images = [
+        (_sqrt_area(gt), _sqrt_area(pred), scores, match(gt, pred, scores)[:, 0])
+        for (gt, _), (pred, scores) in zip(truths, predictions)
+    ]
+    out = {}
+    for name, lo, hi in _band_names(edges):
+        tp, conf, n_gt, hits = [], [], 0, 0
+        for gt_size, pred_size, scores, matched in images:
+            in_band = (gt_size >= lo) & (gt_size < hi)
+            n_gt += int(in_band.sum())
+            pred_in_band = (pred_size >= lo) & (pred_size < hi)
+            for i, j in enumerate(matched):
+                if j >= 0 and in_band[j]:
+                    tp.append(1), conf.append(scores[i])
+                    hits += scores[i] >= report_conf
+                elif j < 0 and pred_in_band[i]:
+                    tp.append(0), conf.append(scores[i])
+        order = np.argsort(-np.array(conf), kind="stable")
+        out[name] = {
+            "px": [lo, hi if math.isfinite(hi) else None],  # sqrt of box area in source pixels, [lo, hi)
+            "objects": n_gt,
+            "ap50": average_precision_sorted(np.array(tp, dtype=bool)[order], n_gt),
+            "recall": hits / n_gt if n_gt else 0.0,
+        }
+    return out
 
 
 @dataclass(frozen=True)
@@ -81,10 +176,8 @@ class ImageMatches:
     def save(self, path: str | Path) -> Path:
         """Write ``path`` (.npz), all or nothing."""
         path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
-        with open(tmp, "wb") as f:  # a file object: numpy adds no .npz suffix
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:  # a file object: numpy adds no .npz suffix
             np.savez(f, image=self.image, conf=self.conf, tp=self.tp, n_gt=self.n_gt)
-        os.replace(tmp, path)
         return path
 
     @classmethod
@@ -95,33 +188,23 @@ class ImageMatches:
 
 
 def match_images(truths: Sequence[np.ndarray], predictions: Sequence[tuple[np.ndarray, np.ndarray]]) -> ImageMatches:
-    """Match each image's predictions (boxes xyxy, scores) to its ground truth (xyxy) at the 10 IoU thresholds,
-    with ultralytics' own ``match_predictions`` (greedy by confidence, single class)."""
+    """Match each image's predictions (boxes xyxy, scores) to its ground truth (xyxy) at the 10 IoU thresholds of
+    mAP50-95 (:func:`match`)."""
     if len(truths) != len(predictions):
         raise ValueError(f"{len(truths)} ground-truth images but {len(predictions)} prediction images")
     images, confs, tps = [], [], []
     for i, (gt, (boxes, scores)) in enumerate(zip(truths, predictions)):
         boxes, scores = np.asarray(boxes, dtype=np.float32).reshape(-1, 4), np.asarray(scores).reshape(-1)
-        order = np.argsort(-scores, kind="stable")  # match_predictions expects descending confidence
+        order = np.argsort(-scores, kind="stable")
         boxes, scores = boxes[order], scores[order]
-        images.append(np.full(len(scores), i)), confs.append(scores), tps.append(_match(gt, boxes))
+        tp = match(gt, boxes, scores, IOU_THRESHOLDS) >= 0
+        images.append(np.full(len(scores), i)), confs.append(scores), tps.append(tp)
     return ImageMatches(
         image=np.concatenate(images) if images else np.zeros(0, np.int64),
         conf=np.concatenate(confs) if confs else np.zeros(0),
         tp=np.concatenate(tps) if tps else np.zeros((0, len(IOU_THRESHOLDS)), bool),
         n_gt=np.array([len(np.asarray(gt).reshape(-1, 4)) for gt in truths], dtype=np.int64),
     )
-
-
-def _match(gt: np.ndarray, boxes: np.ndarray) -> np.ndarray:
-    gt = np.asarray(gt, dtype=np.float32).reshape(-1, 4)
-    if not len(gt) or not len(boxes):
-        return np.zeros((len(boxes), len(IOU_THRESHOLDS)), dtype=bool)
-    iou = box_iou(torch.from_numpy(gt), torch.from_numpy(boxes))  # (labels, detections) as the validator passes it
-    # match_predictions only reads self.iouv: call ultralytics' own code rather than a copy of it
-    validator = SimpleNamespace(iouv=IOU_THRESHOLDS)
-    correct = BaseValidator.match_predictions(validator, torch.zeros(len(boxes)), torch.zeros(len(gt)), iou)
-    return correct.numpy().astype(bool)
 
 
 def average_precision(m: ImageMatches, weights: np.ndarray | None = None) -> dict[str, float]:
@@ -145,21 +228,7 @@ def _ap(m: ImageMatches, weights: np.ndarray | None, columns: list[int]) -> np.n
         tp = np.repeat(tp[:, columns], weights[image], axis=0)  # repeated images' predictions stay adjacent
     if n_gt == 0 or not len(tp):
         return np.zeros(len(columns))
-    return np.array([_column_ap(tp[:, j], n_gt) for j in range(len(columns))])
-
-
-def _column_ap(tp: np.ndarray, n_gt: float) -> float:
-    """ultralytics' AP of one IoU threshold (predictions by descending confidence).
-
-    False positives after the last true positive are left out: they sit at the final recall, where compute_ap's
-    curve already drops to its closing 0, so they cannot change the AP (low-confidence tails are most predictions).
-    """
-    hits = np.flatnonzero(tp)
-    if not len(hits):
-        return 0.0
-    tpc = np.cumsum(tp[: hits[-1] + 1], dtype=np.float64)
-    recall, precision = tpc / (n_gt + _EPS), tpc / np.arange(1, len(tpc) + 1, dtype=np.float64)  # tpc / (tpc + fpc)
-    return float(compute_ap(recall, precision)[0])
+    return np.array([average_precision_sorted(tp[:, j], n_gt) for j in range(len(columns))])
 
 
 def seed_interval(values: Sequence[float], confidence: float = 0.95) -> Interval:
