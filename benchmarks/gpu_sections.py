@@ -216,7 +216,7 @@ def onnx(plan: dict, work: Path, record: Record) -> None:
     import onnxruntime as ort
     import run  # benchmarks/run.py
 
-    from csfnet.detector import session
+    from csfnet.detect.onnx_detector import session
     from csfnet.export import onnx_export, ort_latency_ms
 
     checkpoint, trained = weights(plan, work)
