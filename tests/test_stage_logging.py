@@ -19,7 +19,7 @@ from csfnet.trial_log import TrialLogger
 PACKAGE = Path(__file__).resolve().parents[1] / "csfnet"
 MLFLOW_MODULES = ("mlflow", "csfnet.mlflow_tracking", "csfnet.mlflow_logger")
 # modules whose job is MLflow itself: the tracking store, the registry, serving and Kubeflow's steps; the command
-# line builds the logger; the export stages are converted next (they still take ``track``)
+# line builds the logger; the export stage is converted next (it still takes ``track``)
 ALLOWED = {
     "csfnet.mlflow_tracking",
     "csfnet.mlflow_logger",
@@ -29,7 +29,6 @@ ALLOWED = {
     "csfnet.detect.serving",
     "csfnet.detect.runtimes",
     "csfnet.export",
-    "csfnet.openvino_export",
 }
 STAGES = (
     "csfnet.train",

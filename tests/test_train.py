@@ -77,6 +77,9 @@ def test_training_logs_one_mlflow_run_with_epoch_metrics(tiny_data, tmp_path):
     assert [m.step for m in history] == [1, 2]
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(train_run.info.run_id, "weights")}
     assert "weights/best.pt" in artifacts
+    (data_input,) = mlflow.get_run(train_run.info.run_id).inputs.dataset_inputs  # the data version it trained on
+    assert data_input.tags[0].value == "training" and data_input.dataset.digest.startswith("content-")
+    assert mlflow.MlflowClient().list_artifacts(train_run.info.run_id, "data_stats")
 
 
 def test_killed_training_resumes_from_last_pt(tiny_data, tmp_path):

@@ -108,11 +108,11 @@ def detect(
     src = open_source(source)  # before the model: a bad source fails fast
     try:
         runtime = model if isinstance(model, Runtime) else load_runtime(model, imgsz, device)
-        objects = Tracker(tracker, tracker_overrides) if tracker else None
-        det_conf = min(conf, objects.min_score) if objects else conf
+        object_tracker = Tracker(tracker, tracker_overrides) if tracker else None
+        det_conf = min(conf, object_tracker.min_score) if object_tracker else conf
         predictor = Predictor(runtime, det_conf, iou, slicing, batch)
         with staging_dir(out) as tmp:
-            counts = _run(src, predictor, objects, tmp, conf, save_video, max_frames, progress)
+            counts = _run(src, predictor, object_tracker, tmp, conf, save_video, max_frames, progress)
             frames, n_dets, track_ids, seconds = counts
             result = DetectResult(
                 out=out,
