@@ -127,7 +127,7 @@ def tune(
     params, tags = _run_params(settings, model, name), {"csfnet.data_hash": data_hash(data)}
     # fan-out workers (no re-validation) run side by side: one failing must not fail the parent
     with (logger or NullLogger()).stage("tune", params, tags, fail_parent=revalidate) as run:
-        _optimize(study, objective, settings, [TrialLogger(run, objective.budget)] if run.active else [])
+        _optimize(study, objective, settings, [TrialLogger(run, objective.budget)])
         if not revalidate and not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
             # a fan-out worker whose trials are still running elsewhere (or were all pruned): the deciding step
             # reads the study once every worker is done
