@@ -54,7 +54,6 @@ def main() -> None:
             preset="quick",
             overrides=overrides,
             device="cpu",
-            track=False,
             settings=Settings(),
         )
         minutes = (time.perf_counter() - start) / 60

@@ -19,9 +19,10 @@ def comparison_cells(configs: list = [], seeds: list = []) -> list:  # noqa: B00
     chosen = {"compare.configs": list(configs) or None, "compare.seeds": list(seeds) or None}
     compare = load_settings().override(chosen, "pipeline parameters").compare
     if os.environ.get("CSFNET_PIPELINE_ID"):
-        from csfnet.compare.cell import open_comparison
+        from csfnet.compare.cell import comparison_parent
+        from csfnet.mlflow_tracking import open_parent
 
-        open_comparison(os.environ["CSFNET_PIPELINE_ID"])
+        open_parent(comparison_parent(os.environ["CSFNET_PIPELINE_ID"]))
     return [{"config": config, "seed": seed} for config in compare.configs for seed in compare.seeds]
 
 

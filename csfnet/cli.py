@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from csfnet.errors import CsfnetError
+from csfnet.runlog import StageLogger
 from csfnet.settings import Settings, load_settings
 
 EPILOG = "Settings not given on the command line come from params.yaml (or $CSFNET_PARAMS)."
@@ -28,6 +29,17 @@ Handler = Callable[[argparse.Namespace, Settings], int]
 
 
 # --- handlers ---------------------------------------------------------------------------------------------------------
+
+
+def _stage_logger(args: argparse.Namespace) -> StageLogger:
+    """Where a stage records its run: MLflow, or nowhere with ``--no-mlflow``."""
+    if args.no_mlflow:
+        from csfnet.runlog import NullLogger
+
+        return NullLogger()
+    from csfnet.mlflow_logger import MlflowLogger
+
+    return MlflowLogger()
 
 
 def cmd_model_info(args: argparse.Namespace, settings: Settings) -> int:
@@ -113,7 +125,7 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
         render(train_job_for(settings, args.data, args.out, args.partition, not args.no_mlflow), args.render_trainjob)
         print(f"wrote {args.render_trainjob}")
         return 0
-    result = train(args.data, out=args.out, partition=args.partition, track=not args.no_mlflow, settings=settings)
+    result = train(args.data, out=args.out, partition=args.partition, logger=_stage_logger(args), settings=settings)
     print(json.dumps({"best": str(result.best), "resumed": result.resumed, **result.metrics}, indent=2))
     return 0
 
@@ -126,7 +138,7 @@ def cmd_tune(args: argparse.Namespace, settings: Settings) -> int:
         out=args.out,
         work_dir=args.work_dir,
         worker=args.worker,
-        track=not args.no_mlflow,
+        logger=_stage_logger(args),
         settings=settings,
         revalidate=args.revalidate,
     )
@@ -139,7 +151,7 @@ def cmd_compare(args: argparse.Namespace, settings: Settings) -> int:
 
     if not args.data:
         raise CsfnetError("--data is required (or a sub-command: cell, report, data)")
-    result = compare(args.data, out=args.out, cells_dir=args.cells_dir, track=not args.no_mlflow, settings=settings)
+    result = compare(args.data, out=args.out, cells_dir=args.cells_dir, logger=_stage_logger(args), settings=settings)
     print(_compare_text(result, args.out))
     return 0
 
@@ -147,7 +159,7 @@ def cmd_compare(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_compare_cell(args: argparse.Namespace, settings: Settings) -> int:
     from csfnet.compare.cell import run_cell
 
-    cell = run_cell(args.config, args.seed, args.data, args.out, track=not args.no_mlflow, settings=settings)
+    cell = run_cell(args.config, args.seed, args.data, args.out, logger=_stage_logger(args), settings=settings)
     print(json.dumps({k: cell[k] for k in ("config", "seed", "metrics", "train_s", "device")}, indent=2))
     return 0
 
@@ -155,7 +167,7 @@ def cmd_compare_cell(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_compare_report(args: argparse.Namespace, settings: Settings) -> int:
     from csfnet.compare.report import report
 
-    result = report(args.cells, args.out, configured=args.configured, track=not args.no_mlflow, settings=settings)
+    result = report(args.cells, args.out, configured=args.configured, logger=_stage_logger(args), settings=settings)
     print(_compare_text(result, args.out))
     return 0
 
@@ -180,7 +192,7 @@ def cmd_eval(args: argparse.Namespace, settings: Settings) -> int:
         args.weights,
         args.data,
         args.out,
-        track=not args.no_mlflow,
+        logger=_stage_logger(args),
         settings=settings,
         slice_size=args.slice,
         tracker=args.track,
@@ -193,7 +205,8 @@ def cmd_eval(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_robustness(args: argparse.Namespace, settings: Settings) -> int:
     from csfnet.robustness import noise_sweep
 
-    rows = noise_sweep(args.weights, args.data, args.out, track=not args.no_mlflow, final=args.final, settings=settings)
+    logger = _stage_logger(args)
+    rows = noise_sweep(args.weights, args.data, args.out, logger=logger, final=args.final, settings=settings)
     for row in rows:
         print("  ".join(f"{k}={v:.4g}" for k, v in row.items()))
     return 0
@@ -251,7 +264,7 @@ def cmd_detect(args: argparse.Namespace, settings: Settings) -> int:
         full_frame=d.full_frame,
         merge=d.merge,
         merge_threshold=d.merge_threshold,
-        track=None if d.track == "none" else d.track,
+        tracker=None if d.track == "none" else d.track,
         batch=d.batch,
         device=d.device,
         save_video=d.save_video,
@@ -271,8 +284,8 @@ def cmd_register(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_summary(args: argparse.Namespace, settings: Settings) -> int:
+    from csfnet.mlflow_tracking import ui_link
     from csfnet.summary import stage_metrics, summary
-    from csfnet.tracking import ui_link
 
     metrics = stage_metrics(args.dvc_file)
     if not metrics:
@@ -316,7 +329,7 @@ def cmd_pipeline_run_local(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_deploy(args: argparse.Namespace, settings: Settings) -> int:
     from csfnet.kubeflow.deploy import deploy_champion
-    from csfnet.tracking import configure
+    from csfnet.mlflow_tracking import configure
 
     configure()  # the champion is looked up in the configured MLflow registry
     v = settings.serving

@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import cv2
-import mlflow
 import numpy as np
 from ultralytics import YOLO
 
@@ -29,9 +28,10 @@ from csfnet.data.tiles import parse_tile_name
 from csfnet.device import resolve_device
 from csfnet.errors import DataError
 from csfnet.files import replace_dir, staging_dir
+from csfnet.lineage import lineage_tags
 from csfnet.metrics import band_metrics, match
+from csfnet.runlog import NullLogger, StageLogger
 from csfnet.settings import Settings, load_settings
-from csfnet.tracking import log_flat_metrics, stage_run_if
 
 
 def validate(
@@ -86,14 +86,14 @@ def evaluate(
     out_dir: str | Path,
     imgsz: int | None = None,
     device: str | None = None,
-    track: bool = True,
+    logger: StageLogger | None = None,
     settings: Settings | None = None,
     slice_size: int | None = None,
     tracker: str | None = None,
     raw: str | Path = "data/raw",
     **overrides: Any,
 ) -> dict[str, Any]:
-    """Full evaluation of ``weights`` on the validation split, as the ``eval`` stage (an MLflow run when tracked).
+    """Full evaluation of ``weights`` on the validation split, as the ``eval`` stage.
 
     Writes ``metrics.json``, the PR curve, the confusion matrix and sample frames to ``out_dir``, all or nothing.
 
@@ -103,7 +103,7 @@ def evaluate(
         out_dir: Folder receiving the outputs (replaced).
         imgsz: Image size (default: the active preset's).
         device: ``""`` auto, ``cpu``, ``0`` ... (default: ``train.device``).
-        track: Log parameters, metrics and outputs as the ``eval`` stage run.
+        logger: Records parameters, metrics and outputs as the ``eval`` stage (default: nothing is recorded).
         settings: Validated settings (default: :func:`csfnet.settings.load_settings`).
         slice_size: Also AP and recall by size band with sliced inference at this size against whole frames
             (``slicing.json``; overlap and merging from ``detect``).
@@ -117,7 +117,8 @@ def evaluate(
     s = settings.eval
     params = {**s.model_dump(), "imgsz": imgsz or settings.imgsz, "device": resolve_device(device, settings)}
     extra = {"slice": slice_size, "tracker": tracker}
-    with stage_run_if(track, "eval", {**params, **extra}, data, weights), staging_dir(out_dir) as tmp:
+    stage = (logger or NullLogger()).stage("eval", {**params, **extra}, lineage_tags(data, weights))
+    with stage as run, staging_dir(out_dir) as tmp:
         metrics = _evaluate(weights, data, tmp, params)
         flat = {k: v for k, v in metrics.items() if k != "per_sequence_recall"}
         if slice_size:
@@ -125,9 +126,8 @@ def evaluate(
         if tracker:
             flat.update(_tracking(weights, Path(raw), tmp, tracker, params["imgsz"], settings))
         replace_dir(tmp, out_dir)
-        if track:
-            log_flat_metrics(flat)
-            mlflow.log_artifacts(str(out_dir), "eval")
+        run.log_metrics(flat)
+        run.log_artifacts(out_dir, "eval")
     return metrics
 
 

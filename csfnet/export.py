@@ -32,8 +32,8 @@ from csfnet.data.dataset import split_images
 from csfnet.detect.onnx_detector import preprocess, session
 from csfnet.errors import VerificationError
 from csfnet.files import staging_dir, write_json
+from csfnet.mlflow_tracking import log_flat_metrics, stage_run_if
 from csfnet.settings import Settings, load_settings
-from csfnet.tracking import log_flat_metrics, stage_run_if
 
 RAW_TOL = 1e-3  # absolute, on the raw head output
 BOX_TOL_PX = 1.0

@@ -27,8 +27,9 @@ from csfnet.detect.onnx_detector import COLUMNS, OnnxDetector
 from csfnet.detect.serving import PARAMS as SERVING_PARAMS
 from csfnet.errors import VerificationError
 from csfnet.files import write_json
+from csfnet.lineage import data_hash, git_commit
+from csfnet.mlflow_tracking import stage_run
 from csfnet.settings import Settings, load_settings
-from csfnet.tracking import data_hash, git_commit, stage_run
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 METRIC_TAG = "csfnet.map50_95"

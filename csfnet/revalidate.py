@@ -152,7 +152,6 @@ class TrainingScorer:
                 out=run_dir,
                 overrides={**self.budget, "seed": seed},
                 device=self.device,
-                track=False,
                 settings=self.every,
             )
             device = resolve_device(self.device, self.every)

@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import cv2
-import mlflow
 import numpy as np
 import yaml
 from tqdm import tqdm
@@ -20,8 +19,9 @@ from csfnet.data.dataset import label_path, split_images
 from csfnet.device import resolve_device
 from csfnet.evaluate import validate
 from csfnet.files import replace_dir, staging_dir
+from csfnet.lineage import lineage_tags
+from csfnet.runlog import NullLogger, StageLogger
 from csfnet.settings import Settings, load_settings
-from csfnet.tracking import stage_run_if
 
 METRICS = ("map50", "map50_95", "precision", "recall")
 
@@ -43,7 +43,7 @@ def noise_sweep(
     sigmas: Sequence[float] | None = None,
     imgsz: int | None = None,
     device: str | None = None,
-    track: bool = True,
+    logger: StageLogger | None = None,
     final: bool = False,
     settings: Settings | None = None,
 ) -> list[dict[str, Any]]:
@@ -52,7 +52,7 @@ def noise_sweep(
     Writes ``robustness.json``/``.csv``/``.png`` to ``out_dir`` (all or nothing). σ = 0 validates the original
     frames, so its row equals plain evaluation. Noisy frames are written losslessly (PNG) to a temporary dataset
     next to ``out_dir`` and removed afterwards. ``sigmas`` default to ``robustness.sigmas``, validation settings
-    come from ``eval``; ``final`` closes the pipeline's MLflow parent run.
+    come from ``eval``; ``logger`` records the stage (default: nothing), ``final`` closes the pipeline's parent run.
     """
     settings = (settings or load_settings()).override({"robustness.sigmas": sigmas}, "options")
     weights, data, out_dir = check_checkpoint(weights), Path(data), Path(out_dir)
@@ -62,7 +62,10 @@ def noise_sweep(
     params = {"sigmas": r.sigmas, "seed": r.seed, "imgsz": imgsz, "batch": e.batch, "conf": e.conf, "iou": e.iou}
     images = split_images(data, "val")
     names = yaml.safe_load(data.read_text())["names"]
-    with stage_run_if(track, "robustness", {**params, "device": device}, data, weights, final):
+    stage = (logger or NullLogger()).stage(
+        "robustness", {**params, "device": device}, lineage_tags(data, weights), final=final
+    )
+    with stage as run:
         rows = []
         for sigma in tqdm(r.sigmas, desc="noise sweep", unit="sigma"):
             if sigma == 0:
@@ -75,10 +78,9 @@ def noise_sweep(
         with staging_dir(out_dir) as tmp:
             write_outputs(rows, tmp)
             replace_dir(tmp, out_dir)
-        if track:
-            for row in rows:
-                mlflow.log_metrics({f"noise_{k}": v for k, v in row.items() if k != "sigma"}, step=int(row["sigma"]))
-            mlflow.log_artifacts(str(out_dir), "robustness")
+        for row in rows:
+            run.log_metrics({f"noise_{k}": v for k, v in row.items() if k != "sigma"}, step=int(row["sigma"]))
+        run.log_artifacts(out_dir, "robustness")
     return rows
 
 

@@ -1,16 +1,14 @@
-"""Training: any configuration through ultralytics' trainer, tracked in MLflow, resumable after a kill."""
+"""Training: any configuration through ultralytics' trainer, logged as the ``train`` stage, resumable after a kill."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import shutil
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import mlflow
 import torch
 import yaml
 
@@ -18,9 +16,10 @@ from csfnet._offline import disable_ultralytics_integrations
 from csfnet.checks import check_dataset, require_file
 from csfnet.device import resolve_device
 from csfnet.errors import DataError
+from csfnet.lineage import data_hash, dvc_hash
 from csfnet.model import resolve_config
+from csfnet.runlog import NullLogger, StageLogger
 from csfnet.settings import Settings, load_settings
-from csfnet.tracking import data_hash, dvc_hash, log_flat_metrics, stage_run
 from csfnet.trainer import CSFNetTrainer
 
 RAW_DATA = "data/raw"  # the ingest stage's output: the version of the data a model was trained on
@@ -65,7 +64,7 @@ def train(
     device: str | None = None,
     pretrained: str | Path | None = None,
     partition: str | Path | Sequence[int] | None = None,
-    track: bool = True,
+    logger: StageLogger | None = None,
     callbacks: Mapping[str, Any] | None = None,
     settings: Settings | None = None,
 ) -> TrainResult:
@@ -83,7 +82,7 @@ def train(
         device: ``""`` for auto, ``cpu``, ``0``, ``0,1`` (DDP) ...
         pretrained: Optional local checkpoint whose shape-matching tensors initialise the model.
         partition: CSwitch partition (list or ``csfnet tune``'s JSON file) replacing the config's own.
-        track: Log to MLflow as the ``train`` stage.
+        logger: Records the run as the ``train`` stage (default: nothing is recorded).
         callbacks: Extra ultralytics callbacks ``{event: fn}`` (used by tuning to report to Optuna).
         settings: Validated settings (default: :func:`csfnet.settings.load_settings`).
     """
@@ -134,11 +133,10 @@ def train(
     preset = settings.train.preset
     tags = {"csfnet.model_config": model_name, "csfnet.data_hash": data_hash(data), "csfnet.preset": preset}
     run_params = {"model": model_name, "preset": preset, "partition": partition_list, **args}
-    context = stage_run("train", params=run_params, tags=tags) if track else contextlib.nullcontext()
-    with context:
+    with (logger or NullLogger()).stage("train", params=run_params, tags=tags) as run:
         trainer = CSFNetTrainer(overrides=args)
-        if track:
-            trainer.add_callback("on_fit_epoch_end", log_epoch)
+        if run.active:
+            trainer.add_callback("on_fit_epoch_end", epoch_logger(run))
         for event, fn in (callbacks or {}).items():
             trainer.add_callback(event, fn)
         trainer.train()
@@ -149,10 +147,10 @@ def train(
             metrics={k: float(v) for k, v in (trainer.metrics or {}).items()},
             resumed=resume_from is not None,
         )
-        if track:
-            _log_outputs(result, getattr(trainer, "pretrained_tensors", None))
-            _log_data_stats(data, int(args.get("imgsz", 640)), result.run_dir / "data_stats")
-            _log_dataset(data, settings.data.source)
+        if run.active:
+            _log_outputs(run, result, getattr(trainer, "pretrained_tensors", None))
+            _log_data_stats(run, data, int(args.get("imgsz", 640)), result.run_dir / "data_stats")
+            _log_dataset(run, data, settings.data.source)
     return result
 
 
@@ -160,28 +158,25 @@ def _text(value: str | Path | None) -> str | None:
     return None if value is None else str(value)
 
 
-def _log_dataset(data: Path, source: str) -> None:
-    """The data version as an MLflow dataset input: source = data.source (masked), digest = the DVC hash of the
+def _log_dataset(run: StageLogger, data: Path, source: str) -> None:
+    """The data version as the run's dataset input: source = data.source (masked), digest = the DVC hash of the
     raw data (``data/raw`` in ``dvc.lock``), else of the extracted dataset."""
-    from csfnet.data.report import mlflow_dataset
-
-    digest = dvc_hash(RAW_DATA) or data_hash(data)
-    mlflow.log_input(mlflow_dataset(data, source, digest), context="training")
+    run.log_dataset(data, source, dvc_hash(RAW_DATA) or data_hash(data))
 
 
-def _log_data_stats(data: Path, imgsz: int, out_dir: Path) -> None:
+def _log_data_stats(run: StageLogger, data: Path, imgsz: int, out_dir: Path) -> None:
     """The trained-on dataset's object sizes (at source and at imgsz) with the training run."""
     from csfnet.data.stats import dataset_stats
 
     stats = dataset_stats(data, imgsz=imgsz, out_dir=out_dir)
     for split, values in stats["splits"].items():
-        mlflow.log_metrics(
+        run.log_metrics(
             {
                 f"data.{split}.objects": values["objects"],
                 f"data.{split}.below_stride_share": values["below_stride_share"],
             }
         )
-    mlflow.log_artifacts(str(out_dir), "data_stats")
+    run.log_artifacts(out_dir, "data_stats")
 
 
 def _resumable(out: Path, state: dict) -> Path | None:
@@ -198,27 +193,31 @@ def _resumable(out: Path, state: dict) -> Path | None:
     return last if epoch is not None and epoch >= 0 else None
 
 
-def log_epoch(trainer: Any) -> None:
-    """Per-epoch losses, validation metrics and learning rate (ultralytics ``on_fit_epoch_end`` callback).
+def epoch_logger(run: StageLogger) -> Callable[[Any], None]:
+    """An ultralytics ``on_fit_epoch_end`` callback logging per-epoch losses, validation metrics and learning rate.
 
     ultralytics calls it once more after the last epoch with the best checkpoint's metrics; those go to ``best/``.
     """
-    if trainer.epoch >= trainer.epochs:
-        log_flat_metrics({f"best/{k}": float(v) for k, v in (trainer.metrics or {}).items()})
-        return
-    values = {**trainer.label_loss_items(trainer.tloss, prefix="train"), **(trainer.metrics or {}), **trainer.lr}
-    log_flat_metrics({k: float(v) for k, v in values.items()}, step=trainer.epoch + 1)
+
+    def log_epoch(trainer: Any) -> None:
+        if trainer.epoch >= trainer.epochs:
+            run.log_metrics({f"best/{k}": float(v) for k, v in (trainer.metrics or {}).items()})
+            return
+        values = {**trainer.label_loss_items(trainer.tloss, prefix="train"), **(trainer.metrics or {}), **trainer.lr}
+        run.log_metrics({k: float(v) for k, v in values.items()}, step=trainer.epoch + 1)
+
+    return log_epoch
 
 
-def _log_outputs(result: TrainResult, pretrained_tensors: int | None) -> None:
-    log_flat_metrics({f"final/{k}": v for k, v in result.metrics.items()})
+def _log_outputs(run: StageLogger, result: TrainResult, pretrained_tensors: int | None) -> None:
+    run.log_metrics({f"final/{k}": v for k, v in result.metrics.items()})
     if pretrained_tensors is not None:
-        mlflow.log_metric("pretrained_tensors_loaded", pretrained_tensors)
-    mlflow.set_tag("csfnet.resumed", str(result.resumed))
+        run.log_metrics({"pretrained_tensors_loaded": pretrained_tensors})
+    run.set_tags({"csfnet.resumed": result.resumed})
     for name in ("results.csv", "args.yaml", "model.yaml"):
         if (result.run_dir / name).is_file():
-            mlflow.log_artifact(str(result.run_dir / name))
+            run.log_artifact(result.run_dir / name)
     for plot in sorted(result.run_dir.glob("*.png")) + sorted(result.run_dir.glob("*.jpg")):
-        mlflow.log_artifact(str(plot), "plots")
+        run.log_artifact(plot, "plots")
     if result.best.is_file():
-        mlflow.log_artifact(str(result.best), "weights")
+        run.log_artifact(result.best, "weights")

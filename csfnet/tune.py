@@ -1,11 +1,12 @@
 """Optuna search for the CSwitch channel partition (and optionally CReToNeXt depth and learning rate).
 
 Every trial trains through :func:`csfnet.train.train`, the code behind ``csfnet train``, reports validation
-mAP50-95 to Optuna after each epoch so that the pruner can stop it, and is logged as a nested MLflow run under the
-study's run. The study lives in any SQLAlchemy database (a SQLite file by default, PostgreSQL for several workers);
-running again continues it: finished trials are kept, trials of a killed worker are failed once their heartbeat
-goes stale and retried with the same parameters. The study's best partition replaces the config's own only once
-re-validation (:mod:`csfnet.revalidate`) shows it better beyond the noise.
+mAP50-95 to Optuna after each epoch so that the pruner can stop it, and is logged as a nested run under the study's
+stage run (:class:`csfnet.trial_log.TrialLogger`). The study lives in any SQLAlchemy database (a SQLite file by
+default, PostgreSQL for several workers); running again continues it: finished trials are kept, trials of a killed
+worker are failed once their heartbeat goes stale and retried with the same parameters. The study's best
+partition replaces the config's own only once re-validation (:mod:`csfnet.revalidate`) shows it better beyond the
+noise.
 """
 
 from __future__ import annotations
@@ -17,23 +18,24 @@ import math
 import os
 import shutil
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import mlflow
 import optuna
 from optuna.storages import RDBStorage, RetryFailedTrialCallback, fail_stale_trials
 from optuna.trial import TrialState
 
 from csfnet.checks import check_dataset
 from csfnet.files import write_json
+from csfnet.lineage import data_hash
 from csfnet.model import model_summary, resolve_config, takes_partition
 from csfnet.revalidate import Decision, TrainingScorer, cache_key, decide
+from csfnet.runlog import NullLogger, StageLogger
 from csfnet.services import probe_database
 from csfnet.settings import Settings, Tune, load_settings
-from csfnet.tracking import data_hash, log_flat_metrics, stage_run
+from csfnet.trial_log import EPOCH_VALUES, TrialLogger
 
 METRIC = "metrics/mAP50-95(B)"
 OBJECTIVES = ("map50_95", "pareto")  # pareto: maximise mAP50-95, minimise GFLOPs
@@ -74,7 +76,7 @@ def tune(
     preset: str | None = None,
     device: str | None = None,
     worker: int = 0,
-    track: bool = True,
+    logger: StageLogger | None = None,
     settings: Settings | None = None,
     revalidate: bool = True,
     **overrides: Any,
@@ -93,7 +95,7 @@ def tune(
         preset: Training preset the trials start from (``train.preset``).
         device: Training device; one device per worker (several workers share a study instead of DDP).
         worker: Index of this worker among those sharing the study; offsets the sampler seed.
-        track: Log the study and its trials to MLflow.
+        logger: Records the study as the ``tune`` stage, each trial as a nested run (default: nothing).
         settings: Validated settings (default: :func:`csfnet.settings.load_settings`).
         revalidate: Retrain a challenger against the incumbent; False (workers sharing a study) leaves the decision
             ``pending`` with the config's own partition, for a final call to decide.
@@ -119,18 +121,13 @@ def tune(
     name = settings.study_name or _study_name(model, data, settings)
     study = _load_study(name, storage_url, settings, worker, _baseline(config, settings))
     budget = _budget(settings)
-    objective = _Objective(every, data, nc, device, work_dir, track, worker, budget)
+    objective = _Objective(every, data, nc, device, work_dir, worker, budget)
     budget = {**budget, "epochs": settings.revalidate.epochs or settings.epochs}
     scorer = TrainingScorer(every, model, data, nc, budget, _single_device(device), work_dir / "revalidate" / name)
-    context = (
-        stage_run(  # fan-out workers (no re-validation) run side by side: one failing must not fail the parent
-            "tune", _run_params(settings, model, name), {"csfnet.data_hash": data_hash(data)}, fail_parent=revalidate
-        )
-        if track
-        else contextlib.nullcontext()
-    )
-    with context:
-        _optimize(study, objective, settings)
+    params, tags = _run_params(settings, model, name), {"csfnet.data_hash": data_hash(data)}
+    # fan-out workers (no re-validation) run side by side: one failing must not fail the parent
+    with (logger or NullLogger()).stage("tune", params, tags, fail_parent=revalidate) as run:
+        _optimize(study, objective, settings, [TrialLogger(run, objective.budget)])
         if not revalidate and not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
             # a fan-out worker whose trials are still running elsewhere (or were all pruned): the deciding step
             # reads the study once every worker is done
@@ -141,9 +138,9 @@ def tune(
         decision = _decide(study, result, _incumbent(config), scorer if revalidate else None, settings, budget)
         result.partition, result.decision = decision.partition, decision.to_json()
         write_json(out, result.to_json())
-        if track:
-            _log_study(study, result, out, settings)
-            _log_decision(decision)
+        if run.active:
+            _log_study(run, study, result, out, settings)
+            _log_decision(run, decision)
     return result
 
 
@@ -251,8 +248,8 @@ def _counted(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
     return [t for t in study.get_trials(deepcopy=False, states=COUNTED) if not t.user_attrs.get("surplus")]
 
 
-def _optimize(study: optuna.Study, objective: _Objective, settings: Tune) -> None:
-    """Run trials one by one until the study holds ``settings.trials`` counted trials."""
+def _optimize(study: optuna.Study, objective: _Objective, settings: Tune, callbacks: Sequence[Callable]) -> None:
+    """Run trials one by one until the study holds ``settings.trials`` counted trials; ``callbacks`` see each end."""
     while True:
         with _quiet_experimental():
             fail_stale_trials(study)  # trials of a killed worker: FAIL, then retried with the same parameters
@@ -263,7 +260,7 @@ def _optimize(study: optuna.Study, objective: _Objective, settings: Tune) -> Non
         failed = [t for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))]
         if len(failed) > settings.trials * (settings.max_retry + 1):
             raise RuntimeError(f"study {study.study_name}: {len(failed)} trials failed; last error: {_error(failed)}")
-        study.optimize(objective, n_trials=1, catch=(Exception,), gc_after_trial=True)
+        study.optimize(objective, n_trials=1, catch=(Exception,), callbacks=callbacks, gc_after_trial=True)
 
 
 def _error(failed: Sequence[optuna.trial.FrozenTrial]) -> str:
@@ -280,13 +277,12 @@ class _Objective:
         nc: int,
         device: str | None,
         work_dir: Path,
-        track: bool,
         worker: int,
         budget: dict[str, Any],
     ):
         self.every, self.settings, self.model = every, every.tune, every.train.model
         self.data, self.nc, self.device = data, nc, _single_device(device)
-        self.work_dir, self.track, self.worker, self.budget = work_dir, track, worker, budget
+        self.work_dir, self.worker, self.budget = work_dir, worker, budget
 
     def __call__(self, trial: optuna.Trial) -> float | tuple[float, float]:
         study = trial.study
@@ -302,21 +298,15 @@ class _Objective:
         trial.set_user_attr("gflops", gflops)
         run_dir = self.work_dir / "trials" / f"{study.study_name}-{trial.number:04d}"
         trial.set_user_attr("run_dir", str(run_dir))
-        started = time.time()
-        if self.track:
-            self._start_run(trial, partition, overrides, gflops)
         try:
             value = self._train(trial, config, run_dir, overrides)
         except optuna.TrialPruned:
-            self._end_run("PRUNED", started)
             raise
         except BaseException as e:
             trial.set_user_attr("error", f"{type(e).__name__}: {e}")
-            self._end_run("FAIL", started)
             raise
         finally:
             shutil.rmtree(run_dir / "weights", ignore_errors=True)  # trials keep results.csv, not weights
-        self._end_run("COMPLETE", started, value)
         return (value, gflops) if self.settings.objective == "pareto" else value
 
     def _suggest(self, trial: optuna.Trial) -> tuple[list[int], dict[str, Any], dict[str, Any]]:
@@ -338,15 +328,15 @@ class _Objective:
     def _train(self, trial: optuna.Trial, config: dict[str, Any], run_dir: Path, overrides: dict[str, Any]) -> float:
         from csfnet.train import train
 
-        multi = self.settings.objective == "pareto"
+        multi, history = self.settings.objective == "pareto", []
 
         def report(trainer: Any) -> None:
             if trainer.epoch >= trainer.epochs:  # ultralytics' extra call with the best checkpoint's metrics
                 return
             value = float((trainer.metrics or {}).get(METRIC, 0.0))
-            if self.track:
-                mlflow.log_metric("map50_95", value, step=trainer.epoch + 1)
-            if multi:  # Optuna cannot prune multi-objective trials
+            if multi:  # Optuna cannot prune multi-objective trials nor keep their intermediate values
+                history.append(value)
+                trial.set_user_attr(EPOCH_VALUES, history)
                 return
             trial.report(value, trainer.epoch + 1)
             if trial.should_prune():
@@ -358,29 +348,11 @@ class _Objective:
             out=run_dir,
             overrides=overrides,
             device=self.device,
-            track=False,
             callbacks={"on_fit_epoch_end": report},
             settings=self.every,
         )
         value = float(result.metrics.get(METRIC, 0.0))
         return 0.0 if math.isnan(value) else value
-
-    def _start_run(self, trial: optuna.Trial, partition: list[int], overrides: dict, gflops: float) -> None:
-        params = {"trial": trial.number, "partition": json.dumps(partition), "gflops": gflops, **trial.params}
-        params.update({k: v for k, v in overrides.items() if k in ("epochs", "imgsz", "fraction")})
-        tags = {"csfnet.stage": "tune-trial", "csfnet.study": trial.study.study_name}
-        mlflow.start_run(run_name=f"trial-{trial.number}", nested=True, tags=tags)
-        mlflow.log_params({k: str(v) for k, v in params.items()})
-
-    def _end_run(self, state: str, started: float, value: float | None = None) -> None:
-        """Close the trial's MLflow run: FINISHED when complete, KILLED when pruned, FAILED on error."""
-        if not self.track:
-            return
-        mlflow.set_tag("optuna.state", state)
-        mlflow.log_metric("duration_s", time.time() - started)
-        if value is not None:
-            mlflow.log_metric("final_map50_95", value)
-        mlflow.end_run({"COMPLETE": "FINISHED", "PRUNED": "KILLED"}.get(state, "FAILED"))
 
 
 def _single_device(device: str | None) -> str | None:
@@ -442,19 +414,19 @@ def _redact(url: str) -> str:
     return make_url(url).render_as_string(hide_password=True)
 
 
-def _log_study(study: optuna.Study, result: TuneResult, out: Path, settings: Tune) -> None:
+def _log_study(run: StageLogger, study: optuna.Study, result: TuneResult, out: Path, settings: Tune) -> None:
     """Study outcome and plots as artifacts of the study's run."""
-    mlflow.log_artifact(str(out))
+    run.log_artifact(out)
     if result.value is not None:
-        mlflow.log_metric("best_map50_95", result.value)
-    log_flat_metrics({f"trials.{k}": v for k, v in result.counts.items()})
+        run.log_metrics({"best_map50_95": result.value})
+    run.log_metrics({f"trials.{k}": v for k, v in result.counts.items()})
     for name, figure in _study_plots(study, settings).items():
-        mlflow.log_figure(figure, f"plots/{name}.png")
+        run.log_figure(figure, f"plots/{name}.png")
 
 
-def _log_decision(decision: Decision) -> None:
+def _log_decision(run: StageLogger, decision: Decision) -> None:
     """The decision as tags of the study's run; effect, interval and per-seed scores as metrics."""
-    mlflow.set_tags(
+    run.set_tags(
         {
             "csfnet.tune.decision": decision.outcome,
             "csfnet.tune.reason": decision.reason,
@@ -464,10 +436,10 @@ def _log_decision(decision: Decision) -> None:
     if decision.effect is None or decision.interval is None:
         return
     low, high = decision.interval
-    mlflow.log_metrics({"revalidate.effect_map50_95": decision.effect, "revalidate.low": low, "revalidate.high": high})
+    run.log_metrics({"revalidate.effect_map50_95": decision.effect, "revalidate.low": low, "revalidate.high": high})
     for side, scores in decision.per_seed.items():
         for step, value in enumerate(scores):
-            mlflow.log_metric(f"revalidate.{side}.map50_95", value, step=step)
+            run.log_metrics({f"revalidate.{side}.map50_95": value}, step=step)
 
 
 def _study_plots(study: optuna.Study, settings: Tune) -> Mapping[str, Any]:

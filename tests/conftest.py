@@ -50,9 +50,7 @@ def tiny_weights(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> P
     old = Path.cwd()
     os.chdir(run.parent)
     try:
-        result = train(
-            tiny_data, model="csfnet-n", out=run, preset="quick", overrides=TINY_TRAIN, device="cpu", track=False
-        )
+        result = train(tiny_data, model="csfnet-n", out=run, preset="quick", overrides=TINY_TRAIN, device="cpu")
     finally:
         os.chdir(old)
     return result.best

@@ -77,7 +77,7 @@ def train_micro_detector(root: Path) -> Path:
     try:
         result = train(
             root / "tiles" / "data.yaml", model=str(config), out=root / "train", preset="quick", overrides=TRAIN,
-            device="cpu", track=False,
+            device="cpu",
         )  # fmt: skip
     finally:
         os.chdir(old)

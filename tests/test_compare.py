@@ -86,7 +86,7 @@ def test_compare_writes_table_with_intervals_nested_runs_and_is_deterministic(ti
     assert {p: p.stat().st_mtime_ns for p in Path("cells").glob("*/weights/best.pt")} == before
 
     # determinism: the same seed on the same machine gives the same weights and detections; another seed does not
-    again = run_cell("yolov8n", 0, tiny_data, tmp_path / "again", track=False)
+    again = run_cell("yolov8n", 0, tiny_data, tmp_path / "again")
     first = json.loads(Path("cells/yolov8n-seed0/cell.json").read_text())
     assert again["metrics"] == first["metrics"]
     seed0, seed1 = (
@@ -105,7 +105,7 @@ def test_compare_writes_table_with_intervals_nested_runs_and_is_deterministic(ti
     cell["args"]["epochs"] = 5
     Path("odd/csfnet-n-seed1/cell.json").write_text(json.dumps(cell))
     with pytest.raises(DataError, match="unequal budget"):
-        report(["cells/yolov8n-seed0", "odd"], tmp_path / "bad", track=False)
+        report(["cells/yolov8n-seed0", "odd"], tmp_path / "bad")
     assert not (tmp_path / "bad").exists()
 
 

@@ -208,7 +208,7 @@ def test_bad_inputs_fail_and_leave_nothing(tiny_weights, onnx_models, val_video,
     results = tmp_path / "results"
     results.mkdir()
     with pytest.raises(SettingsError):
-        detect(onnx_models[0], val_video, results / "out", track="sort", progress=False)
+        detect(onnx_models[0], val_video, results / "out", tracker="sort", progress=False)
     with pytest.raises(SettingsError):
         detect(onnx_models[0], val_video, results / "out", slice_size=48, overlap=1.5, progress=False)
     for model, source, error in cases:
@@ -222,7 +222,7 @@ def test_tracking_keeps_one_id_per_target(tiny_raw):
     """ByteTrack and BoT-SORT on a clean synthetic sequence fed its true boxes, every third frame at a low score
     (below the trackers' first-stage threshold): one ID per target, no switch."""
     from csfnet.detect.track_metrics import tracking_metrics
-    from csfnet.detect.tracking import Tracker
+    from csfnet.detect.tracker import Tracker
 
     seq = next(p for p in sorted((tiny_raw / "val").iterdir()) if p.is_dir())
     gt = np.loadtxt(seq / "gt" / "gt.txt", delimiter=",", ndmin=2)

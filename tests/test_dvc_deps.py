@@ -32,6 +32,10 @@ NOT_DEPS = {
     "(test_settings keeps the schema's defaults equal to params.yaml)",
     "csfnet/errors.py": "exception types: a stage that fails writes nothing",
     "csfnet/kubeflow/trainjob.py": "`csfnet train --render-trainjob` only writes a manifest; it trains nothing",
+    **dict.fromkeys(
+        ("csfnet/runlog.py", "csfnet/mlflow_tracking.py", "csfnet/mlflow_logger.py", "csfnet/trial_log.py"),
+        "experiment logging (MLflow, or nothing): no stage output depends on it",
+    ),
 }
 
 

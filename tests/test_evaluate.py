@@ -24,7 +24,7 @@ def test_noise_has_the_requested_std_and_clips():
 
 
 def test_evaluate_writes_documented_metrics_and_plots(tiny_weights, tiny_data, tmp_path):
-    metrics = evaluate(tiny_weights, tiny_data, tmp_path / "eval", imgsz=64, track=False, size_bands=[8, 16], samples=2)
+    metrics = evaluate(tiny_weights, tiny_data, tmp_path / "eval", imgsz=64, size_bands=[8, 16], samples=2)
     saved = json.loads((tmp_path / "eval/metrics.json").read_text())
     assert saved == json.loads(json.dumps(metrics))
     for key in ("map50", "map50_95", "precision", "recall"):
@@ -39,7 +39,7 @@ def test_evaluate_writes_documented_metrics_and_plots(tiny_weights, tiny_data, t
 
 
 def test_noise_sweep_zero_row_equals_plain_evaluation(tiny_weights, tiny_data, tmp_path):
-    rows = noise_sweep(tiny_weights, tiny_data, tmp_path / "rob", sigmas=[0, 25], imgsz=64, track=False)
+    rows = noise_sweep(tiny_weights, tiny_data, tmp_path / "rob", sigmas=[0, 25], imgsz=64)
     plain = validate(tiny_weights, tiny_data, imgsz=64, plots=False)
     assert [r["sigma"] for r in rows] == [0, 25]
     for key in ("map50", "map50_95", "precision", "recall"):

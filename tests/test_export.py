@@ -22,8 +22,8 @@ from mlflow import MlflowClient
 from csfnet.data.dataset import split_images
 from csfnet.detect.onnx_detector import COLUMNS, OnnxDetector
 from csfnet.export import export, verify
+from csfnet.mlflow_tracking import configure
 from csfnet.registry import CHALLENGER, CHAMPION, encode_image, log_detector, register
-from csfnet.tracking import configure
 
 from .conftest import free_port, tool
 from .services import wait_http

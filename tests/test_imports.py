@@ -19,9 +19,12 @@ PACKAGES = ("csfnet", "components", "pipelines")
 FLOORS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("leaves", (
         "csfnet", "csfnet._offline", "csfnet.errors", "csfnet.files", "csfnet.metrics", "csfnet.reports",
-        "csfnet.nn", "csfnet.model",
+        "csfnet.nn", "csfnet.model", "csfnet.runlog", "csfnet.trial_log",
     )),
-    ("configuration", ("csfnet.settings", "csfnet.device", "csfnet.services", "csfnet.tracking")),
+    ("configuration", (
+        "csfnet.settings", "csfnet.device", "csfnet.services", "csfnet.lineage", "csfnet.mlflow_tracking",
+        "csfnet.mlflow_logger",
+    )),
     ("data", ("csfnet.data", "csfnet.checks", "csfnet.trainer")),
     ("stages", (
         "csfnet.train", "csfnet.tune", "csfnet.revalidate", "csfnet.evaluate", "csfnet.robustness", "csfnet.detect",

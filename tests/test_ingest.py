@@ -226,7 +226,7 @@ def test_mlflow_dataset_input_carries_source_digest_and_counts(tiny_data, tmp_pa
 
     import mlflow
 
-    from csfnet.data.report import mlflow_dataset
+    from csfnet.mlflow_logger import mlflow_dataset
 
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlruns.db'}")
     dataset = mlflow_dataset(tiny_data, "s3://key:secret@videos/raw", "0123456789abcdef0123456789abcdef.dir")

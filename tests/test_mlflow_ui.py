@@ -5,7 +5,7 @@ import shutil
 import mlflow
 import pytest
 
-from csfnet.tracking import stage_run, ui_link
+from csfnet.mlflow_tracking import stage_run, ui_link
 
 from .conftest import ARTIFACTS, free_port
 from .services import mlflow_server, postgres

@@ -13,6 +13,7 @@ import pytest
 import torch
 from ultralytics import YOLO
 
+from csfnet.mlflow_logger import MlflowLogger
 from csfnet.train import train
 
 from .conftest import TINY_TRAIN
@@ -57,7 +58,12 @@ def test_predict_and_onnx_export_match_pytorch(tiny_weights, tmp_path, tiny_data
 
 def test_training_logs_one_mlflow_run_with_epoch_metrics(tiny_data, tmp_path):
     result = train(
-        tiny_data, model="csfnet-n", out=tmp_path / "run", overrides={**TINY_TRAIN, "epochs": 2}, device="cpu"
+        tiny_data,
+        model="csfnet-n",
+        out=tmp_path / "run",
+        overrides={**TINY_TRAIN, "epochs": 2},
+        device="cpu",
+        logger=MlflowLogger(),
     )
     assert result.best.is_file() and not result.resumed
     runs = mlflow.search_runs(search_all_experiments=True, output_format="list")
@@ -71,6 +77,9 @@ def test_training_logs_one_mlflow_run_with_epoch_metrics(tiny_data, tmp_path):
     assert [m.step for m in history] == [1, 2]
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(train_run.info.run_id, "weights")}
     assert "weights/best.pt" in artifacts
+    (data_input,) = mlflow.get_run(train_run.info.run_id).inputs.dataset_inputs  # the data version it trained on
+    assert data_input.tags[0].value == "training" and data_input.dataset.digest.startswith("content-")
+    assert mlflow.MlflowClient().list_artifacts(train_run.info.run_id, "data_stats")
 
 
 def test_killed_training_resumes_from_last_pt(tiny_data, tmp_path):
@@ -80,15 +89,13 @@ def test_killed_training_resumes_from_last_pt(tiny_data, tmp_path):
         "def die(trainer):\n"
         "    if trainer.epoch == 0: os.kill(os.getpid(), signal.SIGKILL)\n"
         f"train(sys.argv[1], model='csfnet-n', out=sys.argv[2], overrides={dict(TINY_TRAIN, epochs=3)!r}, "
-        "device='cpu', track=False, callbacks={'on_model_save': die})"
+        "device='cpu', callbacks={'on_model_save': die})"
     )
     run = tmp_path / "run"
     proc = subprocess.run([sys.executable, "-c", script, str(tiny_data), str(run)], capture_output=True, timeout=600)
     assert proc.returncode == -signal.SIGKILL
     assert len((run / "results.csv").read_text().splitlines()) == 2  # header + epoch 1
-    result = train(
-        tiny_data, model="csfnet-n", out=run, overrides=dict(TINY_TRAIN, epochs=3), device="cpu", track=False
-    )
+    result = train(tiny_data, model="csfnet-n", out=run, overrides=dict(TINY_TRAIN, epochs=3), device="cpu")
     assert result.resumed
     rows = (run / "results.csv").read_text().splitlines()[1:]
     assert [int(float(r.split(",")[0])) for r in rows] == [1, 2, 3]
@@ -96,15 +103,21 @@ def test_killed_training_resumes_from_last_pt(tiny_data, tmp_path):
 
 def test_missing_inputs_fail_before_training(tiny_data, tmp_path):
     with pytest.raises(FileNotFoundError, match="never downloaded"):
-        train(tiny_data, out=tmp_path / "r", pretrained=tmp_path / "yolov8n.pt", track=False)
+        train(tiny_data, out=tmp_path / "r", pretrained=tmp_path / "yolov8n.pt")
     with pytest.raises(FileNotFoundError, match="data extract"):
-        train(tmp_path / "nope.yaml", out=tmp_path / "r", track=False)
+        train(tmp_path / "nope.yaml", out=tmp_path / "r")
     assert not (tmp_path / "r").exists()
 
 
 def test_pretrained_checkpoint_initialises_and_reports(tiny_data, tiny_weights, tmp_path):
     result = train(
-        tiny_data, model="csfnet-n", out=tmp_path / "ft", overrides=TINY_TRAIN, device="cpu", pretrained=tiny_weights
+        tiny_data,
+        model="csfnet-n",
+        out=tmp_path / "ft",
+        overrides=TINY_TRAIN,
+        device="cpu",
+        pretrained=tiny_weights,
+        logger=MlflowLogger(),
     )
     run = next(
         r
@@ -116,5 +129,5 @@ def test_pretrained_checkpoint_initialises_and_reports(tiny_data, tiny_weights, 
 
 
 def test_yolov8n_baseline_trains_without_downloading(tiny_data, tmp_path):
-    result = train(tiny_data, model="yolov8n", out=tmp_path / "base", overrides=TINY_TRAIN, device="cpu", track=False)
+    result = train(tiny_data, model="yolov8n", out=tmp_path / "base", overrides=TINY_TRAIN, device="cpu")
     assert YOLO(str(result.best)).model.yaml["backbone"][0][2] == "Conv"

@@ -19,6 +19,7 @@ from optuna.trial import TrialState
 
 import csfnet.train
 from csfnet.metrics import ImageMatches
+from csfnet.mlflow_logger import MlflowLogger
 from csfnet.model import build_model
 from csfnet.nn.modules import CSwitch
 from csfnet.revalidate import decide, revalidate
@@ -56,7 +57,14 @@ def test_study_prunes_logs_and_writes_the_best_partition(tiny_data, tmp_path):
     # successive halving that needs one trial at a rung before promoting any: the first trial is always pruned
     pruner = {"type": "successive_halving", "min_resource": 1, "reduction_factor": 2, "bootstrap_count": 1}
     _params(tmp_path / "params.yaml", pruner=pruner)
-    result = tune(tiny_data, out=tmp_path / "best.json", work_dir=tmp_path / "runs", device="cpu", revalidate=False)
+    result = tune(
+        tiny_data,
+        out=tmp_path / "best.json",
+        work_dir=tmp_path / "runs",
+        device="cpu",
+        logger=MlflowLogger(),
+        revalidate=False,
+    )
 
     study = _study(f"sqlite:///{tmp_path / 'runs' / 'study.db'}")
     states = [t.state for t in study.trials]
@@ -87,9 +95,7 @@ def test_study_prunes_logs_and_writes_the_best_partition(tiny_data, tmp_path):
     assert "plots/optimization_history.png" in plots
 
     # running again continues the study: three finished trials are already there, none is repeated
-    again = tune(
-        tiny_data, out=tmp_path / "best.json", work_dir=tmp_path / "runs", device="cpu", track=False, revalidate=False
-    )
+    again = tune(tiny_data, out=tmp_path / "best.json", work_dir=tmp_path / "runs", device="cpu", revalidate=False)
     assert len(_study(f"sqlite:///{tmp_path / 'runs' / 'study.db'}").trials) == 3
     assert again.partition == best["partition"] and again.decision == best["decision"]
 
@@ -106,7 +112,7 @@ def test_failed_trial_is_recorded_and_the_study_goes_on(tiny_data, tmp_path, mon
 
     monkeypatch.setattr(csfnet.train, "train", flaky_train)
     runs = tmp_path / "runs"
-    result = tune(tiny_data, out=tmp_path / "best.json", work_dir=runs, device="cpu", track=False, revalidate=False)
+    result = tune(tiny_data, out=tmp_path / "best.json", work_dir=runs, device="cpu", revalidate=False)
     study = _study(f"sqlite:///{tmp_path / 'runs' / 'study.db'}")
     assert [t.state for t in study.trials] == [TrialState.FAIL, TrialState.COMPLETE, TrialState.COMPLETE]
     assert "injected" in study.trials[0].user_attrs["error"]
@@ -191,7 +197,14 @@ def test_pareto_search_over_partition_depth_and_learning_rate(tiny_data, tmp_pat
     from csfnet.nn.modules import CReToNeXt
 
     _params(tmp_path / "params.yaml", trials=3, epochs=1, objective="pareto", head_depth=[1, 4], lr0=[0.001, 0.01])
-    result = tune(tiny_data, out=tmp_path / "best.json", work_dir=tmp_path / "runs", device="cpu", revalidate=False)
+    result = tune(
+        tiny_data,
+        out=tmp_path / "best.json",
+        work_dir=tmp_path / "runs",
+        device="cpu",
+        logger=MlflowLogger(),
+        revalidate=False,
+    )
     assert result.pareto_front and all(p["gflops"] > 0 for p in result.pareto_front)
     assert result.decision["challenger"] == result.pareto_front[0]["partition"]  # the most accurate Pareto-optimal
     assert {"head_depth", "lr0"} <= set(result.params) and 0.001 <= result.params["lr0"] <= 0.01
@@ -270,7 +283,7 @@ def test_a_tied_study_decides_nothing_and_the_summary_says_so(tiny_data, tmp_pat
     _complete_study(f"sqlite:///{tmp_path / 'runs' / 'study.db'}", "tied", [(OWN, 0.0), ([32, 64, 128], 0.0)] * 2)
     monkeypatch.setattr(csfnet.train, "train", None)  # a complete study trains nothing: no trial, no re-validation
 
-    result = tune(tiny_data, out=tmp_path / "best.json", work_dir=tmp_path / "runs", device="cpu", track=False)
+    result = tune(tiny_data, out=tmp_path / "best.json", work_dir=tmp_path / "runs", device="cpu")
     written = json.loads((tmp_path / "best.json").read_text())
     assert written["decision"]["outcome"] == "inconclusive" and written["partition"] == result.partition == OWN
     assert len(_study(f"sqlite:///{tmp_path / 'runs' / 'study.db'}").trials) == 4
@@ -285,7 +298,9 @@ def test_a_complete_study_revalidates_its_winner_by_training(tiny_data, tmp_path
     (tmp_path / "runs").mkdir()
     _complete_study(storage, "decided", [(OWN, 0.01), ([32, 64, 128], 0.02), ([48, 96, 192], 0.0)])
 
-    result = tune(tiny_data, out=tmp_path / "best.json", work_dir=tmp_path / "runs", device="cpu")
+    result = tune(
+        tiny_data, out=tmp_path / "best.json", work_dir=tmp_path / "runs", device="cpu", logger=MlflowLogger()
+    )
     decision = json.loads((tmp_path / "best.json").read_text())["decision"]
     assert decision["challenger"] == [32, 64, 128] and decision["incumbent"] == OWN and decision["seeds"] == [0, 1]
     assert decision["outcome"] in ("adopted", "kept") and result.partition == _partition_of(decision)
@@ -305,7 +320,7 @@ def test_a_complete_study_revalidates_its_winner_by_training(tiny_data, tmp_path
     assert run.data.metrics["revalidate.effect_map50_95"] == decision["effect"]
 
     monkeypatch.setattr(csfnet.train, "train", None)  # deciding again reuses the stored re-validation
-    again = tune(tiny_data, out=tmp_path / "again.json", work_dir=tmp_path / "runs", device="cpu", track=False)
+    again = tune(tiny_data, out=tmp_path / "again.json", work_dir=tmp_path / "runs", device="cpu")
     assert again.decision == decision
     assert summary({"tune": {**result.to_json(), "decision": decision}}).count("interval") == 1
 

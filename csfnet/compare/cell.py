@@ -17,14 +17,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-import mlflow
-
 from csfnet.checks import check_dataset
 from csfnet.device import resolve_device
 from csfnet.files import write_json
+from csfnet.lineage import PIPELINE_ENV, data_hash
 from csfnet.metrics import ImageMatches, average_precision
+from csfnet.runlog import NullLogger, ParentRun, StageLogger
 from csfnet.settings import Settings, load_settings
-from csfnet.tracking import data_hash, log_flat_metrics, parent_run, stage_run
 
 CELL_FILE = "cell.json"
 MATCHES_FILE = "matches.npz"
@@ -43,10 +42,8 @@ def cell_settings(config: str, seed: int, preset: str | None = None, settings: S
 
 def comparison_id(data_version: str, settings: Settings) -> str:
     """Identity of a comparison (its MLflow parent run): the Kubeflow run id when set, else a hash of the data
-    version (:func:`csfnet.tracking.data_hash`), the budget (the preset's arguments), the configurations and seeds."""
+    version (:func:`csfnet.lineage.data_hash`), the budget (the preset's arguments), the configurations and seeds."""
     import os
-
-    from csfnet.tracking import PIPELINE_ENV
 
     if os.environ.get(PIPELINE_ENV):
         return os.environ[PIPELINE_ENV]
@@ -55,17 +52,9 @@ def comparison_id(data_version: str, settings: Settings) -> str:
     return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def open_comparison(comparison: str) -> str:
-    """Create (or find) the comparison's parent run and return its id: Kubeflow's planning step calls it before
-    the cells fan out, so parallel cells find one parent instead of racing to create it."""
-    from csfnet.tracking import configure
-
-    return parent_run(configure(), COMPARISON_TAG, comparison, "compare")
-
-
-def comparison_parent(comparison: str) -> Any:
-    """A ``stage_run`` parent finder: the comparison's RUNNING parent run, created on first use."""
-    return lambda experiment_id: parent_run(experiment_id, COMPARISON_TAG, comparison, "compare")
+def comparison_parent(comparison: str) -> ParentRun:
+    """The comparison's parent run, which its cells and report nest under (created on first use)."""
+    return ParentRun(COMPARISON_TAG, comparison, "compare")
 
 
 def run_cell(
@@ -75,7 +64,7 @@ def run_cell(
     out: str | Path,
     preset: str | None = None,
     device: str | None = None,
-    track: bool = True,
+    logger: StageLogger | None = None,
     comparison: str | None = None,
     settings: Settings | None = None,
 ) -> dict[str, Any]:
@@ -88,7 +77,8 @@ def run_cell(
         out: Cell folder.
         preset: Training preset (default: ``compare.preset``).
         device: ``""`` auto, ``cpu``, ``0`` ... (default: ``train.device``).
-        track: Log the cell as a nested MLflow run (tagged with configuration and seed) under the comparison's run.
+        logger: Records the cell as a run (tagged with configuration and seed) under the comparison's parent run
+            (default: nothing is recorded).
         comparison: Comparison id of the parent run (default: :func:`comparison_id`).
         settings: Validated settings (default: :func:`csfnet.settings.load_settings`).
 
@@ -112,14 +102,14 @@ def run_cell(
         "csfnet.data_hash": data_hash(data),
         "mlflow.runName": f"{config}-seed{seed}",
     }
-    if not track:
-        return _run(config, seed, data, out, every, len(info["names"]), fingerprint, track, comparison)
-    comparison = comparison or comparison_id(tags["csfnet.data_hash"], every)
+    logger = logger or NullLogger()
+    if logger.active:  # the parent run's id, recorded in the cell for the report to nest under
+        comparison = comparison or comparison_id(tags["csfnet.data_hash"], every)
+        tags[COMPARISON_TAG] = comparison
     params = {"config": config, "seed": seed, **every.train_args()}
-    tags[COMPARISON_TAG] = comparison
-    parent = comparison_parent(comparison)
-    with stage_run("compare-cell", params=params, tags=tags, parent=parent, fail_parent=False):
-        return _run(config, seed, data, out, every, len(info["names"]), fingerprint, track, comparison)
+    parent = comparison_parent(comparison) if comparison else None
+    with logger.stage("compare-cell", params, tags, parent=parent, fail_parent=False) as run:
+        return _run(config, seed, data, out, every, len(info["names"]), fingerprint, run, comparison)
 
 
 def _run(
@@ -130,16 +120,16 @@ def _run(
     every: Settings,
     nc: int,
     fingerprint: str,
-    track: bool,
+    run: StageLogger,
     comparison: str | None,
 ) -> dict[str, Any]:
     from csfnet.model import model_summary
-    from csfnet.train import log_epoch, train
+    from csfnet.train import epoch_logger, train
 
     device = resolve_device(None, every)
     clock, cpu = time.perf_counter(), _cpu_seconds()
-    callbacks = {"on_fit_epoch_end": log_epoch} if track else None
-    result = train(data, out=out / "train", track=False, callbacks=callbacks, settings=every)
+    callbacks = {"on_fit_epoch_end": epoch_logger(run)} if run.active else None
+    result = train(data, out=out / "train", callbacks=callbacks, settings=every)  # logged as the cell's own run
     train_s, cpu_s = time.perf_counter() - clock, _cpu_seconds() - cpu
     imgsz = every.imgsz
     matches, bands, latency = _score(result.best, data, imgsz, device, every)
@@ -173,10 +163,9 @@ def _run(
     shutil.copy2(result.best, weights / "best.pt")
     matches.save(out / MATCHES_FILE)
     write_json(out / CELL_FILE, cell)  # last: marks the cell finished
-    if track:
-        log_flat_metrics({k: cell[k] for k in ("params", "gflops", "latency_ms_cpu", "train_s", "cpu_s")})
-        log_flat_metrics(cell["metrics"])
-        mlflow.log_artifact(str(out / CELL_FILE))
+    run.log_metrics({k: cell[k] for k in ("params", "gflops", "latency_ms_cpu", "train_s", "cpu_s")})
+    run.log_metrics(cell["metrics"])
+    run.log_artifact(out / CELL_FILE)
     return cell
 
 

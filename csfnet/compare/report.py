@@ -13,14 +13,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import mlflow
-
 from csfnet.compare.cell import CELL_FILE, COMPARISON_TAG, cell_settings, comparison_id, comparison_parent, load_cell
 from csfnet.errors import DataError, InputNotFoundError
 from csfnet.files import replace_dir, staging_dir
 from csfnet.metrics import ImageMatches, Interval, paired_bootstrap, seed_interval
+from csfnet.runlog import NullLogger, StageLogger
 from csfnet.settings import Settings, load_settings
-from csfnet.tracking import log_flat_metrics, stage_run
 
 METRICS = ("map50", "map50_95")
 LABELS = {"map50": "mAP50", "map50_95": "mAP50-95"}
@@ -45,7 +43,7 @@ def report(
     cells: Sequence[str | Path],
     out: str | Path,
     configured: bool = False,
-    track: bool = True,
+    logger: StageLogger | None = None,
     comparison: str | None = None,
     settings: Settings | None = None,
 ) -> dict[str, Any]:
@@ -54,6 +52,7 @@ def report(
     Rows follow ``compare.configs`` (configurations not listed there come after, in folder order); the first row
     is the reference of every paired difference. Cells must share the data, the validation split and the budget.
     ``configured``: keep only the cells of ``compare.configs`` x ``compare.seeds`` (a folder may hold older ones).
+    ``logger`` records the report as the run closing the comparison's parent run (default: nothing is recorded).
     """
     settings = settings or load_settings()
     loaded = [load_cell(c) for c in find_cells(cells)]
@@ -94,9 +93,10 @@ def report(
         (tmp / "compare.md").write_text(markdown(result))
         plot(result, tmp / "compare.png")
         replace_dir(tmp, out)
-    if track:
+    logger = logger or NullLogger()
+    if logger.active:
         budget = cell_settings(first["config"], first["seed"], first["preset"], settings)
-        _log(result, out, comparison or first.get("comparison") or comparison_id(first["data_hash"], budget))
+        _log(logger, result, out, comparison or first.get("comparison") or comparison_id(first["data_hash"], budget))
     return result
 
 
@@ -252,20 +252,17 @@ def _err(interval: dict[str, Any]) -> list[list[float]]:
     return [[interval["mean"] - interval["low"]], [interval["high"] - interval["mean"]]]
 
 
-def _log(result: dict[str, Any], out: Path, comparison: str) -> None:
+def _log(logger: StageLogger, result: dict[str, Any], out: Path, comparison: str) -> None:
     """The report as a nested run closing the comparison's parent run; the table on the parent run too."""
-    from mlflow.tracking import MlflowClient
-
     tags = {COMPARISON_TAG: comparison, "csfnet.data_hash": result["data_hash"], "mlflow.runName": "report"}
     params = {"reference": result["reference"], "configs": result["order"], "preset": result["preset"]}
     parent = comparison_parent(comparison)
-    with stage_run("compare-report", params=params, tags=tags, final=True, parent=parent) as run:
+    with logger.stage("compare-report", params, tags, final=True, parent=parent) as run:
         for name, row in result["rows"].items():
             flat = {m: row[m]["mean"] for m in (*METRICS,)}
             flat.update({f"delta_{m}": row[f"delta_{m}"]["mean"] for m in METRICS if f"delta_{m}" in row})
-            log_flat_metrics(flat, prefix=name)
-        mlflow.log_artifacts(str(out), "compare")
-        parent_id = run.data.tags["mlflow.parentRunId"]
-    client = MlflowClient()
+            run.log_metrics(flat, prefix=name)
+        run.log_artifacts(out, "compare")
+        comparison_run = run.parent
     for name in ("compare.md", "compare.json", "compare.png"):
-        client.log_artifact(parent_id, str(out / name), "compare")
+        comparison_run.log_artifact(out / name, "compare")

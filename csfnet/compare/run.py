@@ -11,8 +11,9 @@ from tqdm import tqdm
 from csfnet.checks import check_dataset
 from csfnet.compare.cell import cell_settings, comparison_id, run_cell
 from csfnet.compare.report import report
+from csfnet.lineage import data_hash
+from csfnet.runlog import StageLogger
 from csfnet.settings import Settings, load_settings
-from csfnet.tracking import data_hash
 
 
 def cell_dir(cells_dir: str | Path, config: str, seed: int) -> Path:
@@ -28,7 +29,7 @@ def compare(
     seeds: Sequence[int] | None = None,
     preset: str | None = None,
     device: str | None = None,
-    track: bool = True,
+    logger: StageLogger | None = None,
     settings: Settings | None = None,
 ) -> dict[str, Any]:
     """Train and score every (configuration, seed) cell not finished yet, then write the report.
@@ -42,7 +43,8 @@ def compare(
         seeds: Seeds (default: ``compare.seeds``).
         preset: Training preset (default: ``compare.preset``).
         device: ``""`` auto, ``cpu``, ``0`` ... (default: ``train.device``).
-        track: One MLflow parent run for the comparison, a nested run per cell and one for the report.
+        logger: Records one parent run for the comparison, a nested run per cell and one for the report
+            (default: nothing is recorded).
         settings: Validated settings (default: :func:`csfnet.settings.load_settings`).
     """
     settings = (settings or load_settings()).override(
@@ -57,6 +59,6 @@ def compare(
     folders = []
     for config, seed in tqdm(cells, desc="comparison cells", unit="cell"):
         folder = cell_dir(cells_dir, config, seed)
-        run_cell(config, seed, data, folder, track=track, comparison=comparison, settings=settings)
+        run_cell(config, seed, data, folder, logger=logger, comparison=comparison, settings=settings)
         folders.append(folder)
-    return report(folders, out, track=track, comparison=comparison, settings=settings)
+    return report(folders, out, logger=logger, comparison=comparison, settings=settings)

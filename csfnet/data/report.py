@@ -12,7 +12,6 @@ from __future__ import annotations
 import base64
 import html
 import io
-import json
 from pathlib import Path
 from typing import Any
 
@@ -207,34 +206,3 @@ def contact_sheet(dataset: Path, samples: int = SAMPLES) -> list[tuple[str, str]
         if ok:
             out.append((str(rel), base64.b64encode(buf.tobytes()).decode()))
     return out
-
-
-def mlflow_dataset(data_yaml: str | Path, source_uri: str, digest: str, name: str | None = None) -> Any:
-    """The dataset record for ``mlflow.log_input(dataset, context="training")``: source = where the raw data came
-    from (credentials masked), digest = its DVC content hash (e.g. of ``data/raw`` in ``dvc.lock``), profile = the
-    counts per split from the dataset's ``report.json``."""
-    from mlflow.data.dataset_source_registry import resolve_dataset_source
-    from mlflow.data.meta_dataset import MetaDataset
-
-    from csfnet.services import mask
-
-    data_yaml = Path(data_yaml)
-    report_path = data_yaml.parent / "report.json"
-    report = json.loads(report_path.read_text()) if report_path.is_file() else {}
-    profile = {
-        split: {k: s.get(k) for k in ("sequences", "frames", "objects", "images", "boxes") if k in s}
-        for split, s in report.get("splits", {}).items()
-    }
-
-    class VideoDataset(MetaDataset):
-        """Metadata only: where the videos are, their content hash, and counts per split as the profile."""
-
-        @property
-        def profile(self) -> Any | None:
-            return profile or None
-
-        def to_dict(self) -> dict[str, str]:
-            return super().to_dict() | ({"profile": json.dumps(profile)} if profile else {})
-
-    source = resolve_dataset_source(mask(source_uri))
-    return VideoDataset(source, name=name or Path(str(source_uri).rstrip("/")).name or "raw", digest=digest[:36])

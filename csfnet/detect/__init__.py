@@ -1,4 +1,4 @@
-"""``csfnet detect``: sliced inference, tracking and a choice of CPU runtimes over videos, images and streams."""
+"""``csfnet detect``: sliced inference, object tracking and a choice of CPU runtimes over videos, images and streams."""
 
 from csfnet.detect.predict import Predictor, SliceOptions
 from csfnet.detect.run import DetectResult, detect

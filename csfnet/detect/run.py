@@ -13,7 +13,7 @@ from tqdm import tqdm
 from csfnet.detect.predict import Predictor, SliceOptions
 from csfnet.detect.runtimes import Runtime, load_runtime
 from csfnet.detect.sources import open_source
-from csfnet.detect.tracking import TRACKERS, Tracker
+from csfnet.detect.tracker import TRACKERS, Tracker
 from csfnet.errors import SettingsError
 from csfnet.files import replace_dir, staging_dir, write_json
 from csfnet.settings import Detect
@@ -66,7 +66,7 @@ def detect(
     full_frame: bool = DEFAULTS.full_frame,
     merge: str = DEFAULTS.merge,
     merge_threshold: float = DEFAULTS.merge_threshold,
-    track: str | None = None,
+    tracker: str | None = None,
     tracker_overrides: dict[str, Any] | None = None,
     batch: int = DEFAULTS.batch,
     device: str = DEFAULTS.device,
@@ -90,7 +90,7 @@ def detect(
         full_frame: With slicing, also run the whole frame downscaled.
         merge: How detections are merged across slices: ``nmm`` or ``nms``.
         merge_threshold: Overlap (IoS) at which two detections are the same target.
-        track: ``bytetrack``, ``botsort`` or None.
+        tracker: Object tracker, ``bytetrack``, ``botsort`` or None.
         tracker_overrides: Settings replacing the tracker config's.
         batch: Crops per runtime call.
         device: PyTorch device of a ``.pt`` model.
@@ -101,18 +101,18 @@ def detect(
     Raises:
         csfnet.errors.CsfnetError: Bad model or source (nothing is written).
     """
-    if track is not None and track not in TRACKERS:
-        raise SettingsError(f"unknown tracker {track!r}; choose one of {', '.join(TRACKERS)}")
+    if tracker is not None and tracker not in TRACKERS:
+        raise SettingsError(f"unknown tracker {tracker!r}; choose one of {', '.join(TRACKERS)}")
     out = Path(out)
     slicing = SliceOptions(slice_size or None, overlap, full_frame, merge, merge_threshold)
     src = open_source(source)  # before the model: a bad source fails fast
     try:
         runtime = model if isinstance(model, Runtime) else load_runtime(model, imgsz, device)
-        tracker = Tracker(track, tracker_overrides) if track else None
-        det_conf = min(conf, tracker.min_score) if tracker else conf
+        object_tracker = Tracker(tracker, tracker_overrides) if tracker else None
+        det_conf = min(conf, object_tracker.min_score) if object_tracker else conf
         predictor = Predictor(runtime, det_conf, iou, slicing, batch)
         with staging_dir(out) as tmp:
-            counts = _run(src, predictor, tracker, tmp, conf, save_video, max_frames, progress)
+            counts = _run(src, predictor, object_tracker, tmp, conf, save_video, max_frames, progress)
             frames, n_dets, track_ids, seconds = counts
             result = DetectResult(
                 out=out,
@@ -126,7 +126,7 @@ def detect(
                 fps=round(frames / seconds, 3) if seconds > 0 else 0.0,
                 crops_per_frame=predictor.slices_per_frame(src.height, src.width),
                 slice=slicing.size,
-                tracker=track,
+                tracker=tracker,
             )
             write_json(tmp / SUMMARY, result.to_json())
             replace_dir(tmp, out)

@@ -72,7 +72,7 @@ def evaluate_tracking(
                 iou=iou,
                 slice_size=slice_size,
                 overlap=overlap,
-                track=tracker,
+                tracker=tracker,
                 tracker_overrides=tracker_overrides,
                 save_video=False,
                 progress=False,

@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-PIPELINE_ENV = "CSFNET_PIPELINE_ID"  # read by csfnet.tracking.pipeline_id(): one MLflow parent per execution
+PIPELINE_ENV = "CSFNET_PIPELINE_ID"  # read by csfnet.lineage.pipeline_id(): one MLflow parent per execution
 OPTUNA_ENV = "CSFNET_OPTUNA_STORAGE"  # csfnet.tune.STORAGE_ENV: the study the tuning workers share
 PIPELINES = {"csfnet": "pipelines.csfnet_pipeline", "compare": "pipelines.compare_pipeline"}
 

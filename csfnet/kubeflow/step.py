@@ -86,7 +86,8 @@ def new_champion_uri(decision: Mapping[str, Any]) -> str:
         return ""
     from mlflow import MlflowClient
 
-    from csfnet.tracking import configure, pipeline_id
+    from csfnet.lineage import pipeline_id
+    from csfnet.mlflow_tracking import configure
 
     configure()  # the store the register command used
     client = MlflowClient()

@@ -1,4 +1,4 @@
-"""MLflow tracking: one parent run per pipeline execution, exactly one nested run per stage.
+"""MLflow experiment tracking: one parent run per pipeline execution, exactly one nested run per stage.
 
 The store defaults to a SQLite database and an artifact folder inside the project (``mlruns.db``, ``mlartifacts/``)
 and follows ``MLFLOW_TRACKING_URI`` when set (a server, PostgreSQL, S3 artifacts). Stages launched by ``dvc repro``
@@ -10,26 +10,24 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import hashlib
 import json
 import os
 import socket
-import subprocess
 import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import mlflow
-import yaml
 from mlflow.tracking import MlflowClient
 
 from csfnet.files import pid_alive
+from csfnet.lineage import git_commit, lineage_tags, pipeline_id
+from csfnet.runlog import ParentRun, flat_metrics
 from csfnet.services import probe_tracking
-from csfnet.settings import load_settings, params_path
+from csfnet.settings import load_settings
 
 PARENT_ENV = "CSFNET_PARENT_RUN_ID"
-PIPELINE_ENV = "CSFNET_PIPELINE_ID"
 DEFAULT_DB = "mlruns.db"
 DEFAULT_ARTIFACTS = "mlartifacts"
 FINAL_STAGE_TAG = "csfnet.final_stage"
@@ -87,55 +85,6 @@ def _probe(uri: str, timeout: float) -> None:
     probe_tracking(uri, timeout)
 
 
-@functools.cache
-def git_commit() -> str:
-    """Current git commit (with ``-dirty`` when the tree has changes), or ``unknown`` outside a repository."""
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "-uno"], capture_output=True, text=True).stdout.strip()
-        return commit + ("-dirty" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
-def dvc_hash(path: str | Path) -> str | None:
-    """The md5 ``dvc.lock`` records for the stage output at ``path``, or None when DVC does not track it."""
-    lock = Path("dvc.lock")
-    if not lock.is_file():
-        return None
-    stages = (yaml.safe_load(lock.read_text()) or {}).get("stages", {})
-    for stage in stages.values():
-        for out in stage.get("outs", []):
-            if Path(out["path"]).resolve() == Path(path).resolve():
-                return out.get("md5")
-    return None
-
-
-def data_hash(dataset: str | Path) -> str:
-    """DVC hash of a dataset folder from ``dvc.lock`` when DVC tracks it, else a hash of its manifest."""
-    dataset = Path(dataset)
-    if dataset.is_file():
-        dataset = dataset.parent
-    tracked = dvc_hash(dataset)
-    if tracked:
-        return tracked
-    digest = hashlib.md5()
-    for name in ("data.yaml", "manifest.json", "report.json"):
-        if (dataset / name).is_file():
-            digest.update((dataset / name).read_bytes())
-    return f"content-{digest.hexdigest()}"
-
-
-def pipeline_id() -> str:
-    """Identity of one pipeline execution: ``$CSFNET_PIPELINE_ID`` (a Kubeflow run id), else the commit and the
-    parameters it runs with."""
-    if os.environ.get(PIPELINE_ENV):
-        return os.environ[PIPELINE_ENV]
-    path = params_path()
-    params = path.read_bytes() if path.is_file() else b""
-    return hashlib.sha256(git_commit().encode() + params).hexdigest()[:16]
-
-
 def _parent_run_id(experiment_id: str) -> str:
     if os.environ.get(PARENT_ENV):
         return os.environ[PARENT_ENV]
@@ -162,6 +111,12 @@ def parent_run(
     if oldest != mine:
         client.delete_run(mine)
     return oldest
+
+
+def open_parent(parent: ParentRun) -> str:
+    """Create (or find) ``parent`` and return its id: a planning step calls it before parallel steps fan out (the
+    cells of a comparison), so they find one parent instead of racing to create it."""
+    return parent_run(configure(), parent.tag, parent.value, parent.prefix)
 
 
 def _running(client: MlflowClient, experiment_id: str, key: str, value: str) -> list[str]:
@@ -207,7 +162,7 @@ def stage_run(
         run_name=all_tags.get("mlflow.runName", stage), experiment_id=experiment_id, tags=all_tags
     ) as run:
         if params:
-            mlflow.log_params({k: _param(v) for k, v in params.items()})
+            mlflow.log_params({k: param_text(v) for k, v in params.items()})
         try:
             yield run
         except BaseException:
@@ -226,13 +181,13 @@ def stage_run_if(
     weights: str | Path | None = None,
     final: bool = False,
 ) -> contextlib.AbstractContextManager:
-    """:func:`stage_run` tagged with the data's hash (and the weights' path) when ``track``, else a no-op context."""
+    """:func:`stage_run` tagged with the data's hash (and the weights' path) when ``track``, else a no-op context.
+
+    Only the export stages still call it; the others receive a :class:`csfnet.runlog.StageLogger`.
+    """
     if not track:
         return contextlib.nullcontext()
-    tags = {"csfnet.data_hash": data_hash(data)}
-    if weights is not None:
-        tags["csfnet.weights"] = str(Path(weights).resolve())
-    return stage_run(stage, params=params, tags=tags, final=final)
+    return stage_run(stage, params=params, tags=lineage_tags(data, weights), final=final)
 
 
 def _close_orphans(experiment_id: str, parent: str, stage: str) -> None:
@@ -250,26 +205,22 @@ def _close_orphans(experiment_id: str, parent: str, stage: str) -> None:
             client.set_terminated(run.info.run_id, "KILLED")
 
 
-def _param(value: Any) -> str:
+def param_text(value: Any) -> str:
+    """A parameter value as MLflow stores it: lists and dicts as JSON, cut to MLflow's length limit."""
     text = json.dumps(value) if isinstance(value, (list, dict)) else str(value)
     return text[:6000]
 
 
 def log_flat_metrics(metrics: Mapping[str, Any], prefix: str = "", step: int | None = None) -> None:
-    """Log every numeric leaf of a nested dict as ``prefix.key.subkey``."""
-    flat: dict[str, float] = {}
-
-    def walk(d: Mapping[str, Any], path: str) -> None:
-        for key, value in d.items():
-            name = f"{path}.{key}" if path else str(key)
-            if isinstance(value, Mapping):
-                walk(value, name)
-            elif isinstance(value, (int, float)) and not isinstance(value, bool):
-                flat[_metric_name(name)] = float(value)
-
-    walk(metrics, prefix)
+    """Log every numeric leaf of a nested dict as ``prefix.key.subkey`` to the active run."""
+    flat = metric_names(flat_metrics(metrics, prefix))
     if flat:
         mlflow.log_metrics(flat, step=step)
+
+
+def metric_names(metrics: Mapping[str, float]) -> dict[str, float]:
+    """``metrics`` under names MLflow accepts."""
+    return {_metric_name(k): v for k, v in metrics.items()}
 
 
 def _metric_name(name: str) -> str:

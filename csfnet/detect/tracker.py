@@ -1,4 +1,4 @@
-"""Multi-object tracking with ultralytics' own trackers (ByteTrack, BoT-SORT) and their shipped YAML configs.
+"""Object tracking (multi-object) with ultralytics' own trackers (ByteTrack, BoT-SORT) and their shipped YAML configs.
 
 The configs are read from the installed ultralytics package (nothing is fetched). Detections go in with every score
 down to the tracker's ``track_low_thresh``: ByteTrack's second association matches the low-score boxes to existing
