@@ -240,6 +240,7 @@ class Detect(Section):
     batch: PositiveInt = 8  # crops per runtime call
     device: str = "cpu"
     save_video: bool = True
+    single_target: bool = False  # also states.json: per frame the best track or "target absent" (Anti-UAV)
 
     @field_validator("slice")
     @classmethod

@@ -400,3 +400,23 @@ def test_sliced_detection_finds_micro_targets_full_frames_miss(micro_detector, t
         assert len(labels) == len(dets)
         if len(dets):  # every detection is a label, within the 2-decimal rounding of the two files
             assert np.abs(dets[:, None] - labels[None]).max(-1).min(1).max() < 0.05
+
+
+def test_evaluate_tracking_adds_state_accuracy_on_single_target_sequences(onnx_models, tiny_raw, tmp_path):
+    import shutil
+
+    from csfnet.detect.track_eval import evaluate_tracking
+
+    sequence = next(p.parent.parent for p in (tiny_raw / "val").rglob("gt.txt"))
+    single = tmp_path / "raw" / "val" / sequence.name
+    shutil.copytree(sequence, single)
+    gt = np.loadtxt(single / "gt" / "gt.txt", delimiter=",", ndmin=2)
+    kept = gt[gt[:, 1] == gt[0, 1]]  # one target: a single-target (Anti-UAV style) sequence
+    kept = kept[kept[:, 0] % 2 == 0]  # absent on odd frames
+    np.savetxt(single / "gt" / "gt.txt", kept, delimiter=",", fmt="%g")
+    low = {"track_high_thresh": 0.002, "track_low_thresh": 0.001, "new_track_thresh": 0.002}
+    result = evaluate_tracking(onnx_models[0], tmp_path / "raw", conf=CONF, tracker_overrides=low)
+    metrics = result["per_sequence"][sequence.name]
+    assert metrics["visible_frames"] == len(kept) < metrics["frames"]
+    assert 0 <= metrics["SA"] <= 1 and metrics["SA_penalised"] <= metrics["SA"] and 0 <= metrics["miss_rate"] <= 1
+    assert result["overall"]["SA"] == metrics["SA"]

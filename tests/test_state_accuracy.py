@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from csfnet.detect.track_metrics import single_target_states, state_accuracy
+from csfnet.detect.track_metrics import single_target_state, state_accuracy
 
 
 def box(x, y, w=10, h=10):
@@ -35,15 +35,7 @@ def test_all_absent_and_silent_is_perfect_and_lengths_must_match():
         state_accuracy([None] * 3, [None] * 2)
 
 
-def test_single_target_states_keep_the_highest_scoring_box_or_absent():
-    rows = np.array(
-        [
-            [1, 1, 0, 0, 10, 10, 0.4],
-            [1, 2, 50, 50, 10, 10, 0.9],  # frame 1: the higher score wins
-            [3, 1, 5, 5, 10, 10, 0.7],
-        ]
-    )
-    states = single_target_states(rows, frames=4)
-    np.testing.assert_array_equal(states[0], [50, 50, 10, 10])
-    assert states[1] is None and states[3] is None
-    np.testing.assert_array_equal(states[2], [5, 5, 10, 10])
+def test_single_target_state_is_the_highest_scoring_box_or_absent():
+    rows = np.array([[0, 0, 10, 10, 0.4, 0, 1], [50, 50, 60, 62, 0.9, 0, 2]])  # x1, y1, x2, y2, score, class, id
+    assert single_target_state(rows) == [50, 50, 10, 12]
+    assert single_target_state(np.zeros((0, 7))) is None

@@ -20,7 +20,7 @@ from csfnet.settings import Detect
 
 DEFAULTS = Detect()  # the defaults of the detect: settings, the one place they are set
 
-VIDEO, MOT, JSONL, SUMMARY = "annotated.mp4", "mot.txt", "detections.jsonl", "summary.json"
+VIDEO, MOT, JSONL, STATES, SUMMARY = "annotated.mp4", "mot.txt", "detections.jsonl", "states.json", "summary.json"
 
 
 @dataclass
@@ -71,6 +71,7 @@ def detect(
     batch: int = DEFAULTS.batch,
     device: str = DEFAULTS.device,
     save_video: bool = DEFAULTS.save_video,
+    single_target: bool = DEFAULTS.single_target,
     max_frames: int | None = None,
     progress: bool = True,
 ) -> DetectResult:
@@ -95,6 +96,8 @@ def detect(
         batch: Crops per runtime call.
         device: PyTorch device of a ``.pt`` model.
         save_video: Write the annotated video.
+        single_target: The stream holds at most one target: also write ``states.json``, per frame the
+            highest-scoring track (or detection) or "target absent" (Anti-UAV's state layout).
         max_frames: Stop after this many frames.
         progress: Show a progress bar.
 
@@ -112,7 +115,7 @@ def detect(
         det_conf = min(conf, object_tracker.min_score) if object_tracker else conf
         predictor = Predictor(runtime, det_conf, iou, slicing, batch)
         with staging_dir(out) as tmp:
-            counts = _run(src, predictor, object_tracker, tmp, conf, save_video, max_frames, progress)
+            counts = _run(src, predictor, object_tracker, tmp, conf, save_video, single_target, max_frames, progress)
             frames, n_dets, track_ids, seconds = counts
             result = DetectResult(
                 out=out,
@@ -142,14 +145,16 @@ def _run(
     tmp: Path,
     conf: float,
     save_video: bool,
+    single_target: bool,
     max_frames: int | None,
     progress: bool,
 ) -> tuple[int, int, int, float]:
-    from csfnet.detect.writers import AnnotatedVideo, JsonLinesWriter, MotWriter
+    from csfnet.detect.writers import AnnotatedVideo, JsonLinesWriter, MotWriter, StatesWriter
 
     names = predictor.runtime.names
     video = AnnotatedVideo(tmp / VIDEO, src.fps, src.width, src.height, names) if save_video else None
     mot, jsonl = MotWriter(tmp / MOT), JsonLinesWriter(tmp / JSONL, names)
+    states = StatesWriter(tmp / STATES) if single_target else None
     total = min(src.frames or 0, max_frames or 1 << 62) or None
     frames = n_dets = 0
     track_ids: set[int] = set()
@@ -174,10 +179,12 @@ def _run(
             jsonl.write(frames, rows, Path(src.names[frames - 1]).name if src.names else None)
             if video is not None:
                 video.write(frame, rows)
+            if states is not None:
+                states.write(rows)
             bar.update()
         bar.close()
     finally:
-        for writer in (video, mot, jsonl):
+        for writer in (video, mot, jsonl, states):
             if writer is not None:
                 writer.close()
     return frames, n_dets, len(track_ids), time.perf_counter() - start

@@ -8,6 +8,7 @@ truth with TrackEval's HOTA, CLEAR (MOTA, ID switches) and Identity (IDF1).
 
 from __future__ import annotations
 
+import json
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -15,9 +16,9 @@ from typing import Any
 import numpy as np
 
 from csfnet.data.formats import VIDEO_SUFFIXES
-from csfnet.detect.run import DEFAULTS, MOT, detect
+from csfnet.detect.run import DEFAULTS, MOT, STATES, detect
 from csfnet.detect.runtimes import Runtime, load_runtime
-from csfnet.detect.track_metrics import combined_tracking_metrics, tracking_metrics
+from csfnet.detect.track_metrics import combined_tracking_metrics, state_accuracy, tracking_metrics
 from csfnet.errors import DataError, InputNotFoundError
 
 
@@ -56,7 +57,9 @@ def evaluate_tracking(
 
     Returns ``{"tracker": ..., "sequences": n, "overall": metrics, "per_sequence": {name: metrics}}``; ``metrics``
     are :func:`csfnet.detect.track_metrics.tracking_metrics`'s (HOTA, DetA, AssA, MOTA, MOTP, IDF1, id_switches,
-    ...). ``overall`` combines the sequences as TrackEval does.
+    ...). ``overall`` combines the sequences as TrackEval does. Sequences with a single target ID also get Anti-UAV's
+    state accuracy (``SA``, ``SA_penalised``, ``miss_rate``) of ``csfnet detect``'s single-target states; its overall
+    figure is the mean over those sequences, as the challenge averages them.
     """
     runtime = model if isinstance(model, Runtime) else load_runtime(model, imgsz)
     sequences = mot_sequences(root, split)[:max_sequences]
@@ -75,23 +78,35 @@ def evaluate_tracking(
                 tracker=tracker,
                 tracker_overrides=tracker_overrides,
                 save_video=False,
+                single_target=True,
                 progress=False,
             )
             gt = _read_mot(gt_file)
             tracks = _read_mot(out / MOT)
             pairs.append((gt, tracks))
             per_sequence[name] = tracking_metrics(gt, tracks)
-    return {
-        "tracker": tracker,
-        "sequences": len(sequences),
-        "overall": combined_tracking_metrics(pairs),
-        "per_sequence": per_sequence,
-    }
+            if len(np.unique(gt[:, 1])) == 1:  # a single-target sequence: Anti-UAV's state accuracy too
+                predicted = [box or None for box in json.loads((out / STATES).read_text())["res"]]
+                per_sequence[name] |= state_accuracy(_truth_states(gt, len(predicted)), predicted)
+    overall = combined_tracking_metrics(pairs)
+    single = [m for m in per_sequence.values() if "SA" in m]
+    if single:
+        overall |= {k: float(np.mean([m[k] for m in single])) for k in ("SA", "SA_penalised", "miss_rate")}
+    return {"tracker": tracker, "sequences": len(sequences), "overall": overall, "per_sequence": per_sequence}
 
 
 def flat_metrics(result: dict[str, Any]) -> dict[str, float]:
     """``{"track/HOTA": ..., "track/MOTA": ..., "track/IDF1": ..., "track/id_switches": ...}`` for MLflow."""
     return {f"track/{k}": float(v) for k, v in result["overall"].items()}
+
+
+def _truth_states(gt: np.ndarray, frames: int) -> list[list[float] | None]:
+    """Per frame ``1..frames``, the target's ``x, y, w, h`` (MOT ground truth rows) or None where it is absent."""
+    boxes: list[list[float] | None] = [None] * frames
+    for row in gt:
+        if 1 <= int(row[0]) <= frames:
+            boxes[int(row[0]) - 1] = [float(v) for v in row[2:6]]
+    return boxes
 
 
 def _read_mot(path: Path) -> np.ndarray:

@@ -80,22 +80,18 @@ def combined_tracking_metrics(sequences: Sequence[tuple[np.ndarray, np.ndarray]]
 MISS_PENALTY, MISS_EXPONENT = 0.2, 0.3  # Anti-UAV challenge: SA - 0.2 * (miss rate) ** 0.3
 
 
-def single_target_states(rows: np.ndarray, frames: int) -> list[np.ndarray | None]:
-    """One state per frame ``1..frames`` for a single-target stream: the ``x, y, w, h`` box of the frame's
-    highest-scoring row (MOT rows ``frame, id, x, y, w, h[, score]``; without scores the first row), or None for
-    "target absent"."""
-    rows = np.asarray(rows, float)
-    rows = rows.reshape(-1, rows.shape[-1]) if rows.size else np.zeros((0, 6))
-    states: list[np.ndarray | None] = [None] * frames
-    for f in range(1, frames + 1):
-        here = rows[rows[:, 0] == f]
-        if len(here):
-            best = here[np.argmax(here[:, 6])] if here.shape[1] > 6 else here[0]
-            states[f - 1] = best[2:6]
-    return states
+def single_target_state(rows: np.ndarray) -> list[float] | None:
+    """The state of a single-target stream in one frame: the ``x, y, w, h`` box of the highest-scoring row
+    (``x1, y1, x2, y2, score, ...``), or None for "target absent"."""
+    if not len(rows):
+        return None
+    x1, y1, x2, y2 = (float(v) for v in rows[int(np.argmax(rows[:, 4]))][:4])
+    return [round(x1, 2), round(y1, 2), round(x2 - x1, 2), round(y2 - y1, 2)]
 
 
-def state_accuracy(truth: Sequence[np.ndarray | None], predicted: Sequence[np.ndarray | None]) -> dict[str, float]:
+def state_accuracy(
+    truth: Sequence[Sequence[float] | None], predicted: Sequence[Sequence[float] | None]
+) -> dict[str, float]:
     """Anti-UAV state accuracy of one single-target sequence (boxes ``x, y, w, h``, None = absent), per frame:
     the IoU when the target is visible (0 without a prediction), 1 for a correct "absent", 0 for a box on a frame
     without the target. ``SA`` is the mean; ``SA_penalised`` subtracts ``0.2 * miss_rate ** 0.3``, the miss rate
@@ -121,7 +117,7 @@ def state_accuracy(truth: Sequence[np.ndarray | None], predicted: Sequence[np.nd
     }
 
 
-def _iou_xywh(a: np.ndarray, b: np.ndarray) -> float:
+def _iou_xywh(a: Sequence[float], b: Sequence[float]) -> float:
     ax, ay, aw, ah = (float(v) for v in a)
     bx, by, bw, bh = (float(v) for v in b)
     iw = max(0.0, min(ax + aw, bx + bw) - max(ax, bx))

@@ -1,4 +1,4 @@
-"""What ``csfnet detect`` writes for every frame: an annotated MP4, MOT rows and JSON lines.
+"""What ``csfnet detect`` writes for every frame: an annotated MP4, MOT rows, JSON lines and single-target states.
 
 MOT rows are ``frame,id,x,y,w,h,conf,-1,-1,-1`` with 1-based frames (MOTChallenge's detection/result layout; ``id``
 is -1 without tracking), the layout ``csfnet data extract`` ingests, so reviewed detections can become labels.
@@ -13,6 +13,7 @@ from typing import IO
 import cv2
 import numpy as np
 
+from csfnet.detect.track_metrics import single_target_state
 from csfnet.errors import DataError
 
 
@@ -84,6 +85,24 @@ class JsonLinesWriter:
 
     def close(self) -> None:
         self.file.close()
+
+
+class StatesWriter:
+    """A single-target stream's state per frame, as Anti-UAV scores trackers: ``{"exist": [0/1 ...], "res": [[x, y,
+    w, h] or [] ...]}`` (pixels, top-left origin), the highest-scoring track or detection of each frame, or "target
+    absent"."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.states: dict[str, list] = {"exist": [], "res": []}
+
+    def write(self, rows: np.ndarray) -> None:
+        state = single_target_state(rows)
+        self.states["exist"].append(int(state is not None))
+        self.states["res"].append(state or [])
+
+    def close(self) -> None:
+        self.path.write_text(json.dumps(self.states))
 
 
 def _color(track_id: int) -> tuple[int, int, int]:
