@@ -92,11 +92,12 @@ class Train(Section):
     @field_validator("model")
     @classmethod
     def _known_model(cls, value: str) -> str:
-        from csfnet.model import is_known_config, unknown_config
+        from csfnet.model import ALL_CONFIGS, is_known_config
 
         if is_known_config(value) or value.endswith((".yaml", ".yml")):
             return value
-        raise ValueError(unknown_config(value))
+        known = _unknown(value, ALL_CONFIGS, "a model configuration")
+        raise ValueError(f"{known.removesuffix(')')}, any yolov8/yolo11/yolo12/yolo26 scale n-x) or a YAML file")
 
 
 class PartitionSpace(Section):
