@@ -1,0 +1,132 @@
+"""Training under torchrun: two "nodes" on this machine (one launcher each, loopback rendezvous, gloo on CPU)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import mlflow
+import psutil
+import pytest
+import torch
+import yaml
+from ultralytics import YOLO
+from ultralytics.utils.torch_utils import unwrap_model
+
+from csfnet.distributed import Launch, current_launch
+from csfnet.errors import SettingsError
+from csfnet.train import train
+
+from .conftest import TINY_TRAIN, free_port, tool
+
+# The global batch: 2 images per rank on two ranks. One SGD step per batch from the first on and no augmentation,
+# so that what separates two ranks from one process is the sharding itself (batch order, per-rank BatchNorm).
+PRESET = {**TINY_TRAIN, "batch": 4, "nbs": 4, "warmup_epochs": 0, "epochs": 2, "optimizer": "SGD", "lr0": 0.01}
+PRESET.update(dict.fromkeys(("fliplr", "hsv_h", "hsv_s", "hsv_v", "translate", "scale"), 0.0))
+
+
+def _params(tmp_path: Path, epochs: int) -> None:
+    """params.yaml (CSFNET_PARAMS points here) with a tiny CPU preset, so `csfnet train` needs no flags for it."""
+    tiny = {**PRESET, "epochs": epochs}
+    params = {"train": {"model": "csfnet-n", "preset": "tiny", "device": "cpu"}, "presets": {"tiny": tiny}}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+
+
+def _launch(node: int, port: int, data: Path, out: Path, cwd: Path) -> subprocess.Popen:
+    """One node's launcher running `csfnet train`: its own process group, so a kill takes the node down whole."""
+    cwd.mkdir(exist_ok=True)
+    command = [tool("torchrun"), "--nnodes", "2", "--nproc-per-node", "1", "--node-rank", str(node)]
+    command += ["--master-addr", "127.0.0.1", "--master-port", str(port), "-m", "csfnet", "train"]
+    command += ["--data", str(data), "--out", str(out)]
+    log = (cwd / f"node{node}.log").open("a")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen(command, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def _two_nodes(data: Path, out: Path, tmp_path: Path) -> tuple[subprocess.Popen, subprocess.Popen]:
+    port = free_port()
+    return _launch(0, port, data, out, tmp_path), _launch(1, port, data, out, tmp_path / "node1")
+
+
+def _epochs(run: Path) -> list[dict[str, float]]:
+    with (run / "results.csv").open() as f:
+        return [{k.strip(): float(v) for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+def _wait(procs: tuple[subprocess.Popen, ...], timeout: float = 240) -> list[int]:
+    return [p.wait(timeout=timeout) for p in procs]
+
+
+def test_launch_comes_from_the_launchers_environment():
+    assert current_launch({}) == Launch()  # a plain process
+    assert current_launch({"WORLD_SIZE": "1", "RANK": "0"}) == Launch()  # torchrun with one process
+    env = {"RANK": "3", "LOCAL_RANK": "1", "WORLD_SIZE": "4", "LOCAL_WORLD_SIZE": "2", "MASTER_ADDR": "node0"}
+    launch = current_launch(env)
+    assert (launch.rank, launch.local_rank, launch.world_size, launch.distributed, launch.is_main) == (
+        3,
+        1,
+        4,
+        True,
+        False,
+    )
+    with pytest.raises(SettingsError, match="RANK"):
+        current_launch({"WORLD_SIZE": "2"})
+
+
+@pytest.mark.slow
+def test_two_nodes_train_like_one_process_and_only_rank_0_writes(tiny_data, tmp_path):
+    _params(tmp_path, epochs=2)
+    out = tmp_path / "runs" / "torchrun"
+    assert _wait(_two_nodes(tiny_data, out, tmp_path)) == [0, 0], (tmp_path / "node0.log").read_text()[-3000:]
+
+    assert (out / "weights" / "best.pt").is_file() and not (out / "weights" / "last_state.pt").exists()
+    assert sorted(p.name for p in (tmp_path / "node1").iterdir()) == ["node1.log"]  # rank 1 wrote nothing
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlruns.db'}")  # rank 0's store (its working folder)
+    runs = mlflow.search_runs(search_all_experiments=True, output_format="list")
+    assert [r.data.tags.get("csfnet.stage") for r in runs].count("train") == 1
+    assert "DDP: debug command" not in (tmp_path / "node0.log").read_text()  # ultralytics spawned no workers
+
+    start = {}
+    grab = {"on_pretrain_routine_end": lambda t: start.update(_weights(unwrap_model(t.model)))}
+    single = train(tiny_data, out=tmp_path / "single", track=False, callbacks=grab)  # one process, same batch
+    assert [r["epoch"] for r in _epochs(out)] == [r["epoch"] for r in _epochs(single.run_dir)] == [1, 2]
+    two, one = _weights(YOLO(str(out / "weights" / "last.pt")).model), _weights(YOLO(str(single.last)).model)
+    update = _norm({k: one[k] - start[k] for k in one})
+    gap = _norm({k: two[k] - one[k] for k in one})
+    print(f"two ranks vs one process: weight gap / weight update = {gap / update:.4f} ({gap:.4g} / {update:.4g})")
+    assert gap < 0.5 * update  # measured: 0.XX
+
+
+def _weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().float().clone() for k, v in model.named_parameters()}
+
+
+def _norm(tensors: dict[str, torch.Tensor]) -> float:
+    return float(torch.sqrt(sum((v.double() ** 2).sum() for v in tensors.values())))
+
+
+@pytest.mark.slow
+def test_a_node_killed_mid_epoch_resumes_from_the_shared_checkpoint(tiny_data, tmp_path):
+    _params(tmp_path, epochs=3)
+    out = tmp_path / "runs" / "torchrun"
+    node0, node1 = _two_nodes(tiny_data, out, tmp_path)
+    deadline = time.monotonic() + 240
+    while not (out / "results.csv").is_file() or len(_epochs(out)) < 1:  # the first epoch's checkpoint is written
+        assert node0.poll() is None and time.monotonic() < deadline, (tmp_path / "node0.log").read_text()[-3000:]
+        time.sleep(0.2)
+    for process in [psutil.Process(node1.pid), *psutil.Process(node1.pid).children(recursive=True)]:
+        process.kill()  # node 1 dies during the second epoch (torchrun starts its worker in a session of its own)
+    assert node1.wait(timeout=30) == -signal.SIGKILL
+    assert node0.wait(timeout=120) != 0  # its peer is gone: the surviving node fails instead of hanging
+    assert [r["epoch"] for r in _epochs(out)] == [1]
+
+    assert _wait(_two_nodes(tiny_data, out, tmp_path)) == [0, 0], (tmp_path / "node0.log").read_text()[-3000:]
+    log = (tmp_path / "node0.log").read_text()
+    assert "Resuming training" in log and "from epoch 2 to 3 total epochs" in log
+    assert [r["epoch"] for r in _epochs(out)] == [1, 2, 3]
+    assert json.loads(log[log.rindex('{\n  "best"') :].split("\n}")[0] + "\n}")["resumed"] is True
