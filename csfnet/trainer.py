@@ -42,8 +42,8 @@ class CSFNetTrainer(DetectionTrainer):
     Under ``torchrun`` (one node or many) rank, local rank and world size come from the launcher's environment, not
     from the ``device`` string: ultralytics never spawns its own DDP workers, each rank trains on its shard with
     ``batch / world_size`` images (the global batch is the preset's), NCCL joins GPUs and gloo CPUs, and only rank
-    0 writes checkpoints and outputs. Every rank resumes the same full-precision weights; the random states saved
-    are rank 0's, so a resumed multi-rank run continues exactly only on rank 0's shard.
+    0 writes checkpoints and outputs. Every rank resumes the same full-precision weights and optimizer state; the
+    random states saved are rank 0's alone, so a resumed multi-rank run is exact in weights but not bit for bit.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
