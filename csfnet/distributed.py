@@ -75,6 +75,12 @@ def rank_device(device: str, launch: Launch | None = None) -> torch.device:
     return torch.device("cpu") if on_cpu(device) else torch.device("cuda", launch.local_rank)
 
 
+def device_setting(device: str, launch: Launch | None = None) -> str:
+    """The ``device`` setting of this rank: ``cpu``, or its own GPU's index (any GPU list names the node's GPUs)."""
+    launch = launch or current_launch()
+    return "cpu" if on_cpu(device) else str(launch.local_rank)
+
+
 def start(device: str) -> bool:
     """Join the launcher's process group (once per process); True for the main process.
 

@@ -12,7 +12,7 @@ from torch import distributed as dist
 from torch import nn
 from ultralytics.models.yolo.detect import DetectionTrainer
 from ultralytics.nn.tasks import DetectionModel, load_checkpoint
-from ultralytics.utils import LOGGER, RANK
+from ultralytics.utils import DEFAULT_CFG, LOGGER, RANK
 from ultralytics.utils.torch_utils import get_torch_device_backend, init_seeds, strip_optimizer, unwrap_model
 
 from csfnet import distributed
@@ -46,9 +46,12 @@ class CSFNetTrainer(DetectionTrainer):
     random states saved are rank 0's alone, so a resumed multi-rank run is exact in weights but not bit for bit.
     """
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.launch = distributed.current_launch()
+    def __init__(self, cfg: Any = DEFAULT_CFG, overrides: dict | None = None, _callbacks: dict | None = None) -> None:
+        launch = distributed.current_launch()
+        if launch.distributed and overrides and "device" in overrides:  # ultralytics makes it current: this rank's
+            overrides = {**overrides, "device": distributed.device_setting(overrides["device"], launch)}
+        super().__init__(cfg, overrides, _callbacks)
+        self.launch = launch
         if self.launch.distributed:  # one process per rank, already started: never ultralytics' own DDP spawn
             self.world_size, self.ddp = self.launch.world_size, False
             # ultralytics seeds rank r with seed + 1 + r, a single process with seed: rank 0 (whose weights DDP

@@ -18,7 +18,7 @@ import yaml
 from ultralytics import YOLO
 from ultralytics.utils.torch_utils import unwrap_model
 
-from csfnet.distributed import Launch, current_launch
+from csfnet.distributed import Launch, current_launch, device_setting
 from csfnet.errors import SettingsError
 from csfnet.train import train
 
@@ -94,6 +94,7 @@ def test_launch_comes_from_the_launchers_environment():
         True,
         False,
     )
+    assert device_setting("cpu", launch) == "cpu"  # gloo; a GPU setting becomes the local rank's GPU
     with pytest.raises(SettingsError, match="RANK"):
         current_launch({"WORLD_SIZE": "2"})
 
