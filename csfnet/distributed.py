@@ -69,22 +69,21 @@ def on_cpu(device: str) -> bool:
     return str(device).strip().lower().startswith("cpu") or not torch.cuda.is_available()
 
 
-def rank_device(device: str, launch: Launch | None = None) -> torch.device:
-    """The device of this rank: the CPU, or the GPU numbered by the local rank (one GPU per process)."""
-    launch = launch or current_launch()
-    return torch.device("cpu") if on_cpu(device) else torch.device("cuda", launch.local_rank)
-
-
 def device_setting(device: str, launch: Launch | None = None) -> str:
-    """The ``device`` setting of this rank: ``cpu``, or its own GPU's index (any GPU list names the node's GPUs)."""
+    """The ``device`` setting of this rank: ``cpu``, else its own GPU: the local rank's entry of a list naming one
+    GPU per local process (``2,3`` under ultralytics' own DDP), otherwise the GPU numbered by the local rank."""
     launch = launch or current_launch()
-    return "cpu" if on_cpu(device) else str(launch.local_rank)
+    if on_cpu(device):
+        return "cpu"
+    gpus = [d.strip().removeprefix("cuda:") for d in str(device).split(",") if d.strip()]
+    return gpus[launch.local_rank] if len(gpus) == launch.local_world_size else str(launch.local_rank)
 
 
-def start(device: str) -> bool:
+def start(device: str | torch.device) -> bool:
     """Join the launcher's process group (once per process); True for the main process.
 
-    Rendezvous comes from the launcher's ``MASTER_ADDR``/``MASTER_PORT``; a single process joins nothing.
+    ``device`` is a ``device`` setting, or this rank's own device. Rendezvous comes from the launcher's
+    ``MASTER_ADDR``/``MASTER_PORT``; a single process joins nothing.
     """
     launch = current_launch()
     if not launch.distributed:
@@ -92,7 +91,8 @@ def start(device: str) -> bool:
     if not dist.is_initialized():
         backend = "gloo" if on_cpu(device) else "nccl"
         if backend == "nccl":
-            torch.cuda.set_device(launch.local_rank)
+            own = isinstance(device, torch.device) and device.index is not None
+            torch.cuda.set_device(device.index if own else int(device_setting(str(device), launch)))
             os.environ.setdefault("TORCH_NCCL_BLOCKING_WAIT", "1")  # collectives then honour the timeout
         dist.init_process_group(backend, rank=launch.rank, world_size=launch.world_size, timeout=TIMEOUT)
         atexit.register(_leave)

@@ -59,12 +59,11 @@ class CSFNetTrainer(DetectionTrainer):
             init_seeds(self.args.seed + self.launch.rank, deterministic=self.args.deterministic)
 
     def _setup_ddp(self) -> None:
-        """Join the launcher's process group, on the CPU or on the GPU of this rank's local rank."""
-        self.device = distributed.rank_device(self.args.device, self.launch)
-        if self.device.type != "cpu":  # ultralytics' select_device made the device string's GPU current
+        """Join the launcher's process group on this rank's device (the CPU or its own GPU, chosen at __init__)."""
+        if self.device.type != "cpu":
             self.accelerator = get_torch_device_backend(self.device)
             self.accelerator.set_device(self.device.index)
-        distributed.start(self.args.device)
+        distributed.start(self.device)
 
     def _launched_on_cpu(self) -> bool:
         return self.launch.distributed and self.device.type == "cpu"
