@@ -12,6 +12,7 @@ from typing import Any
 import torch
 import yaml
 
+from csfnet import distributed
 from csfnet._offline import disable_ultralytics_integrations
 from csfnet.checks import check_dataset, require_file
 from csfnet.device import resolve_device
@@ -115,17 +116,21 @@ def train(
         plots=args.get("plots", True),
     )
     state = {"model": model_name, "config": config, "args": {k: v for k, v in args.items() if k != "device"}}
-    resume_from = _resumable(out, state)
-    if resume_from is None:
+    is_main = distributed.start(args["device"])  # under torchrun only rank 0 writes outputs and logs to MLflow
+    track = track and is_main
+    resume_from = _resumable(out, state) if is_main else None
+    if resume_from is None and is_main:
         shutil.rmtree(out, ignore_errors=True)
         out.mkdir(parents=True)
         (out / STATE_FILE).write_text(json.dumps(state, indent=2, default=str))
     if isinstance(config, dict):  # ultralytics (and its DDP workers) take the model as a file
         model_file = out / "model.yaml"
-        model_file.write_text(yaml.safe_dump(config, sort_keys=False))
+        if is_main:
+            model_file.write_text(yaml.safe_dump(config, sort_keys=False))
         args["model"] = str(model_file)
     else:
         args["model"] = config
+    resume_from = distributed.from_main(resume_from)  # every rank waits for rank 0's decision and files
     if resume_from is not None:
         args["resume"] = str(resume_from)
 

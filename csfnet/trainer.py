@@ -8,11 +8,14 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import distributed as dist
+from torch import nn
 from ultralytics.models.yolo.detect import DetectionTrainer
-from ultralytics.nn.tasks import DetectionModel
-from ultralytics.utils import LOGGER, RANK
-from ultralytics.utils.torch_utils import unwrap_model
+from ultralytics.nn.tasks import DetectionModel, load_checkpoint
+from ultralytics.utils import DEFAULT_CFG, LOGGER, RANK
+from ultralytics.utils.torch_utils import get_torch_device_backend, init_seeds, strip_optimizer, unwrap_model
 
+from csfnet import distributed
 from csfnet.model import build_model, is_csfnet, load_config
 
 RESUME_STATE = "last_state.pt"  # beside last.pt: what ultralytics' half-precision checkpoint leaves out
@@ -35,7 +38,59 @@ class CSFNetTrainer(DetectionTrainer):
     ``nbs == batch``: ultralytics keeps the open window's step counter in a local variable no checkpoint holds) and
     the run does not resume past its close-mosaic epoch (ultralytics then rebuilds the loader once more than an
     uninterrupted run does). Otherwise it continues from the exact weights with a different batch order.
+
+    Under ``torchrun`` (one node or many) rank, local rank and world size come from the launcher's environment, not
+    from the ``device`` string: ultralytics never spawns its own DDP workers, each rank trains on its shard with
+    ``batch / world_size`` images (the global batch is the preset's), NCCL joins GPUs and gloo CPUs, and only rank
+    0 writes checkpoints and outputs. Every rank resumes the same full-precision weights and optimizer state; the
+    random states saved are rank 0's alone, so a resumed multi-rank run is exact in weights but not bit for bit.
     """
+
+    def __init__(self, cfg: Any = DEFAULT_CFG, overrides: dict | None = None, _callbacks: dict | None = None) -> None:
+        launch = distributed.current_launch()
+        if launch.distributed and overrides and "device" in overrides:  # ultralytics makes it current: this rank's
+            overrides = {**overrides, "device": distributed.device_setting(overrides["device"], launch)}
+        super().__init__(cfg, overrides, _callbacks)
+        self.launch = launch
+        if self.launch.distributed:  # one process per rank, already started: never ultralytics' own DDP spawn
+            self.world_size, self.ddp = self.launch.world_size, False
+            # ultralytics seeds rank r with seed + 1 + r, a single process with seed: rank 0 (whose weights DDP
+            # hands to all) then starts from the model a single process would build
+            init_seeds(self.args.seed + self.launch.rank, deterministic=self.args.deterministic)
+
+    def _setup_ddp(self) -> None:
+        """Join the launcher's process group on this rank's device (the CPU or its own GPU, chosen at __init__)."""
+        if self.device.type != "cpu":
+            self.accelerator = get_torch_device_backend(self.device)
+            self.accelerator.set_device(self.device.index)
+        distributed.start(self.device)
+
+    def _launched_on_cpu(self) -> bool:
+        return self.launch.distributed and self.device.type == "cpu"
+
+    def _setup_train(self) -> None:
+        """ultralytics' setup; on CPU ranks the model is wrapped for DDP here, since ultralytics passes CUDA ids."""
+        if self._launched_on_cpu():
+            self.args.amp = False  # what check_amp decides on CPU; ranks other than 0 would skip the check
+            self.world_size = 1  # skips ultralytics' CUDA-only DDP wrap; _build_train_pipeline restores it
+        super()._setup_train()
+        if self._launched_on_cpu():
+            self.model = nn.parallel.DistributedDataParallel(self.model, find_unused_parameters=True)  # rank 0's
+            for tensor in self.ema.ema.state_dict().values():  # weights everywhere, and its EMA for validation
+                dist.broadcast(tensor, src=0)
+
+    def _build_train_pipeline(self) -> None:
+        """ultralytics' loaders and optimizer, each rank loading its share of the global batch."""
+        if self.launch.distributed:
+            self.world_size = self.launch.world_size
+        super()._build_train_pipeline()
+
+    def get_dataloader(self, dataset_path: str, batch_size: int = 16, rank: int = 0, mode: str = "train"):
+        """ultralytics' loader (sharded per rank); the global rank 0 builds the label cache first, since nodes may
+        share the dataset folder (ultralytics orders by local rank)."""
+        if rank != -1 and self.launch.distributed:
+            rank = self.launch.rank
+        return super().get_dataloader(dataset_path, batch_size, rank, mode)
 
     def save_model(self):
         """ultralytics' checkpoints, then the exact resume state (atomically: a kill never leaves half a file)."""
@@ -70,6 +125,9 @@ class CSFNetTrainer(DetectionTrainer):
         unwrap_model(self.model).load_state_dict(state["model"])
         self.ema.ema.load_state_dict(state["ema"])
         self.optimizer.load_state_dict(state["optimizer"])
+        if not self.launch.is_main:  # the random states saved are rank 0's; other ranks keep their own seeds
+            LOGGER.info(f"Resumed the full-precision weights of epoch {state['epoch'] + 1}")
+            return
         torch.set_rng_state(state["rng"]["torch"])
         generator = _loader_generator(self)
         if state["rng"].get("loader") is not None and generator is not None:
@@ -83,9 +141,30 @@ class CSFNetTrainer(DetectionTrainer):
 
     def final_eval(self):
         """ultralytics' final validation; the run is complete, so the resume state is no longer needed."""
-        result = super().final_eval()
-        (self.wdir / RESUME_STATE).unlink(missing_ok=True)
+        result = self._final_eval_on_cpu_ranks() if self._launched_on_cpu() else super().final_eval()
+        if self.launch.is_main:
+            (self.wdir / RESUME_STATE).unlink(missing_ok=True)
         return result
+
+    def _final_eval_on_cpu_ranks(self) -> None:
+        """The final validation of ``best.pt`` shared by all CPU ranks (ultralytics' own puts ranks above 0 on a
+        CUDA device): best.pt's weights go into the EMA every rank validates with, as during training."""
+        if self.launch.is_main and self.last.exists():
+            ckpt = strip_optimizer(self.last)
+            if self.best.exists():
+                strip_optimizer(self.best, updates={"train_results": ckpt.get("train_results")})
+        if not distributed.from_main(self.best.exists()):
+            return
+        best, _ = load_checkpoint(self.best)
+        self.ema.ema.load_state_dict(best.float().state_dict())
+        LOGGER.info(f"\nValidating {self.best}...")
+        self.validator.args.plots = self.args.plots
+        metrics = self.validator(self)
+        if metrics is not None:
+            self.metrics = {k: v for k, v in metrics.items() if k != "fitness" and not k.startswith("val/")}
+        self.epoch += 1  # ultralytics logs the best checkpoint's metrics one step after the last epoch
+        self.run_callbacks("on_fit_epoch_end")
+        self.epoch -= 1
 
     def get_model(self, cfg: str | dict | None = None, weights: torch.nn.Module | None = None, verbose: bool = True):
         """Build the configured model for the dataset's classes and channels, optionally initialised from weights."""
