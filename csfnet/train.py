@@ -117,7 +117,7 @@ def train(
     )
     state = {"model": model_name, "config": config, "args": {k: v for k, v in args.items() if k != "device"}}
     is_main = distributed.start(args["device"])  # under torchrun only rank 0 writes outputs and logs to MLflow
-    track = track and is_main
+    logger = logger if is_main else None
     resume_from = _resumable(out, state) if is_main else None
     if resume_from is None and is_main:
         shutil.rmtree(out, ignore_errors=True)

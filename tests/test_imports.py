@@ -22,8 +22,8 @@ FLOORS: tuple[tuple[str, tuple[str, ...]], ...] = (
         "csfnet.nn", "csfnet.model", "csfnet.runlog", "csfnet.trial_log",
     )),
     ("configuration", (
-        "csfnet.settings", "csfnet.device", "csfnet.services", "csfnet.lineage", "csfnet.mlflow_tracking",
-        "csfnet.mlflow_logger",
+        "csfnet.settings", "csfnet.device", "csfnet.distributed", "csfnet.services", "csfnet.lineage",
+        "csfnet.mlflow_tracking", "csfnet.mlflow_logger",
     )),
     ("data", ("csfnet.data", "csfnet.checks", "csfnet.trainer")),
     ("stages", (
