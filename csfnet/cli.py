@@ -206,7 +206,7 @@ def cmd_export(args: argparse.Namespace, settings: Settings) -> int:
     )
     print(json.dumps(result.report, indent=2))
     if args.openvino:
-        from csfnet.openvino_export import export_openvino
+        from csfnet.export import export_openvino
 
         x, e = settings.export, settings.eval
         out = Path(args.out).with_name(f"{Path(args.out).stem}_openvino_model")
@@ -223,6 +223,7 @@ def cmd_export(args: argparse.Namespace, settings: Settings) -> int:
             batch=e.batch,
             conf=e.report_conf,
             iou=e.iou,
+            map_conf=e.conf,
         )
         print(json.dumps(vino.report, indent=2))
     return 0
