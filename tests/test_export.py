@@ -76,7 +76,7 @@ def test_dynamic_size_export(tiny_weights, tiny_data, tmp_path):
         verify_frames=2,
         int8=False,
     )
-    session = ort.InferenceSession(str(result.onnx), providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(str(result.fp32), providers=["CPUExecutionProvider"])
     assert session.run(None, {"images": np.zeros((2, 3, 96, 64), np.float32)})[0].shape == (
         2,
         5,
