@@ -21,7 +21,7 @@ from mlflow import MlflowClient
 
 from csfnet.data.dataset import split_images
 from csfnet.detector import COLUMNS, OnnxDetector
-from csfnet.export import export, verify
+from csfnet.export import compare_int8, export, verify
 from csfnet.registry import CHALLENGER, CHAMPION, encode_image, log_detector, register
 from csfnet.tracking import configure
 
@@ -42,6 +42,7 @@ def exported(tiny_weights, tiny_data, tmp_path_factory):
 def test_export_is_verified_and_carries_metadata(exported, tiny_data):
     checks = exported.report["verification"]["checks"]
     assert exported.report["passed"] and all(c["passed"] for c in checks.values())
+    assert exported.report["verification"]["runtime"] == "onnxruntime"  # loaded as csfnet detect and serving load it
     assert checks["raw_outputs"]["max_abs_diff"] <= 1e-3
     assert checks["detections"]["pytorch"] == checks["detections"]["onnx"] > 0  # compared real boxes
     assert abs(checks["map50_95"]["pytorch"] - checks["map50_95"]["onnx"]) <= 0.005
@@ -63,6 +64,13 @@ def test_int8_model_is_quantised_and_reported(exported):
     report = exported.report["int8"]
     assert 0 <= report["map50"] <= 1 and report["speedup_cpu"] > 0
     assert set(report["latency_ms_batch1"]) == set(report["latency_ms_batch8"]) == {"fp32", "int8"}
+
+
+def test_int8_comparison_fails_a_model_that_loses_map50(exported, tiny_data):
+    """The one INT8 rule (ONNX and OpenVINO): at most 3 mAP50 points below FP32; here FP32 is taken to score 0.5."""
+    report = compare_int8(exported.fp32, exported.int8, tiny_data, 64, fp32_map50=0.5, batch=4)
+    assert report["runtime"] == "onnxruntime-int8" and not report["passed"]
+    assert report["map50_change_points"] == pytest.approx(100 * (report["map50"] - 0.5))
 
 
 def test_dynamic_size_export(tiny_weights, tiny_data, tmp_path):

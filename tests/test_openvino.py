@@ -28,6 +28,7 @@ def exported(tiny_weights, tiny_data, tmp_path_factory):
 def test_export_is_verified_and_int8_is_quantised(exported):
     checks = exported.report["verification"]["checks"]
     assert exported.report["passed"] and all(c["passed"] for c in checks.values())
+    assert exported.report["verification"]["runtime"] == "openvino"  # loaded as csfnet detect loads it
     assert checks["raw_outputs"]["max_abs_diff"] <= 1e-3
     assert checks["detections"]["pytorch"] == checks["detections"]["openvino"] > 0  # compared real boxes
     for folder in (exported.fp32, exported.int8):
