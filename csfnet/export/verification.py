@@ -11,16 +11,16 @@ within :data:`MAP_TOL`. An INT8 model may lose at most :data:`INT8_MAP50_TOL` mA
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
 
-from csfnet.compare.stats import average_precision, match_images
 from csfnet.data.dataset import read_labels, split_images
-from csfnet.detect.predict import Predictor
-from csfnet.detect.runtimes import Runtime, TorchRuntime, load_runtime
 from csfnet.errors import InputNotFoundError
+
+if TYPE_CHECKING:
+    from csfnet.detect.runtimes import Runtime
 
 RAW_TOL = 1e-3  # absolute, on the raw head output
 BOX_TOL_PX = 1.0
@@ -43,6 +43,9 @@ def verify(
     """Compare the exported ``model`` (``.onnx`` or OpenVINO folder) with the PyTorch ``weights`` on ``data``'s
     validation split: raw head outputs and detections (at ``conf``) on its first ``frames`` frames, mAP50-95 (at
     ``map_conf``) on all of it. ``iou`` is the NMS threshold, ``batch`` the frames per runtime call."""
+    from csfnet.detect.predict import Predictor  # imports of torch and ultralytics: kept out of the CLI's import
+    from csfnet.detect.runtimes import TorchRuntime, load_runtime
+
     images = [cv2.imread(str(p)) for p in split_images(data, "val")[:frames]]
     if not images:
         raise InputNotFoundError(f"{data}: the validation split has no images to verify with")
@@ -75,6 +78,8 @@ def compare_int8(
 ) -> dict[str, Any]:
     """The INT8 model's mAP (as :func:`verify` measures it) against ``fp32_map50``, its FP32 model's, and the CPU
     latency of both at batch 1 and 8; ``passed`` when it loses at most :data:`INT8_MAP50_TOL` mAP50."""
+    from csfnet.detect.runtimes import load_runtime
+
     quantised, full = load_runtime(int8, imgsz), load_runtime(fp32, imgsz)
     scores = split_map(quantised, data, batch, map_conf, iou)
     speed = {
@@ -102,6 +107,9 @@ def split_map(
 ) -> dict[str, float]:
     """``{"map50", "map50_95"}`` of ``runtime`` on ``data``'s validation split, predicted by :class:`Predictor` on
     whole frames and scored with ultralytics' matching and AP interpolation (class-agnostic: one class, the UAV)."""
+    from csfnet.compare.stats import average_precision, match_images
+    from csfnet.detect.predict import Predictor
+
     images = split_images(data, "val")
     predictor = Predictor(runtime, conf, iou, batch=batch)
     predictions = []
