@@ -27,6 +27,7 @@ BOX_TOL_PX = 1.0
 MAP_TOL = 0.005
 INT8_MAP50_TOL = 0.03
 REPORT_KEYS = {"onnxruntime": "onnx", "openvino": "openvino"}  # runtime kind -> its entries in the report
+CPU = ["CPUExecutionProvider"]  # on the CPU, as exported: the tolerances are no GPU's (TF32) rounding
 
 
 def verify(
@@ -49,7 +50,7 @@ def verify(
     images = [cv2.imread(str(p)) for p in split_images(data, "val")[:frames]]
     if not images:
         raise InputNotFoundError(f"{data}: the validation split has no images to verify with")
-    reference, exported = TorchRuntime(weights, imgsz), load_runtime(model, imgsz)
+    reference, exported = TorchRuntime(weights, imgsz), load_runtime(model, imgsz, providers=CPU)
     x = Predictor(reference).preprocess(images)
     reference_raw, exported_raw = reference(x, batch), exported(x, batch)
     same_shape = exported_raw.shape == reference_raw.shape
@@ -80,7 +81,7 @@ def compare_int8(
     latency of both at batch 1 and 8; ``passed`` when it loses at most :data:`INT8_MAP50_TOL` mAP50."""
     from csfnet.detect.runtimes import load_runtime
 
-    quantised, full = load_runtime(int8, imgsz), load_runtime(fp32, imgsz)
+    quantised, full = (load_runtime(m, imgsz, providers=CPU) for m in (int8, fp32))
     scores = split_map(quantised, data, batch, map_conf, iou)
     speed = {
         (name, b): runtime.latency_ms(b, repeats=20 if b == 1 else 5)
