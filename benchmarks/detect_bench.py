@@ -23,20 +23,18 @@ import torch
 from csfnet.data.synth import SynthSpec, generate
 from csfnet.detect import Predictor, SliceOptions, detect, load_runtime
 from csfnet.detect.runtimes import Runtime, TorchRuntime
-from csfnet.export import onnx_export, quantize_int8
+from csfnet.export import onnx_export, openvino_export, quantize_int8
 
 
 def exports(weights: Path, data: Path, imgsz: int, tmp: Path) -> list[tuple[str, str | Path]]:
     """(name, model) of every CPU runtime: the checkpoint, ONNX FP32/INT8, OpenVINO FP32/INT8."""
-    from csfnet.openvino_export import _export
-
     staged = tmp / "detect-bench.pt"
     staged.write_bytes(weights.read_bytes())
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
         fp32 = onnx_export(staged, imgsz)
         int8 = quantize_int8(fp32, tmp / "detect-bench-int8.onnx", data, imgsz, frames=32)
-        ov = _export(staged, imgsz)
-        ov_int8 = _export(staged, imgsz, int8_data=data, frames=32)
+        ov = openvino_export(staged, imgsz)
+        ov_int8 = openvino_export(staged, imgsz, int8_data=data, frames=32)
     return [
         ("PyTorch eager", staged),
         ("onnxruntime FP32", fp32),

@@ -217,7 +217,7 @@ def onnx(plan: dict, work: Path, record: Record) -> None:
     import run  # benchmarks/run.py
 
     from csfnet.detect.onnx_detector import session
-    from csfnet.export import onnx_export, ort_latency_ms
+    from csfnet.export import onnx_export
 
     checkpoint, trained = weights(plan, work)
     staged = work / "onnx" / "model.pt"
@@ -240,7 +240,7 @@ def onnx(plan: dict, work: Path, record: Record) -> None:
         if device != "cpu":
             rows.append(("PyTorch FP16", _torch_half_ms(staged, imgsz, batch, repeats, device)))
         if usable:
-            rows.append((f"onnxruntime FP32 ({provider})", ort_latency_ms(path, imgsz, batch, repeats, provider)))
+            rows.append((f"onnxruntime FP32 ({provider})", run.ort_latency_ms(path, imgsz, batch, repeats, provider)))
         reference = rows[0][1]
         for name, ms in rows:
             speed = {"ms": round(ms, 2), "images_per_s": round(1000 * batch / ms, 1)}

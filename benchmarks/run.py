@@ -41,7 +41,8 @@ import csfnet  # noqa: F401  (offline defaults)
 from csfnet.data.extract import JPEG_QUALITY, Tiling, extract, video_frames
 from csfnet.data.synth import SynthSpec, generate
 from csfnet.data.tiles import grid
-from csfnet.export import onnx_export, ort_latency_ms, quantize_int8
+from csfnet.detect.runtimes import OnnxRuntime
+from csfnet.export import onnx_export, quantize_int8
 from csfnet.model import build_model, model_summary
 
 
@@ -153,6 +154,12 @@ def hd_tiles(scratch: Path, videos: int, repeats: int, cores: int) -> None:
         encode = (tiles * tile_ms + (images - tiles) * frame_ms) / frames  # JPEG CPU time per source frame
         ceiling = dec_ms / (dec_ms + encode)
         print(f"{name:<26} {images / frames:>12.2f} {fps:>12.1f} {dec:>11.1f} {fps / dec:>6.2f} {ceiling:>8.2f}")
+
+
+def ort_latency_ms(path: Path, imgsz: int, batch: int, repeats: int, provider: str = "CPU") -> float:
+    """Median onnxruntime latency of one batch, through the runtime ``csfnet detect`` and serving use."""
+    providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if provider == "CUDA" else ["CPUExecutionProvider"]
+    return OnnxRuntime(path, imgsz, providers).latency_ms(batch, repeats)
 
 
 def torch_latency_ms(weights: Path, imgsz: int, batch: int, repeats: int, device: str = "cpu") -> float:

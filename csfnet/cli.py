@@ -221,12 +221,12 @@ def cmd_export(args: argparse.Namespace, settings: Settings) -> int:
         args.data,
         calib_data=args.calib_data,
         report_path=args.report,
-        track=not args.no_mlflow,
+        logger=_stage_logger(args),
         settings=settings,
     )
     print(json.dumps(result.report, indent=2))
     if args.openvino:
-        from csfnet.openvino_export import export_openvino
+        from csfnet.export import export_openvino
 
         x, e = settings.export, settings.eval
         out = Path(args.out).with_name(f"{Path(args.out).stem}_openvino_model")
@@ -243,6 +243,7 @@ def cmd_export(args: argparse.Namespace, settings: Settings) -> int:
             batch=e.batch,
             conf=e.report_conf,
             iou=e.iou,
+            map_conf=e.conf,
         )
         print(json.dumps(vino.report, indent=2))
     return 0

@@ -22,8 +22,8 @@ import mlflow
 from mlflow.tracking import MlflowClient
 
 from csfnet.files import pid_alive
-from csfnet.lineage import git_commit, lineage_tags, pipeline_id
-from csfnet.runlog import ParentRun, flat_metrics
+from csfnet.lineage import git_commit, pipeline_id
+from csfnet.runlog import ParentRun
 from csfnet.services import probe_tracking
 from csfnet.settings import load_settings
 
@@ -173,23 +173,6 @@ def stage_run(
         MlflowClient().set_terminated(parent, "FINISHED")
 
 
-def stage_run_if(
-    track: bool,
-    stage: str,
-    params: Mapping[str, Any],
-    data: str | Path,
-    weights: str | Path | None = None,
-    final: bool = False,
-) -> contextlib.AbstractContextManager:
-    """:func:`stage_run` tagged with the data's hash (and the weights' path) when ``track``, else a no-op context.
-
-    Only the export stages still call it; the others receive a :class:`csfnet.runlog.StageLogger`.
-    """
-    if not track:
-        return contextlib.nullcontext()
-    return stage_run(stage, params=params, tags=lineage_tags(data, weights), final=final)
-
-
 def _close_orphans(experiment_id: str, parent: str, stage: str) -> None:
     """Mark KILLED the runs of ``stage`` left RUNNING by a killed process of this host (a SIGKILLed ``dvc repro``)."""
     client = MlflowClient()
@@ -209,13 +192,6 @@ def param_text(value: Any) -> str:
     """A parameter value as MLflow stores it: lists and dicts as JSON, cut to MLflow's length limit."""
     text = json.dumps(value) if isinstance(value, (list, dict)) else str(value)
     return text[:6000]
-
-
-def log_flat_metrics(metrics: Mapping[str, Any], prefix: str = "", step: int | None = None) -> None:
-    """Log every numeric leaf of a nested dict as ``prefix.key.subkey`` to the active run."""
-    flat = metric_names(flat_metrics(metrics, prefix))
-    if flat:
-        mlflow.log_metrics(flat, step=step)
 
 
 def metric_names(metrics: Mapping[str, float]) -> dict[str, float]:

@@ -28,7 +28,7 @@ FLOORS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("data", ("csfnet.data", "csfnet.checks", "csfnet.trainer")),
     ("stages", (
         "csfnet.train", "csfnet.tune", "csfnet.revalidate", "csfnet.evaluate", "csfnet.robustness", "csfnet.detect",
-        "csfnet.export", "csfnet.openvino_export", "csfnet.registry", "csfnet.mlflow_model", "csfnet.compare",
+        "csfnet.export", "csfnet.registry", "csfnet.mlflow_model", "csfnet.compare",
         "csfnet.summary", "csfnet.kubeflow",  # kubeflow: what runs inside pipeline steps and pods
     )),
     ("pipeline definitions", ("components", "pipelines")),

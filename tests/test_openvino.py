@@ -10,7 +10,7 @@ import torch
 from csfnet.data.dataset import split_images
 from csfnet.detect import Predictor, SliceOptions, detect, load_runtime
 from csfnet.errors import CheckpointError
-from csfnet.openvino_export import export_openvino, verify_openvino
+from csfnet.export import export_openvino, verify
 
 pytestmark = pytest.mark.slow
 
@@ -28,6 +28,7 @@ def exported(tiny_weights, tiny_data, tmp_path_factory):
 def test_export_is_verified_and_int8_is_quantised(exported):
     checks = exported.report["verification"]["checks"]
     assert exported.report["passed"] and all(c["passed"] for c in checks.values())
+    assert exported.report["verification"]["runtime"] == "openvino"  # loaded as csfnet detect loads it
     assert checks["raw_outputs"]["max_abs_diff"] <= 1e-3
     assert checks["detections"]["pytorch"] == checks["detections"]["openvino"] > 0  # compared real boxes
     for folder in (exported.fp32, exported.int8):
@@ -64,7 +65,7 @@ def test_verification_catches_a_different_model(exported, tiny_weights, tiny_dat
     ckpt["model"].model[-1].cv3[0][-1].bias.data += 5.0  # other P3 class scores than the exported network
     other = tmp_path / "other.pt"
     torch.save(ckpt, other)
-    report = verify_openvino(exported.fp32, other, tiny_data, imgsz=64, frames=2, conf=CONF)
+    report = verify(exported.fp32, other, tiny_data, imgsz=64, frames=2, conf=CONF)
     assert not report["passed"] and not report["checks"]["raw_outputs"]["passed"]
 
 

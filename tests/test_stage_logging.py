@@ -28,7 +28,6 @@ ALLOWED = {
     "csfnet.cli",
     "csfnet.detect.serving",
     "csfnet.detect.runtimes",
-    "csfnet.export",
 }
 STAGES = (
     "csfnet.train",

@@ -173,11 +173,14 @@ class OpenVinoRuntime(Runtime):
         return np.asarray(self.request.infer({0: x})[self.compiled.outputs[0]])
 
 
-def load_runtime(model: str | Path, imgsz: int | None = None, device: str = "cpu") -> Runtime:
+def load_runtime(
+    model: str | Path, imgsz: int | None = None, device: str = "cpu", providers: list[str] | None = None
+) -> Runtime:
     """The runtime for ``model``: a ``.pt``, an ``.onnx``, an OpenVINO folder/``.xml``, or a registry URI
     (``models:/name@alias``, ``models:/name/3``, ``runs:/...``) whose ONNX artifact is loaded.
 
-    ``imgsz`` applies where the model allows it (a ``.pt``, or an export with a dynamic image size).
+    ``imgsz`` applies where the model allows it (a ``.pt``, or an export with a dynamic image size); ``device`` to a
+    ``.pt``, ``providers`` to ONNX (default: CUDA when available, else CPU).
 
     Raises:
         InputNotFoundError: The file or registered model/alias does not exist.
@@ -186,20 +189,20 @@ def load_runtime(model: str | Path, imgsz: int | None = None, device: str = "cpu
     """
     text = str(model)
     if text.startswith(REGISTRY_SCHEMES):
-        return _from_registry(text, imgsz)
+        return _from_registry(text, imgsz, providers)
     path = Path(model)
     if not path.exists():
         raise InputNotFoundError(f"model {path} not found")
     if path.is_dir() or path.suffix == ".xml":
         return OpenVinoRuntime(path, imgsz)
     if path.suffix == ".onnx":
-        return OnnxRuntime(path, imgsz)
+        return OnnxRuntime(path, imgsz, providers)
     if path.suffix in (".pt", ".pth"):
         return TorchRuntime(path, imgsz, device)
     raise CheckpointError(f"{path}: unknown model type (expected .pt, .onnx, an OpenVINO folder or models:/...)")
 
 
-def _from_registry(uri: str, imgsz: int | None) -> Runtime:
+def _from_registry(uri: str, imgsz: int | None, providers: list[str] | None = None) -> Runtime:
     """Download the registered pyfunc's artifacts and load its ONNX model (the session keeps it in memory)."""
     import mlflow
     from mlflow.exceptions import MlflowException
@@ -217,7 +220,7 @@ def _from_registry(uri: str, imgsz: int | None) -> Runtime:
         found = sorted(local.rglob("*.onnx"))
         if not found:
             raise CheckpointError(f"{uri}: the registered model has no ONNX artifact")
-        runtime = OnnxRuntime(found[0], imgsz)
+        runtime = OnnxRuntime(found[0], imgsz, providers)
         runtime.source = uri  # type: ignore[attr-defined]
         return runtime
     finally:

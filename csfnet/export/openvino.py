@@ -1,0 +1,56 @@
+"""OpenVINO writer: FP32, and INT8 through NNCF, both by ultralytics' exporter. Unverified:
+:func:`csfnet.export.export_openvino` verifies both before they are written in place.
+
+OpenVINO is the CPU runtime ultralytics recommends. INT8 is NNCF post-training quantisation (ultralytics' recipe:
+mixed preset, the Detect head's decoding kept in floating point) calibrated on evenly spaced *training* frames, as
+the ONNX INT8 model is. A model is a folder (``model.xml``, ``model.bin``, ``metadata.yaml``) whose name ends in
+``_openvino_model``, how ultralytics recognises it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from csfnet.data.dataset import split_images
+from csfnet.errors import InputNotFoundError, SettingsError
+from csfnet.files import replace_dir
+
+SUFFIX = "_openvino_model"
+
+
+def check_folder_name(folder: Path) -> None:
+    """SettingsError unless ``folder`` ends in :data:`SUFFIX`."""
+    if not folder.name.endswith(SUFFIX):
+        raise SettingsError(f"OpenVINO folder {folder} must end in {SUFFIX!r} (how ultralytics recognises it)")
+
+
+def openvino_export(weights: Path, imgsz: int, int8_data: Path | None = None, frames: int = 100) -> Path:
+    """The OpenVINO folder of ``weights``, written next to it (dynamic shapes: the runtime pins the image size and
+    leaves the batch free); INT8 when ``int8_data`` (a ``data.yaml``) gives ``frames`` calibration frames."""
+    from ultralytics import YOLO
+
+    args: dict[str, Any] = {"format": "openvino", "imgsz": imgsz, "dynamic": True, "device": "cpu"}
+    if int8_data is not None:
+        train = split_images(int8_data, "train")
+        if not train:
+            raise InputNotFoundError(f"{int8_data}: no training frames to calibrate INT8 with")
+        # every frame counts (batch 1: ultralytics' calibration loader drops an incomplete last batch)
+        args.update(quantize=8, data=str(int8_data), split="train", fraction=min(1.0, frames / len(train)), batch=1)
+    return Path(YOLO(str(weights)).export(**args))
+
+
+def install(src: Path, dst: Path) -> None:
+    """Move a verified folder into place, replacing an older one, and record in its metadata that it is verified."""
+    meta_file = src / "metadata.yaml"
+    meta = yaml.safe_load(meta_file.read_text()) or {}
+    meta["csfnet_verified"] = True
+    meta_file.write_text(yaml.safe_dump(meta, sort_keys=False))
+    replace_dir(src, dst)
+
+
+def size_mb(folder: Path) -> float:
+    """Size of the model's weights (``.bin``) in MiB."""
+    return round(sum(p.stat().st_size for p in folder.glob("*.bin")) / 2**20, 2)
