@@ -32,7 +32,7 @@ Fraction = Annotated[float, Field(ge=0, le=1)]
 class Section(BaseModel):
     """A section of params.yaml: unknown keys are errors, values are checked on assignment too."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, strict=False)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, strict=False, coerce_numbers_to_str=True)
 
 
 class Data(Section):
@@ -248,6 +248,13 @@ class Detect(Section):
             raise ValueError("must be 0 (whole frames) or at least 32 px")
         return value
 
+    def options(self) -> dict[str, Any]:
+        """Keyword arguments of :func:`csfnet.detect.detect` (``slice`` 0 and ``track`` none mean off)."""
+        values = self.model_dump()
+        values["slice_size"] = values.pop("slice") or None
+        values["track"] = None if self.track == "none" else self.track
+        return values
+
 
 class Register(Section):
     """The MLflow model registry."""
@@ -267,6 +274,12 @@ class Serving(Section):
     memory: str = "2Gi"
     gpus: Annotated[int, Field(ge=0)] = 0
     min_replicas: Annotated[int, Field(ge=0)] = 1
+
+    def options(self) -> dict[str, Any]:
+        """Keyword arguments of :func:`csfnet.kubeflow.deploy.inference_service` besides the name and model URI
+        (an empty namespace and a zero canary share mean "none")."""
+        values = self.model_dump(exclude={"name"})
+        return {**values, "namespace": self.namespace or None, "canary_percent": self.canary_percent or None}
 
 
 class Mlflow(Section):
@@ -503,9 +516,10 @@ def _unknown(value: str, known: list[str] | Mapping[str, Any], what: str) -> str
 
 
 def _set(data: dict[str, Any], keys: list[str], value: Any) -> None:
-    for part in keys[:-1]:
+    for depth, part in enumerate(keys[:-1]):
         child = data.get(part)
         if not isinstance(child, dict):
-            raise SettingsError(f"command line: unknown key {'.'.join(keys)!r}")
+            hint = _suggest(part, [k for k, v in data.items() if isinstance(v, dict)], ".".join(keys[:depth]))
+            raise SettingsError(f"command line: unknown key {'.'.join(keys)!r}{hint}")
         data = child
     data[keys[-1]] = value
