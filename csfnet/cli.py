@@ -272,7 +272,8 @@ def cmd_pipeline_compile(args: argparse.Namespace, settings: Settings) -> int:
     from csfnet.kubeflow.client import compile_pipeline
 
     out = args.out or f"pipelines/{args.pipeline}_pipeline.yaml"
-    print(f"wrote {compile_pipeline(out, pipeline=args.pipeline, **_cluster_options(args))}")
+    path = compile_pipeline(out, pipeline=args.pipeline, settings=overrides(args), **_cluster_options(args))
+    print(f"wrote {path}")
     return 0
 
 
@@ -636,7 +637,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     made = [_first_missing(Path(p)) for p in (getattr(args, o, None) for o in OUTPUT_OPTIONS) if p]
     _plain_logs()
     try:
-        return args.func(args, load_settings().override(overrides(args)))
+        return args.func(args, load_settings().override(overrides(args), keep_none=True))
     except (CsfnetError, ValueError, FileNotFoundError) as e:
         if os.environ.get("CSFNET_DEBUG"):
             raise

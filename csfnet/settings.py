@@ -401,10 +401,11 @@ class Settings(Section):
         """Training image size of the active preset; evaluation and export use the same."""
         return int(self.train_args().get("imgsz", 640))
 
-    def override(self, values: Mapping[str, Any], source: str = "command line") -> Settings:
+    def override(self, values: Mapping[str, Any], source: str = "command line", *, keep_none: bool = False) -> Settings:
         """A copy with dotted keys replaced (``{"train.model": "yolov8n", "args.epochs": 3}``); None values are
-        skipped. ``args.KEY`` sets an ultralytics argument of the active preset (after ``train.preset``)."""
-        values = {k: v for k, v in values.items() if v is not None}
+        skipped unless ``keep_none`` (``--set tune.head_depth=null``). ``args.KEY`` sets an ultralytics argument of
+        the active preset (after ``train.preset``)."""
+        values = {k: v for k, v in values.items() if keep_none or v is not None}
         if not values:
             return self
         data = self.model_dump()
