@@ -630,14 +630,11 @@ def setting_keys() -> list[str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``csfnet`` console command: parse, merge params.yaml with the command line once, run."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser()
-    _check_options(parser, argv)
-    args = parser.parse_args(argv)
+    args = parse_arguments(sys.argv[1:] if argv is None else argv)
     made = [_first_missing(Path(p)) for p in (getattr(args, o, None) for o in OUTPUT_OPTIONS) if p]
     _plain_logs()
     try:
-        return args.func(args, load_settings().override(overrides(args), keep_none=True))
+        return args.func(args, command_settings(args))
     except (CsfnetError, ValueError, FileNotFoundError) as e:
         if os.environ.get("CSFNET_DEBUG"):
             raise
@@ -650,6 +647,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         command = " ".join(x for x in (args.command, getattr(args, "action", None)) if x)
         print(f"csfnet {command}: error: {message}", file=sys.stderr)
         return 2
+
+
+def parse_arguments(argv: Sequence[str]) -> argparse.Namespace:
+    """The parsed command line; an unknown option or a malformed one exits 2 with one line naming it."""
+    parser = build_parser()
+    _check_options(parser, argv)
+    return parser.parse_args(argv)
+
+
+def command_settings(args: argparse.Namespace) -> Settings:
+    """params.yaml (or ``$CSFNET_PARAMS``) with the command line's settings (:func:`overrides`): the one merge.
+
+    Raises:
+        SettingsError: an unknown key (the closest one suggested) or a value the schema refuses.
+    """
+    return load_settings().override(overrides(args), keep_none=True)
 
 
 def _first_missing(path: Path) -> Path | None:
