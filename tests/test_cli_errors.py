@@ -270,6 +270,15 @@ def test_set_reaches_the_settings_of_every_command(words):
     assert settings.extract.fix is True and settings.train_args()["epochs"] == 3 and settings.serving.cpu == "2"
 
 
+@pytest.mark.parametrize("words", COMMANDS, ids=" ".join)
+def test_the_command_line_adds_no_defaults(words):
+    """Without --set or an alias a command runs on params.yaml exactly: no option holds a setting's default."""
+    from csfnet.cli import command_settings, parse_arguments
+    from csfnet.settings import load_settings
+
+    assert command_settings(parse_arguments([*words, *_required(words)])) == load_settings()
+
+
 @pytest.mark.parametrize(
     ("pair", "expected"),
     [
