@@ -2,10 +2,10 @@
 
 Every command takes its inputs and outputs as options and its settings as repeatable ``--set KEY=VALUE`` (a dotted
 params.yaml key, ``args.KEY`` for the active preset's ultralytics arguments; the value read as YAML), plus a few
-everyday aliases of keys (:data:`ALIASES`). :func:`main` merges params.yaml with them once, through the settings
-schema, and hands the handler one :class:`~csfnet.settings.Settings`; nothing here holds a default of its own. Every
-user error (an unknown option or key, a bad value) ends in one line on stderr and exit code 2, and outputs the failed
-command created are removed.
+everyday aliases of keys (:mod:`csfnet.cli_options`). :func:`main` merges params.yaml with them once, through the
+settings schema, and hands the handler one :class:`~csfnet.settings.Settings`; nothing here holds a default of its
+own. Every user error (an unknown option or key, a bad value) ends in one line on stderr and exit code 2, and outputs
+the failed command created are removed.
 """
 
 from __future__ import annotations
@@ -20,10 +20,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from csfnet.errors import CsfnetError, SettingsError
-from csfnet.settings import Settings, load_settings
+from csfnet.cli_options import Parser, add_setting_options, check_options, command_settings, overrides
+from csfnet.errors import CsfnetError
+from csfnet.settings import Settings
 
 EPILOG = "Settings not given with --set (or an alias) come from params.yaml (or $CSFNET_PARAMS)."
 # removed after a user error if the command made them
@@ -343,55 +342,12 @@ def _cluster_options(args: argparse.Namespace) -> dict[str, Any]:
 
 # --- parser -----------------------------------------------------------------------------------------------------------
 
-# Everyday flags, each a documented alias of one settings key (``--epochs 3`` is ``--set args.epochs=3``); every
-# other setting is reached with ``--set KEY=VALUE``. Keys: the command's prog after ``csfnet``.
-ALIASES: dict[str, dict[str, str]] = {
-    "data ingest": {"--source": "data.source"},
-    "train": {
-        "--model": "train.model",
-        "--preset": "train.preset",
-        "--epochs": "args.epochs",
-        "--imgsz": "args.imgsz",
-        "--device": "train.device",
-    },
-    "tune": {
-        "--model": "train.model",
-        "--trials": "tune.trials",
-        "--epochs": "tune.epochs",
-        "--device": "train.device",
-    },
-    "compare": {"--device": "train.device"},
-    "compare cell": {"--device": "train.device"},
-    "eval": {"--device": "train.device"},
-    "robustness": {"--device": "train.device"},
-    "detect": {
-        "--conf": "detect.conf",
-        "--slice": "detect.slice",
-        "--track": "detect.track",
-        "--device": "detect.device",
-    },
-}
-SET_HELP = "override a params.yaml key: dotted KEY (args.KEY: the active preset's ultralytics argument), YAML VALUE"
-NUMBER = re.compile(r"^-\d|^-\.\d")
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse with one-line errors (``csfnet <command>: error: ...``, exit 2) and no abbreviated options."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, allow_abbrev=False, **kwargs)
-
-    def error(self, message: str) -> Any:
-        self.exit(2, f"{self.prog}: error: {message}\n")
-
 
 def _command(sub: Any, name: str, handler: Handler, helptext: str) -> argparse.ArgumentParser:
-    """A command with ``--set`` and the everyday aliases :data:`ALIASES` gives it."""
+    """A command with ``--set`` and the everyday aliases :data:`csfnet.cli_options.ALIASES` gives it."""
     parser = sub.add_parser(name, help=helptext, description=helptext, epilog=EPILOG)
     parser.set_defaults(func=handler)
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=f"{SET_HELP} (repeatable)")
-    for flag, key in ALIASES.get(parser.prog.split(" ", 1)[1], {}).items():
-        parser.add_argument(flag, dest=key, help=f"= --set {key}=VALUE")
+    add_setting_options(parser)
     return parser
 
 
@@ -403,7 +359,7 @@ def _validation_options(p: argparse.ArgumentParser, default_out: str) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="csfnet", description=__doc__.splitlines()[0], epilog=EPILOG)
+    parser = Parser(prog="csfnet", description=__doc__.splitlines()[0], epilog=EPILOG)
     sub = parser.add_subparsers(dest="command", required=True)
 
     model = sub.add_parser("model", help="model configurations").add_subparsers(dest="action", required=True)
@@ -551,80 +507,6 @@ def _cluster_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--toleration", action="append", metavar="KEY[=VALUE]:EFFECT", help="taint GPU steps tolerate")
 
 
-def overrides(args: argparse.Namespace) -> dict[str, Any]:
-    """The settings the command line gives: aliases (:data:`ALIASES`), then every ``--set KEY=VALUE`` in order.
-
-    Raises:
-        SettingsError: a ``--set`` without ``=`` or without a key.
-    """
-    values = {key: parse_value(value) for key, value in vars(args).items() if "." in key and value is not None}
-    for pair in getattr(args, "set", None) or []:
-        key, sep, value = pair.partition("=")
-        if not sep or not key.strip():
-            raise SettingsError(f"--set {pair!r}: expected KEY=VALUE, e.g. --set train.model=yolov8n")
-        values[key.strip()] = parse_value(value)
-    return values
-
-
-def parse_value(text: str) -> Any:
-    """A command-line value read as YAML, as params.yaml is (``3``, ``true``, ``[a, b]``); ``""`` stays ``""``."""
-    if not text.strip():
-        return text
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError:
-        return text
-
-
-def _check_options(parser: argparse.ArgumentParser, argv: Sequence[str]) -> None:
-    """Exit 2 with one line naming an option the command does not have (argparse would blame a stray value)."""
-    current, skip = parser, False
-    for token in argv:
-        if token == "--":
-            return
-        if skip:
-            skip = False
-            continue
-        if token.startswith("-") and not NUMBER.match(token):
-            name = token.split("=", 1)[0]
-            action = current._option_string_actions.get(name)
-            if action is None:
-                current.error(f"unknown option {name}{_option_hint(current, name)}")
-            skip = action.nargs is None and "=" not in token  # its value follows
-        else:
-            current = _subcommands(current).get(token, current)
-
-
-def _subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
-    return next((a.choices for a in parser._actions if isinstance(a, argparse._SubParsersAction)), {})
-
-
-def _option_hint(parser: argparse.ArgumentParser, name: str) -> str:
-    import difflib
-
-    close = difflib.get_close_matches(name, list(parser._option_string_actions), n=1, cutoff=0.75)
-    if close:
-        return f" (did you mean {close[0]}?)"
-    leaf = name.lstrip("-").replace("-", "_")
-    keys = [k for k in setting_keys() if k.rsplit(".", 1)[-1] == leaf]
-    if keys:
-        return f"; settings take --set KEY=VALUE, e.g. --set {keys[0]}=... (keys named {leaf}: {', '.join(keys)})"
-    return "; settings take --set KEY=VALUE"
-
-
-def setting_keys() -> list[str]:
-    """Every dotted key ``--set`` accepts by default: the schema's leaves and ``args.<key>`` of the active preset."""
-    settings = load_settings()
-
-    def leaves(value: Any, prefix: str) -> list[str]:
-        if isinstance(value, dict) and value:
-            return [k for name, child in value.items() for k in leaves(child, f"{prefix}{name}.")]
-        return [prefix.rstrip(".")]
-
-    schema = leaves({k: v for k, v in settings.model_dump().items() if k != "presets"}, "")
-    return [*(f"args.{key}" for key in settings.train_args()), *schema]
-
-
 # --- entry point ------------------------------------------------------------------------------------------------------
 
 
@@ -652,17 +534,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 def parse_arguments(argv: Sequence[str]) -> argparse.Namespace:
     """The parsed command line; an unknown option or a malformed one exits 2 with one line naming it."""
     parser = build_parser()
-    _check_options(parser, argv)
+    check_options(parser, argv)
     return parser.parse_args(argv)
-
-
-def command_settings(args: argparse.Namespace) -> Settings:
-    """params.yaml (or ``$CSFNET_PARAMS``) with the command line's settings (:func:`overrides`): the one merge.
-
-    Raises:
-        SettingsError: an unknown key (the closest one suggested) or a value the schema refuses.
-    """
-    return load_settings().override(overrides(args), keep_none=True)
 
 
 def _first_missing(path: Path) -> Path | None:

@@ -229,24 +229,26 @@ def test_train_works_in_a_fresh_checkout_without_pipeline_outputs(tiny_data, tmp
 
 def _commands() -> list[tuple[str, ...]]:
     """Every leaf command of the parser, as its words after ``csfnet``."""
-    from csfnet.cli import _subcommands, build_parser
+    from csfnet.cli import build_parser
+    from csfnet.cli_options import subcommands
 
     found, todo = [], [((), build_parser())]
     while todo:
         words, parser = todo.pop()
         if parser.get_default("func"):
             found.append(words)
-        todo += [((*words, name), sub) for name, sub in _subcommands(parser).items()]
+        todo += [((*words, name), sub) for name, sub in subcommands(parser).items()]
     return sorted(found)
 
 
 def _required(words: tuple[str, ...]) -> list[str]:
     """Placeholder values for the command's required options (nothing is run with them)."""
-    from csfnet.cli import _subcommands, build_parser
+    from csfnet.cli import build_parser
+    from csfnet.cli_options import subcommands
 
     parser = build_parser()
     for word in words:
-        parser = _subcommands(parser)[word]
+        parser = subcommands(parser)[word]
     options = [a for a in parser._actions if a.required and a.option_strings]
     return [arg for a in options for arg in (a.option_strings[0], "1" if a.type is int else "x")]
 
@@ -325,7 +327,8 @@ def test_unknown_option_is_one_line_naming_it(argv, expected, capsys):
 
 def test_aliases_are_settings_keys_and_documented():
     """The everyday flags are one table of aliases, each a real settings key, each explained in its help."""
-    from csfnet.cli import ALIASES, _subcommands, build_parser, command_settings, parse_arguments, setting_keys
+    from csfnet.cli import build_parser, command_settings, parse_arguments
+    from csfnet.cli_options import ALIASES, setting_keys, subcommands
 
     keys = set(setting_keys())
     assert all(key in keys for aliases in ALIASES.values() for key in aliases.values())
@@ -333,4 +336,4 @@ def test_aliases_are_settings_keys_and_documented():
     args = parse_arguments(["train", "--data", "d.yaml", "--epochs", "2", "--device", "0", "--set", "args.epochs=4"])
     settings = command_settings(args)
     assert settings.train_args()["epochs"] == 4 and settings.train.device == "0"  # --set after the alias wins
-    assert "= --set args.epochs=VALUE" in " ".join(_subcommands(build_parser())["train"].format_help().split())
+    assert "= --set args.epochs=VALUE" in " ".join(subcommands(build_parser())["train"].format_help().split())
