@@ -85,6 +85,16 @@ def test_overrides_revalidate_and_reach_the_active_preset():
         base.override({"train.modle": "yolov8n"})
 
 
+def test_command_line_values_reset_and_coerce_like_params_yaml():
+    """`--set tune.head_depth=null` resets a key (None is "not given" only for library keywords); a number given
+    for a text setting (`--set serving.cpu=2`, a struct's `detect.device: 0`) is that text."""
+    searched = Settings().override({"tune.head_depth": [1, 4]})
+    assert searched.override({"tune.head_depth": None}).tune.head_depth == (1, 4)
+    assert searched.override({"tune.head_depth": None}, keep_none=True).tune.head_depth is None
+    coerced = Settings().override({"serving.cpu": 2, "detect.device": 0})
+    assert (coerced.serving.cpu, coerced.detect.device) == ("2", "0")
+
+
 def test_compare_settings_are_checked_where_they_are_used(tmp_path):
     """A params file with only the presets it trains with stays valid; a comparison names its own missing preset."""
     from csfnet.compare.cell import cell_settings
