@@ -57,14 +57,14 @@ class Parser(argparse.ArgumentParser):
         super().__init__(*args, allow_abbrev=False, **kwargs)
 
     def error(self, message: str) -> Any:
-        self.exit(2, f"{self.prog}: error: {message}\n")
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def add_setting_options(parser: argparse.ArgumentParser) -> None:
     """``--set`` and the aliases :data:`ALIASES` gives the command (by its prog after ``csfnet``)."""
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=f"{SET_HELP} (repeatable)")
     for flag, key in ALIASES.get(parser.prog.split(" ", 1)[-1], {}).items():
-        parser.add_argument(flag, dest=key, help=f"= --set {key}=VALUE")
+        parser.add_argument(flag, dest=key, metavar="VALUE", help=f"= --set {key}=VALUE")
 
 
 def command_settings(args: argparse.Namespace) -> Settings:
@@ -114,7 +114,7 @@ def check_options(parser: argparse.ArgumentParser, argv: Sequence[str]) -> None:
             name = token.split("=", 1)[0]
             action = current._option_string_actions.get(name)
             if action is None:
-                current.error(f"unknown option {name}{_option_hint(current, name)}")
+                current.exit(2, f"{current.prog}: error: unknown option {name}{_option_hint(current, name)}\n")
             skip = action.nargs is None and "=" not in token  # its value follows
         else:
             current = subcommands(current).get(token, current)
