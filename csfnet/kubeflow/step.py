@@ -1,4 +1,5 @@
-"""Helpers a Kubeflow component calls inside its pod: run one ``csfnet`` command, report its results.
+"""Helpers a Kubeflow component calls inside its pod: its share of the run's settings mapping as ``--set`` flags,
+one ``csfnet`` command run with them, its results reported.
 
 A step runs the command line in a fresh process (``python -m csfnet ...``), the same code path as the DVC stage, so
 this module never imports :mod:`csfnet.cli`. The MLflow parent run comes from ``$CSFNET_PIPELINE_ID``, which the
