@@ -14,7 +14,7 @@ from components.evaluate import evaluate, robustness
 from components.export import export_onnx, register_model
 from components.settings import step_settings
 from components.train import train
-from components.tune import tune, tune_worker, tune_worker_indices
+from components.tune import tune, tune_worker, tune_worker_specs
 
 __all__ = [
     "compare_cell",
@@ -31,5 +31,5 @@ __all__ = [
     "train",
     "tune",
     "tune_worker",
-    "tune_worker_indices",
+    "tune_worker_specs",
 ]

@@ -11,11 +11,13 @@ from components.image import component
 
 
 @component
-def tune_worker_indices(settings: dict = {}) -> list:  # noqa: B006  (KFP reads defaults)
-    """``[0, 1, ..., n - 1]``: one index per tuning worker, ``n`` = ``tune.workers`` (params.yaml with ``settings``)."""
+def tune_worker_specs(settings: dict = {}) -> list:  # noqa: B006  (KFP reads defaults)
+    """``[{"worker": i, "settings": settings}, ...]``: one item per tuning worker, ``tune.workers`` of them
+    (params.yaml with ``settings``). The loop items carry the workers' settings: kfp's local runner hands a step
+    inside a ``dsl.ParallelFor`` the loop item in place of another step's output."""
     from csfnet.kubeflow.step import merged
 
-    return list(range(merged(settings).tune.workers))
+    return [{"worker": i, "settings": dict(settings)} for i in range(merged(settings).tune.workers)]
 
 
 @component

@@ -2,8 +2,9 @@
 
 ``params.yaml`` (or ``$CSFNET_PARAMS``) holds the same defaults as this schema (a test keeps them equal); keys it
 leaves out take the schema's. ``--set KEY=VALUE`` on the command line and a Kubeflow run's settings mapping
-override single keys (:meth:`Settings.override`) and never re-default. Every problem is a :class:`~csfnet.errors.SettingsError` naming the file, the key and the value, with
-the closest valid key suggested for a misspelt one.
+override single keys (:meth:`Settings.override`) and never re-default. Every problem is a
+:class:`~csfnet.errors.SettingsError` naming the file, the key and the value, with the closest valid key suggested
+for a misspelt one.
 """
 
 from __future__ import annotations

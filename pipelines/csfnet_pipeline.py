@@ -38,7 +38,7 @@ from components import (
     train,
     tune,
     tune_worker,
-    tune_worker_indices,
+    tune_worker_specs,
 )
 
 MLFLOW_SECRET = "csfnet-mlflow"  # tracking URI and the pipeline's MLflow user; S3 access for raw data
@@ -151,11 +151,12 @@ def build_pipeline(
         data = extract_frames(fingerprint=raw.outputs["fingerprint"], source_uri=source_uri, settings=share["data"])
         dataset = s3(heavy(data, gpu=False)).outputs["dataset"]
 
-        study = {"dataset": dataset, "settings": share["tune"]}  # one study for all
-        workers = cluster.light(tune_worker_indices(settings=share["tune"]))
-        with dsl.ParallelFor(workers.output, name="tune-workers") as worker:
-            trials_added = tracked(cluster.optuna(heavy(tune_worker(worker=worker, **study), True)))
-        search = tracked(cluster.optuna(heavy(tune(**study), gpu=True)))  # re-validation trains
+        workers = cluster.light(tune_worker_specs(settings=share["tune"]))  # each with the same settings: one study
+        with dsl.ParallelFor(workers.output, name="tune-workers") as spec:
+            added = tune_worker(dataset=dataset, worker=spec.worker, settings=spec.settings)
+            trials_added = tracked(cluster.optuna(heavy(added, True)))
+        search = tune(dataset=dataset, settings=share["tune"])
+        search = tracked(cluster.optuna(heavy(search, gpu=True)))  # re-validation trains
         search.after(trials_added)  # the whole loop: the study is complete
         fit = train(dataset=dataset, best_partition=search.outputs["best_partition"], settings=share["train"])
         weights = tracked(heavy(fit, gpu=True)).outputs["model"]

@@ -23,7 +23,7 @@ from kfp.dsl import HTML, Dataset, Metrics
 from mlflow import MlflowClient
 from PIL import Image
 
-from components import comparison_cells, extract_frames, step_settings, tune_worker_indices
+from components import comparison_cells, extract_frames, step_settings, tune_worker_specs
 from csfnet.errors import SettingsError
 from csfnet.kubeflow.client import compile_pipeline
 from csfnet.kubeflow.deploy import from_dict
@@ -37,7 +37,7 @@ STEPS = {
     "step-settings",
     "raw-data",
     "extract-frames",
-    "tune-worker-indices",
+    "tune-worker-specs",
     "tune-worker",
     "tune",
     "train",
@@ -46,7 +46,7 @@ STEPS = {
     "export-onnx",
     "register-model",
 }
-TRACKED = STEPS - {"step-settings", "raw-data", "extract-frames", "tune-worker-indices"}
+TRACKED = STEPS - {"step-settings", "raw-data", "extract-frames", "tune-worker-specs"}
 GPU_STEPS = {"tune-worker", "tune", "train"}
 H100 = {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}
 GPU_TOLERATION = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
@@ -131,19 +131,20 @@ def test_tuning_fans_out_over_workers_that_share_one_study(ir):
     tasks = ir["tasks"]
     name, loop = _loop(ir)
     assert loop["taskInfo"]["name"] == "tune-workers" and set(loop["dependentTasks"]) == {
-        "tune-worker-indices",
+        "tune-worker-specs",
         "extract-frames",
-        "step-settings",
     }
-    assert loop["parameterIterator"]["items"] == {"inputParameter": "pipelinechannel--tune-worker-indices-Output"}
+    assert loop["parameterIterator"]["items"] == {"inputParameter": "pipelinechannel--tune-worker-specs-Output"}
     assert set(_component_tasks(ir, name)) == {"tune-worker"}
-    workers = tasks["tune-worker-indices"]["inputs"]["parameters"]["settings"]
+    workers = tasks["tune-worker-specs"]["inputs"]["parameters"]["settings"]
     assert workers == {"taskOutputParameter": {"outputParameterKey": "tune", "producerTask": "step-settings"}}
     worker = tasks["tune-worker"]["inputs"]["parameters"]
-    assert worker.pop("worker") == {"componentInputParameter": loop["parameterIterator"]["itemInput"]}
+    item = loop["parameterIterator"]["itemInput"]
+    for key in ("worker", "settings"):  # each loop item carries its index and the tuning settings
+        selector = f'parseJson(string_value)["{key}"]'
+        assert worker[key] == {"componentInputParameter": item, "parameterExpressionSelector": selector}
     decider = tasks["tune"]["inputs"]["parameters"]
-    assert worker == {"settings": {"componentInputParameter": "pipelinechannel--step-settings-tune"}}
-    assert decider == {"settings": workers}  # the same settings: the same study
+    assert decider == {"settings": workers}  # the settings the items carry: the same study
     assert set(tasks["tune"]["dependentTasks"]) == {name, "extract-frames", "step-settings"}  # after every worker
     assert tasks["train"]["inputs"]["artifacts"]["best_partition"]["taskOutputArtifact"]["producerTask"] == "tune"
     for task in ("tune-worker", "tune"):
@@ -158,10 +159,11 @@ def test_planning_steps_read_params_yaml(tmp_path, monkeypatch):
     monkeypatch.setenv("CSFNET_PARAMS", str(tmp_path / "params.yaml"))
     params = {"tune": {"workers": 3}, "compare": {"configs": ["csfnet-n", "yolov8n"], "seeds": [4, 5]}}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    assert tune_worker_indices.python_func(settings={}) == [0, 1, 2]
-    assert tune_worker_indices.python_func(settings={"tune.workers": 2.0}) == [0, 1]  # a struct's numbers: floats
+    assert [w["worker"] for w in tune_worker_specs.python_func(settings={})] == [0, 1, 2]
+    share = {"tune.workers": 2.0, "tune.trials": 5}  # a struct's numbers are floats
+    assert tune_worker_specs.python_func(settings=share) == [{"worker": i, "settings": share} for i in (0, 1)]
     with pytest.raises(SettingsError, match=r"pipeline settings: tune\.workers: -1"):
-        tune_worker_indices.python_func(settings={"tune.workers": -1})
+        tune_worker_specs.python_func(settings={"tune.workers": -1})
     cells = comparison_cells.python_func(settings={})
     assert cells == [{"config": c, "seed": s} for c in ("csfnet-n", "yolov8n") for s in (4, 5)]
     assert comparison_cells.python_func(settings={"compare.configs": ["yolov8n-p2"]}) == [
@@ -269,7 +271,8 @@ def test_cache_keys_hold_only_real_inputs(ir):
     assert not re.search(r"pipeline_job_(uuid|name)|PIPELINE_JOB|workflow\.uid|\{\{\$\.pipeline", ir["text"])
     for name, task in tasks.items():
         for spec in task.get("inputs", {}).get("parameters", {}).values():
-            assert set(spec) <= {"componentInputParameter", "taskOutputParameter", "runtimeValue"}, (name, spec)
+            allowed = {"componentInputParameter", "taskOutputParameter", "runtimeValue", "parameterExpressionSelector"}
+            assert set(spec) <= allowed, (name, spec)  # a selector picks a field of a loop item
     assert not tasks["raw-data"]["cachingOptions"].get("enableCache")
     outputs = ir["pipeline"]["components"]["comp-raw-data"]["outputDefinitions"]["parameters"]
     assert outputs == {"fingerprint": {"parameterType": "STRING"}}
