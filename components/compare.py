@@ -7,20 +7,23 @@ from components.image import component
 
 @component
 def comparison_cells(settings: dict = {}) -> list:  # noqa: B006  (KFP reads defaults)
-    """``[{"config": c, "seed": s}, ...]`` for every configuration x seed of ``compare.configs`` x ``compare.seeds``
-    (params.yaml with the run's ``settings``), validated as params.yaml would be (unknown configurations fail here,
-    before any training). With the run's id in ``$CSFNET_PIPELINE_ID`` it also opens the comparison's MLflow parent
-    run, before the cells fan out."""
+    """``[{"config": c, "seed": s, "settings": share}, ...]`` for every configuration x seed of ``compare.configs`` x
+    ``compare.seeds`` (params.yaml with the run's ``settings``), validated as params.yaml would be (unknown
+    configurations fail here, before any training); ``share``: the keys a cell reads (the loop items carry it:
+    kfp's local runner hands a step inside a ``dsl.ParallelFor`` the loop item in place of another step's output).
+    With the run's id in ``$CSFNET_PIPELINE_ID`` it also opens the comparison's MLflow parent run, before the cells
+    fan out."""
     import os
 
-    from csfnet.kubeflow.step import merged
+    from csfnet.kubeflow.step import for_step, merged
 
     compare = merged(settings).compare
     if os.environ.get("CSFNET_PIPELINE_ID"):
         from csfnet.compare.cell import open_comparison
 
         open_comparison(os.environ["CSFNET_PIPELINE_ID"])
-    return [{"config": config, "seed": seed} for config in compare.configs for seed in compare.seeds]
+    share = for_step(settings, "compare_cell")
+    return [{"config": c, "seed": s, "settings": share} for c in compare.configs for s in compare.seeds]
 
 
 @component

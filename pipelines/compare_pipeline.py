@@ -54,7 +54,7 @@ def build_pipeline(
         cells = tracked(cluster.light(comparison_cells(settings=settings)))
         cells.set_caching_options(False)  # opens this run's MLflow parent before the cells fan out
         with dsl.ParallelFor(cells.output, name="cells") as cell:
-            trained = compare_cell(dataset=dataset, config=cell.config, seed=cell.seed, settings=share["compare_cell"])
+            trained = compare_cell(dataset=dataset, config=cell.config, seed=cell.seed, settings=cell.settings)
             tracked(heavy(trained, gpu=True))
         collected = dsl.Collected(trained.outputs["cell"])
         report = tracked(compare_report(cells=collected, settings=share["compare_report"]))

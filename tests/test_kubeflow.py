@@ -165,10 +165,11 @@ def test_planning_steps_read_params_yaml(tmp_path, monkeypatch):
     with pytest.raises(SettingsError, match=r"pipeline settings: tune\.workers: -1"):
         tune_worker_specs.python_func(settings={"tune.workers": -1})
     cells = comparison_cells.python_func(settings={})
-    assert cells == [{"config": c, "seed": s} for c in ("csfnet-n", "yolov8n") for s in (4, 5)]
-    assert comparison_cells.python_func(settings={"compare.configs": ["yolov8n-p2"]}) == [
-        {"config": "yolov8n-p2", "seed": 4},
-        {"config": "yolov8n-p2", "seed": 5},
+    assert cells == [{"config": c, "seed": s, "settings": {}} for c in ("csfnet-n", "yolov8n") for s in (4, 5)]
+    chosen = {"compare.configs": ["yolov8n-p2"], "compare.preset": "quick", "register.margin": 0.1}
+    assert comparison_cells.python_func(settings=chosen) == [  # each cell gets the keys it reads, not the list
+        {"config": "yolov8n-p2", "seed": 4, "settings": {"compare.preset": "quick"}},
+        {"config": "yolov8n-p2", "seed": 5, "settings": {"compare.preset": "quick"}},
     ]
     with pytest.raises(SettingsError, match="yolov9"):
         comparison_cells.python_func(settings={"compare.configs": ["yolov9"], "compare.seeds": [0]})
@@ -221,7 +222,7 @@ def test_comparison_fans_out_one_gpu_per_cell(compare_ir):
     assert loop["parameterIterator"]["items"] == {"inputParameter": "pipelinechannel--comparison-cells-Output"}
     item = loop["parameterIterator"]["itemInput"]
     cell = tasks["compare-cell"]["inputs"]["parameters"]
-    for key in ("config", "seed"):
+    for key in ("config", "seed", "settings"):
         assert cell[key] == {
             "componentInputParameter": item,
             "parameterExpressionSelector": f'parseJson(string_value)["{key}"]',
