@@ -49,7 +49,7 @@ def run_step(args: Sequence[str]) -> None:
 
 # Which steps read a settings key, by its longest matching dotted prefix; a key no prefix names reaches every step.
 # A step receives only the keys it reads (:func:`for_step`), so a changed key re-runs only its readers and the rest
-# come from the cache. Planning steps (worker indices, comparison cells, bench sizes) read the whole mapping.
+# come from the cache. Planning steps (step settings, tuning worker specs, comparison cells) read what they are given.
 READERS: dict[str, tuple[str, ...]] = {
     "synth": ("data",),
     "extract": ("data",),
