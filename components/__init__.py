@@ -2,20 +2,21 @@
 
 Every component runs ``python -m csfnet <command>`` (:func:`csfnet.kubeflow.step.run_step`), the same code path as
 the DVC stages, inside the project image, and maps its outputs to typed artifacts. Nothing here holds pipeline logic:
-the planning steps that feed a ``dsl.ParallelFor`` (tuning workers, comparison cells, bench data sizes) only read
-params.yaml through :mod:`csfnet.settings`.
+the planning steps (the run's settings cut per step, tuning workers, comparison cells) only read params.yaml with
+the run's settings mapping through :mod:`csfnet.settings`. Every step takes its share of that mapping as
+``settings`` and passes it to its command as ``--set KEY=VALUE``.
 """
 
-from components.compare import bench_sizes, compare_cell, compare_report, comparison_cells
+from components.compare import compare_cell, compare_report, comparison_cells
 from components.data import extract_frames, raw_data
 from components.deploy import deploy
 from components.evaluate import evaluate, robustness
 from components.export import export_onnx, register_model
+from components.settings import step_settings
 from components.train import train
-from components.tune import tune, tune_worker, tune_worker_indices
+from components.tune import tune, tune_worker, tune_worker_specs
 
 __all__ = [
-    "bench_sizes",
     "compare_cell",
     "compare_report",
     "comparison_cells",
@@ -26,8 +27,9 @@ __all__ = [
     "raw_data",
     "register_model",
     "robustness",
+    "step_settings",
     "train",
     "tune",
     "tune_worker",
-    "tune_worker_indices",
+    "tune_worker_specs",
 ]

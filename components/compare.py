@@ -1,6 +1,4 @@
-"""Comparison of configurations x seeds: the cell list, the bench data sizes, one training per cell, the report."""
-
-from typing import NamedTuple
+"""Comparison of configurations x seeds: the cell list, one training per cell, the report."""
 
 from kfp.dsl import HTML, Artifact, Dataset, Input, Markdown, Metrics, Output
 
@@ -8,40 +6,25 @@ from components.image import component
 
 
 @component
-def comparison_cells(configs: list = [], seeds: list = []) -> list:  # noqa: B006  (KFP reads defaults)
-    """``[{"config": c, "seed": s}, ...]`` for every configuration x seed (empty: params.yaml's ``compare``),
-    validated as params.yaml would be (unknown configurations fail here, before any training). With the run's id
-    in ``$CSFNET_PIPELINE_ID`` it also opens the comparison's MLflow parent run, before the cells fan out."""
+def comparison_cells(settings: dict = {}) -> list:  # noqa: B006  (KFP reads defaults)
+    """``[{"config": c, "seed": s, "settings": share}, ...]`` for every configuration x seed of ``compare.configs`` x
+    ``compare.seeds`` (params.yaml with the run's ``settings``), validated as params.yaml would be (unknown
+    configurations fail here, before any training); ``share``: the keys a cell reads (the loop items carry it:
+    kfp's local runner hands a step inside a ``dsl.ParallelFor`` the loop item in place of another step's output).
+    With the run's id in ``$CSFNET_PIPELINE_ID`` it also opens the comparison's MLflow parent run, before the cells
+    fan out."""
     import os
 
-    from csfnet.settings import load_settings
+    from csfnet.kubeflow.step import for_step, merged
 
-    chosen = {"compare.configs": list(configs) or None, "compare.seeds": list(seeds) or None}
-    compare = load_settings().override(chosen, "pipeline parameters").compare
+    compare = merged(settings).compare
     if os.environ.get("CSFNET_PIPELINE_ID"):
         from csfnet.compare.cell import comparison_parent
         from csfnet.mlflow_tracking import open_parent
 
         open_parent(comparison_parent(os.environ["CSFNET_PIPELINE_ID"]))
-    return [{"config": config, "seed": seed} for config in compare.configs for seed in compare.seeds]
-
-
-@component
-def bench_sizes(train_videos: int = 0, val_videos: int = 0, frames: int = 0) -> NamedTuple(
-    "Outputs", train_videos=int, val_videos=int, frames=int
-):
-    """The synthetic bench data's sizes: each 0 takes params.yaml's ``compare.synth`` value."""
-    from typing import NamedTuple
-
-    from csfnet.settings import load_settings
-
-    class Outputs(NamedTuple):
-        train_videos: int
-        val_videos: int
-        frames: int
-
-    synth = load_settings().compare.synth
-    return Outputs(train_videos or synth.train_videos, val_videos or synth.val_videos, frames or synth.frames)
+    share = for_step(settings, "compare_cell")
+    return [{"config": c, "seed": s, "settings": share} for c in compare.configs for s in compare.seeds]
 
 
 @component
@@ -51,16 +34,16 @@ def compare_cell(
     metrics: Output[Metrics],
     config: str,
     seed: int,
-    preset: str = "",
+    settings: dict = {},  # noqa: B006  (KFP reads defaults)
 ):
     """Train and evaluate one configuration with one seed; ``cell`` holds ``cell.json``, ``matches.npz`` (per-image
     matches for the paired bootstrap) and ``weights/best.pt``."""
     from pathlib import Path
 
-    from csfnet.kubeflow.step import flags, log_metrics, read_json, run_step
+    from csfnet.kubeflow.step import log_metrics, read_json, run_step, set_flags
 
     args = ["compare", "cell", "--config", config, "--seed", seed, "--data", f"{dataset.path}/data.yaml"]
-    run_step([*args, "--out", cell.path, *flags({"--preset": preset})])
+    run_step([*args, "--out", cell.path, *set_flags(settings)])
     scores = read_json(Path(cell.path) / "cell.json")
     cell.metadata.update({"config": config, "seed": seed})
     costs = ("params", "gflops", "latency_ms_cpu", "train_s", "cpu_s", "gpu_hours")
@@ -74,19 +57,17 @@ def compare_report(
     results: Output[Artifact],
     report: Output[HTML],
     metrics: Output[Metrics],
-    configs: list = [],  # noqa: B006  (KFP reads defaults)
+    settings: dict = {},  # noqa: B006  (KFP reads defaults)
 ):
     """The comparison table over every cell: mean and interval over seeds, paired bootstrap against the first
-    configuration (of ``configs``, else of params.yaml's). ``results`` holds compare.json, compare.md and
-    compare.png."""
+    configuration of ``compare.configs``. ``results`` holds compare.json, compare.md and compare.png."""
     import shutil
     from pathlib import Path
 
-    from csfnet.kubeflow.step import log_metrics, read_json, run_step, write_html
+    from csfnet.kubeflow.step import log_metrics, read_json, run_step, set_flags, write_html
 
     out = Path(results.path)
-    order = ["--configs", *configs] if configs else []
-    run_step(["compare", "report", "--cells", *(c.path for c in cells), "--out", str(out), *order])
+    run_step(["compare", "report", "--cells", *(c.path for c in cells), "--out", str(out), *set_flags(settings)])
     shutil.copyfile(out / "compare.md", table.path)
     result = read_json(out / "compare.json")
     means = {  # per configuration: the mean over seeds of each metric and of each difference from the first row

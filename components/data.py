@@ -10,24 +10,22 @@ from components.image import component
 @component
 def raw_data(
     source_uri: str = "",
-    train_videos: int = 0,
-    val_videos: int = 0,
-    frames: int = 0,
-    seed: int = 0,
+    settings: dict = {},  # noqa: B006  (KFP reads defaults)
 ) -> NamedTuple("Outputs", fingerprint=str):
     """Content fingerprint of the raw data: keys, sizes and ETags under ``source_uri`` (s3://..., a path), or the
-    synthesis spec when it is empty. Only a listing: the data itself is read by extraction."""
+    synthesis spec (params.yaml's ``synth`` with the data step's ``settings``) when it is empty. Only a listing:
+    the data itself is read by extraction."""
     from typing import NamedTuple
 
     from csfnet.kubeflow.fingerprint import source_fingerprint, synth_fingerprint
+    from csfnet.kubeflow.step import merged
 
     class Outputs(NamedTuple):
         fingerprint: str
 
     if source_uri:
         return Outputs(source_fingerprint(source_uri))
-    spec = {"train_videos": train_videos, "val_videos": val_videos, "frames": frames, "seed": seed}
-    return Outputs(synth_fingerprint(spec))
+    return Outputs(synth_fingerprint(merged(settings).synth.model_dump()))
 
 
 @component
@@ -37,21 +35,17 @@ def extract_frames(
     stats: Output[Metrics],
     stats_report: Output[HTML],
     source_uri: str = "",
-    train_videos: int = 0,
-    val_videos: int = 0,
-    frames: int = 0,
-    seed: int = 0,
-    stride: int = 0,
+    settings: dict = {},  # noqa: B006  (KFP reads defaults)
 ):
     """Fetch (or synthesise) the raw videos, validate them and write the YOLO dataset; object size statistics as
-    metrics and a histogram. ``fingerprint`` keys the cache: same data, same dataset."""
+    metrics and a histogram. ``fingerprint`` keys the cache: same data, same settings, same dataset."""
     import json
     import shutil
     import tempfile
     from pathlib import Path
 
     from csfnet.kubeflow.fingerprint import source_fingerprint
-    from csfnet.kubeflow.step import flags, log_metrics, run_step, write_html
+    from csfnet.kubeflow.step import log_metrics, run_step, set_flags, write_html
 
     work = Path(tempfile.mkdtemp())
     raw = work / "raw"
@@ -60,13 +54,12 @@ def extract_frames(
         if source_fingerprint(source_uri) != fingerprint:
             raise RuntimeError(f"{source_uri} changed while the pipeline ran; submit it again")
     else:
-        spec = {"--train-videos": train_videos, "--val-videos": val_videos, "--frames": frames, "--seed": seed}
-        run_step(["data", "synth", "--out", raw, *flags(spec)])
-    run_step(["data", "extract", "--source", raw, "--out", dataset.path, *flags({"--stride": stride})])
+        run_step(["data", "synth", "--out", raw, *set_flags(settings)])
+    run_step(["data", "extract", "--source", raw, "--out", dataset.path, *set_flags(settings)])
     shutil.rmtree(raw, ignore_errors=True)
     dataset.metadata["fingerprint"] = fingerprint
     out = work / "stats"
-    run_step(["data", "stats", "--data", f"{dataset.path}/data.yaml", "--out", out])
+    run_step(["data", "stats", "--data", f"{dataset.path}/data.yaml", "--out", out, *set_flags(settings)])
     data = json.loads((out / "stats.json").read_text())
     log_metrics(stats, data)
     write_html(stats_report, "Object sizes", data, [out / "size_histogram.png"])

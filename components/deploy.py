@@ -9,31 +9,19 @@ from components.image import component
 def deploy(
     model_uri: str,
     manifest: Output[Artifact],
-    service: str = "csfnet",
-    namespace: str = "",
-    runtime: str = "csfnet-mlflow",
-    canary_percent: int = 0,
-    cpu: str = "1",
-    memory: str = "2Gi",
-    gpus: int = 0,
+    settings: dict = {},  # noqa: B006  (KFP reads defaults)
     apply: bool = True,
 ):
-    """Create or update the InferenceService ``service`` serving ``model_uri`` (``models:/<name>/<version>``);
-    ``canary_percent`` (1-99) sends that share to the new revision, 0 all of it. The manifest is the step's output;
-    with ``apply`` off (local runs) it is only rendered."""
+    """Create or update the InferenceService ``serving.name`` serving ``model_uri`` (``models:/<name>/<version>``)
+    as params.yaml's ``serving`` with the run's ``settings`` says (``serving.canary_percent`` 1-99 sends that share
+    to the new revision, 0 all of it). The manifest is the step's output; with ``apply`` off (local runs) it is only
+    rendered."""
     from csfnet.kubeflow.deploy import apply as apply_isvc
     from csfnet.kubeflow.deploy import inference_service, render
+    from csfnet.kubeflow.step import merged
 
-    isvc = inference_service(
-        service,
-        model_uri,
-        namespace=namespace or None,
-        runtime=runtime,
-        canary_percent=canary_percent or None,
-        cpu=cpu,
-        memory=memory,
-        gpus=gpus,
-    )
+    serving = merged(settings).serving
+    isvc = inference_service(serving.name, model_uri, **serving.options())
     if apply:
         apply_isvc(isvc)
     render(isvc, manifest.path)

@@ -12,16 +12,17 @@ def export_onnx(
     onnx_model: Output[Model],
     verification: Output[Artifact],
     metrics: Output[Metrics],
+    settings: dict = {},  # noqa: B006  (KFP reads defaults)
 ):
     """ONNX with dynamic batch, verified against PyTorch with onnxruntime; INT8 next to it."""
     from pathlib import Path
 
-    from csfnet.kubeflow.step import log_metrics, read_json, run_step
+    from csfnet.kubeflow.step import log_metrics, read_json, run_step, set_flags
 
     Path(onnx_model.path).mkdir(parents=True, exist_ok=True)
     out = f"{onnx_model.path}/model.onnx"
     args = ["export", "--weights", f"{model.path}/best.pt", "--data", f"{dataset.path}/data.yaml", "--out", out]
-    run_step([*args, "--report", verification.path])
+    run_step([*args, "--report", verification.path, *set_flags(settings)])
     report = read_json(verification.path)
     log_metrics(metrics, {"verification": report["verification"]["checks"], "int8": report.get("int8", {})})
 
@@ -31,10 +32,10 @@ def register_model(
     onnx_model: Input[Model],
     verification: Input[Artifact],
     decision: Output[Markdown],
-    name: str = "",
-    margin: float = -1.0,
+    settings: dict = {},  # noqa: B006  (KFP reads defaults)
 ) -> str:
-    """Register the verified model; it becomes champion only if it beats the current one by the margin.
+    """Register the verified model as ``register.name``; it becomes champion only if it beats the current one by
+    ``register.margin``.
 
     Returns:
         ``models:/<name>/<version>`` when this pipeline execution registered a new champion (what deploy serves),
@@ -43,13 +44,11 @@ def register_model(
     """
     from pathlib import Path
 
-    from csfnet.kubeflow.step import new_champion_uri, read_json, run_step
+    from csfnet.kubeflow.step import new_champion_uri, read_json, run_step, set_flags
 
     out = Path(decision.path).with_suffix(".json")
     args = ["register", "--onnx", f"{onnx_model.path}/model.onnx", "--report", verification.path, "--out", str(out)]
-    args += ["--name", name] if name else []
-    args += ["--margin", str(margin)] if margin >= 0 else []
-    run_step([*args, "--final"])
+    run_step([*args, "--final", *set_flags(settings)])
     result = read_json(out)
     Path(decision.path).write_text(
         f"# {result['name']} v{result['version']}\n\n- mAP50-95: {result['map50_95']:.4f}\n"

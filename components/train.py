@@ -12,21 +12,18 @@ def train(
     model: Output[Model],
     metrics: Output[Metrics],
     report: Output[HTML],
-    config: str = "",
-    preset: str = "",
-    epochs: int = 0,
+    settings: dict = {},  # noqa: B006  (KFP reads defaults)
 ):
-    """Train through ultralytics; ``model`` holds ``best.pt``."""
+    """Train through ultralytics with the run's ``settings`` (train, presets, args ...); ``model`` holds ``best.pt``."""
     import shutil
     import tempfile
     from pathlib import Path
 
-    from csfnet.kubeflow.step import flags, last_epoch, log_metrics, read_json, run_step, write_html
+    from csfnet.kubeflow.step import last_epoch, log_metrics, read_json, run_step, set_flags, write_html
 
     run = Path(tempfile.mkdtemp()) / "train"
     args = ["train", "--data", f"{dataset.path}/data.yaml", "--partition", best_partition.path, "--out", str(run)]
-    options = {"--model": config, "--preset": preset, "--epochs": epochs}
-    run_step(args + flags(options))
+    run_step(args + set_flags(settings))
     Path(model.path).mkdir(parents=True, exist_ok=True)
     shutil.copy2(run / "weights" / "best.pt", Path(model.path) / "best.pt")
     results = read_json(run / "csfnet_train.json")

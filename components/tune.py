@@ -11,14 +11,13 @@ from components.image import component
 
 
 @component
-def tune_worker_indices(workers: int = 0) -> list:
-    """``[0, 1, ..., n - 1]``: one index per tuning worker, ``n`` = ``workers`` or params.yaml's ``tune.workers``."""
-    from csfnet.errors import SettingsError
-    from csfnet.settings import load_settings
+def tune_worker_specs(settings: dict = {}) -> list:  # noqa: B006  (KFP reads defaults)
+    """``[{"worker": i, "settings": settings}, ...]``: one item per tuning worker, ``tune.workers`` of them
+    (params.yaml with ``settings``). The loop items carry the workers' settings: kfp's local runner hands a step
+    inside a ``dsl.ParallelFor`` the loop item in place of another step's output."""
+    from csfnet.kubeflow.step import merged
 
-    if workers < 0:
-        raise SettingsError(f"tune_workers: {workers} is negative (0 = params.yaml's tune.workers)")
-    return list(range(workers or load_settings().tune.workers))
+    return [{"worker": i, "settings": dict(settings)} for i in range(merged(settings).tune.workers)]
 
 
 @component
@@ -26,21 +25,18 @@ def tune_worker(
     dataset: Input[Dataset],
     study: Output[Artifact],
     worker: int,
-    model: str = "",
-    preset: str = "",
-    trials: int = 0,
-    epochs: int = 0,
+    settings: dict = {},  # noqa: B006  (KFP reads defaults)
 ):
-    """Add trials to the shared study until it holds ``trials`` finished ones; no decision (``--no-revalidate``)."""
+    """Add trials to the shared study until it holds ``tune.trials`` finished ones; no decision
+    (``--no-revalidate``)."""
     import tempfile
     from pathlib import Path
 
-    from csfnet.kubeflow.step import flags, run_step
+    from csfnet.kubeflow.step import run_step, set_flags
 
     work = Path(tempfile.mkdtemp())
     args = ["tune", "--data", f"{dataset.path}/data.yaml", "--work-dir", work, "--out", study.path]
-    args += ["--worker", worker, "--no-revalidate"]
-    run_step(args + flags({"--model": model, "--preset": preset, "--trials": trials, "--epochs": epochs}))
+    run_step([*args, "--worker", worker, "--no-revalidate", *set_flags(settings)])
     study.metadata["worker"] = worker
 
 
@@ -49,21 +45,17 @@ def tune(
     dataset: Input[Dataset],
     best_partition: Output[Artifact],
     report: Output[HTML],
-    model: str = "",
-    preset: str = "",
-    trials: int = 0,
-    epochs: int = 0,
+    settings: dict = {},  # noqa: B006  (KFP reads defaults)
 ):
     """Decide on the complete study (``$CSFNET_OPTUNA_STORAGE`` when set): re-validate its best partition against the
-    configuration's own and write the adopted one as JSON. Same options as the workers, so it finds their study."""
+    configuration's own and write the adopted one as JSON. Same settings as the workers, so it finds their study."""
     import json
     import tempfile
     from pathlib import Path
 
-    from csfnet.kubeflow.step import flags, run_step, write_html
+    from csfnet.kubeflow.step import run_step, set_flags, write_html
 
     work = Path(tempfile.mkdtemp())
     args = ["tune", "--data", f"{dataset.path}/data.yaml", "--out", best_partition.path, "--work-dir", str(work)]
-    options = {"--model": model, "--preset": preset, "--trials": trials, "--epochs": epochs}
-    run_step(args + flags(options))
+    run_step(args + set_flags(settings))
     write_html(report, "CSwitch partition search", json.loads(Path(best_partition.path).read_text()))

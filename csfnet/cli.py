@@ -1,8 +1,11 @@
 """``csfnet`` command line: parse, call the package function, print.
 
-Options whose destination is a dotted settings key (``train.model``, ``args.epochs`` for the active preset's
-ultralytics arguments) override ``params.yaml`` through the settings schema; nothing here holds a default of its
-own. Every user error ends in one line on stderr and exit code 2, and outputs the failed command created are removed.
+Every command takes its inputs and outputs as options and its settings as repeatable ``--set KEY=VALUE`` (a dotted
+params.yaml key, ``args.KEY`` for the active preset's ultralytics arguments; the value read as YAML), plus a few
+everyday aliases of keys (:mod:`csfnet.cli_options`). :func:`main` merges params.yaml with them once, through the
+settings schema, and hands the handler one :class:`~csfnet.settings.Settings`; nothing here holds a default of its
+own. Every user error (an unknown option or key, a bad value) ends in one line on stderr and exit code 2, and outputs
+the failed command created are removed.
 """
 
 from __future__ import annotations
@@ -17,11 +20,12 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from csfnet.cli_options import Parser, add_setting_options, check_options, command_settings, overrides
 from csfnet.errors import CsfnetError
 from csfnet.runlog import StageLogger
-from csfnet.settings import Settings, load_settings
+from csfnet.settings import Settings
 
-EPILOG = "Settings not given on the command line come from params.yaml (or $CSFNET_PARAMS)."
+EPILOG = "Settings not given with --set (or an alias) come from params.yaml (or $CSFNET_PARAMS)."
 # removed after a user error if the command made them
 OUTPUT_OPTIONS = ("out", "report", "work_dir", "pipeline_root", "cells_dir")
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -252,25 +256,8 @@ def cmd_export(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_detect(args: argparse.Namespace, settings: Settings) -> int:
     from csfnet.detect import detect
 
-    d = settings.detect
     result = detect(
-        args.model,
-        args.source,
-        args.out,
-        conf=d.conf,
-        iou=d.iou,
-        imgsz=d.imgsz,
-        slice_size=d.slice or None,
-        overlap=d.overlap,
-        full_frame=d.full_frame,
-        merge=d.merge,
-        merge_threshold=d.merge_threshold,
-        tracker=None if d.track == "none" else d.track,
-        batch=d.batch,
-        device=d.device,
-        save_video=d.save_video,
-        max_frames=args.max_frames,
-        progress=True,
+        args.model, args.source, args.out, max_frames=args.max_frames, progress=True, **settings.detect.options()
     )
     print(result.summary())
     return 0
@@ -305,24 +292,25 @@ def cmd_pipeline_compile(args: argparse.Namespace, settings: Settings) -> int:
     from csfnet.kubeflow.client import compile_pipeline
 
     out = args.out or f"pipelines/{args.pipeline}_pipeline.yaml"
-    print(f"wrote {compile_pipeline(out, pipeline=args.pipeline, **_cluster_options(args))}")
+    path = compile_pipeline(out, pipeline=args.pipeline, settings=overrides(args), **_cluster_options(args))
+    print(f"wrote {path}")
     return 0
 
 
 def cmd_pipeline_submit(args: argparse.Namespace, settings: Settings) -> int:
-    from csfnet.kubeflow.client import parse_params, submit
+    from csfnet.kubeflow.client import submit
 
-    params = parse_params(args.param or [])
-    run = submit(args.host, params, args.experiment, args.token, pipeline=args.pipeline, **_cluster_options(args))
+    run = submit(
+        args.host, _pipeline_params(args), args.experiment, args.token, pipeline=args.pipeline, **_cluster_options(args)
+    )
     print(f"submitted run {run.run_id} to {args.host}")
     return 0
 
 
 def cmd_pipeline_run_local(args: argparse.Namespace, settings: Settings) -> int:
-    from csfnet.kubeflow.client import parse_params, run_local
+    from csfnet.kubeflow.client import run_local
 
-    params = parse_params(args.param or [])
-    task = run_local(params, args.pipeline_root, cache=not args.no_cache, pipeline=args.pipeline)
+    task = run_local(_pipeline_params(args), args.pipeline_root, cache=not args.no_cache, pipeline=args.pipeline)
     decision = Path(task.output.path)
     print(decision.read_text() if decision.is_file() else f"pipeline finished; outputs under {args.pipeline_root}")
     return 0
@@ -335,17 +323,7 @@ def cmd_deploy(args: argparse.Namespace, settings: Settings) -> int:
     configure()  # the champion is looked up in the configured MLflow registry
     v = settings.serving
     isvc, _ = deploy_champion(
-        settings.register.name,
-        model_uri=args.model_uri,
-        service=v.name,
-        render_to=args.render,
-        namespace=v.namespace or None,
-        runtime=v.runtime,
-        canary_percent=v.canary_percent or None,
-        cpu=v.cpu,
-        memory=v.memory,
-        gpus=v.gpus,
-        min_replicas=v.min_replicas,
+        settings.register.name, model_uri=args.model_uri, service=v.name, render_to=args.render, **v.options()
     )
     if args.render:
         print(f"wrote {args.render}")
@@ -353,6 +331,18 @@ def cmd_deploy(args: argparse.Namespace, settings: Settings) -> int:
         namespace = isvc.metadata.namespace or "(current namespace)"
         print(f"applied InferenceService {namespace}/{v.name} serving {isvc.spec.predictor.model.storage_uri}")
     return 0
+
+
+def _pipeline_params(args: argparse.Namespace) -> dict[str, Any]:
+    """``--param`` pipeline arguments, with ``--set`` (already validated by :func:`main`) as the ``settings`` mapping
+    every step receives."""
+    from csfnet.kubeflow.client import parse_params
+
+    params = parse_params(args.param or [])
+    chosen = overrides(args)
+    if chosen:
+        params["settings"] = {**params.get("settings", {}), **chosen}
+    return params
 
 
 def _cluster_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -375,27 +365,22 @@ def _cluster_options(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _command(sub: Any, name: str, handler: Handler, helptext: str) -> argparse.ArgumentParser:
+    """A command with ``--set`` and the everyday aliases :data:`csfnet.cli_options.ALIASES` gives it."""
     parser = sub.add_parser(name, help=helptext, description=helptext, epilog=EPILOG)
     parser.set_defaults(func=handler)
+    add_setting_options(parser)
     return parser
-
-
-def _setting(parser: argparse.ArgumentParser, flag: str, key: str, **kwargs: Any) -> None:
-    """An option overriding the settings key ``key`` (``args.X``: the active preset's ultralytics argument)."""
-    parser.add_argument(flag, dest=key, default=None, help=kwargs.pop("help", f"overrides {key}"), **kwargs)
 
 
 def _validation_options(p: argparse.ArgumentParser, default_out: str) -> None:
     p.add_argument("--weights", required=True, help="trained .pt")
     p.add_argument("--data", required=True, help="data.yaml (its val split is used)")
     p.add_argument("--out", default=default_out, help="output folder (replaced)")
-    _setting(p, "--imgsz", "args.imgsz", type=int, help="image size (default: the preset's)")
-    _setting(p, "--device", "train.device", help="'' auto, cpu, 0 ...")
     p.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="csfnet", description=__doc__.splitlines()[0], epilog=EPILOG)
+    parser = Parser(prog="csfnet", description=__doc__.splitlines()[0], epilog=EPILOG)
     sub = parser.add_subparsers(dest="command", required=True)
 
     model = sub.add_parser("model", help="model configurations").add_subparsers(dest="action", required=True)
@@ -407,11 +392,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     data = sub.add_parser("data", help="synthesise, fetch, extract and inspect datasets")
     data = data.add_subparsers(dest="action", required=True)
-    p = _command(data, "synth", cmd_data_synth, "generate the synthetic micro-UAV video benchmark")
+    p = _command(data, "synth", cmd_data_synth, "generate the synthetic micro-UAV video benchmark (synth.*)")
     p.add_argument("--out", required=True, help="raw dataset folder to create")
-    for flag in ("train-videos", "val-videos", "frames", "width", "height", "seed"):
-        _setting(p, f"--{flag}", f"synth.{flag.replace('-', '_')}", type=int)
-    _setting(p, "--format", "synth.format", choices=["mot", "anti-uav"])
     p.add_argument("--workers", type=int, help="processes (default: all cores)")
 
     p = _command(data, "fetch", cmd_data_fetch, "copy a raw dataset root from s3://... or any fsspec URI")
@@ -420,51 +402,29 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = _command(data, "ingest", cmd_data_ingest, "bring data.source into a raw root, copying only what changed")
     p.add_argument("--out", required=True, help="raw root to update (data/raw)")
-    _setting(p, "--source", "data.source", help="synth, synth-hd, a folder or an fsspec URI (s3://bucket/raw)")
     p.add_argument("--workers", type=int, help="processes (default: all cores)")
 
-    p = _command(data, "extract", cmd_data_extract, "validate raw videos and write a YOLO dataset")
+    p = _command(data, "extract", cmd_data_extract, "validate raw videos and write a YOLO dataset (extract.*)")
     p.add_argument("--source", required=True, help="raw root with train/ and val/ (and optionally test/)")
     p.add_argument("--out", required=True, help="dataset folder to create")
-    _setting(p, "--stride", "extract.stride", type=int, help="keep every K-th frame")
-    _setting(p, "--format", "extract.format", choices=["auto", "anti-uav", "mot", "drone-vs-bird", "yolo"])
-    _setting(p, "--fix", "extract.fix", action=argparse.BooleanOptionalAction, help="clip/drop bad boxes (counted)")
-    _setting(p, "--tile", "extract.tile", type=int, help="cut larger frames into tiles of this size (0: off)")
-    _setting(p, "--overlap", "extract.overlap", type=float, help="share of a tile its neighbours overlap")
     p.add_argument("--report", help="folder for the ingestion report (ingest.json, sequences.json, ingest.html)")
     p.add_argument("--workers", type=int, help="processes (default: all cores)")
 
     p = _command(data, "stats", cmd_data_stats, "object size distribution and a histogram")
     p.add_argument("--data", required=True, help="data.yaml")
-    _setting(p, "--imgsz", "args.imgsz", type=int, help="training image size (default: the preset's)")
     p.add_argument("--tile", type=int, help="tile size to compare downscaling with (default: extract.tile or imgsz)")
     p.add_argument("--out", help="folder for stats.json and size_histogram.png")
     p.add_argument("--json", action="store_true")
 
-    p = _command(sub, "train", cmd_train, "train a configuration with ultralytics")
+    p = _command(sub, "train", cmd_train, "train a configuration with ultralytics (train.*, presets)")
     p.add_argument("--data", required=True, help="data.yaml")
-    _setting(p, "--model", "train.model", help="csfnet-n|s|m, an ablation, yolov8n, or a YAML")
-    _setting(p, "--preset", "train.preset", help="preset from params.yaml: quick or paper")
-    for flag in ("epochs", "imgsz", "batch"):
-        _setting(p, f"--{flag}", f"args.{flag}", type=int, help=f"the preset's {flag}")
-    _setting(p, "--device", "train.device", help="'' auto, cpu, 0, or 0,1 for DDP")
-    _setting(p, "--pretrained", "train.pretrained", help="local YOLOv8 .pt to initialise matching layers")
     p.add_argument("--partition", help="`csfnet tune`'s JSON with a CSwitch partition (default: the config's own)")
     p.add_argument("--out", default="runs/train", help="run folder (gets weights/best.pt)")
     p.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow")
     p.add_argument("--render-trainjob", metavar="PATH", help="write the Kubeflow TrainJob here instead of training")
 
-    p = _command(sub, "tune", cmd_tune, "Optuna search for the CSwitch partition")
+    p = _command(sub, "tune", cmd_tune, "Optuna search for the CSwitch partition (tune.*)")
     p.add_argument("--data", required=True, help="data.yaml")
-    _setting(p, "--trials", "tune.trials", type=int, help="finished trials the study should hold (continues it)")
-    _setting(p, "--epochs", "tune.epochs", type=int, help="epochs per trial")
-    _setting(p, "--imgsz", "tune.imgsz", type=int)
-    _setting(p, "--storage", "tune.storage", help="SQLAlchemy URL shared by workers (default: SQLite in --work-dir)")
-    _setting(p, "--study-name", "tune.study_name", help="default: derived from model, data and search space")
-    _setting(p, "--objective", "tune.objective", choices=["map50_95", "pareto"], help="pareto: mAP50-95 vs GFLOPs")
-    _setting(p, "--model", "train.model", help="config to tune")
-    _setting(p, "--preset", "train.preset", help="training preset trials start from")
-    _setting(p, "--device", "train.device", help="one device per worker: '' auto, cpu, 0 ...")
     p.add_argument("--worker", type=int, default=0, help="index of this worker among those sharing a study")
     p.add_argument("--work-dir", default="runs/tune", help="trial folders and the default SQLite study")
     p.add_argument("--out", default="metrics/tune/best_partition.json", help="best partition JSON")
@@ -478,10 +438,6 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = _command(sub, "compare", cmd_compare, "configurations x seeds at equal budget: table with intervals")
     p.add_argument("--data", help="data.yaml every configuration trains and validates on")
-    _setting(p, "--configs", "compare.configs", nargs="+", help="configurations; the first is the reference")
-    _setting(p, "--seeds", "compare.seeds", nargs="+", type=int)
-    _setting(p, "--preset", "compare.preset", help="training preset of every cell (bench by default)")
-    _setting(p, "--device", "train.device", help="'' auto, cpu, 0 ...")
     p.add_argument("--cells-dir", default="runs/compare", help="cell folders; finished cells are reused")
     p.add_argument("--out", default="metrics/compare", help="report folder (compare.md/json/png)")
     p.add_argument("--no-mlflow", action="store_true")
@@ -491,80 +447,50 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--seed", required=True, type=int)
     q.add_argument("--data", required=True, help="data.yaml")
     q.add_argument("--out", required=True, help="cell folder (cell.json, matches.npz, weights/best.pt)")
-    _setting(q, "--preset", "compare.preset", help="training preset (bench by default)")
-    _setting(q, "--device", "train.device", help="'' auto, cpu, 0 ...")
     q.add_argument("--no-mlflow", action="store_true")
     q = _command(actions, "report", cmd_compare_report, "the table with intervals from finished cells")
     q.add_argument("--cells", required=True, nargs="+", help="cell folders, or folders holding them")
     q.add_argument("--configured", action="store_true", help="only the cells of compare.configs x compare.seeds")
-    _setting(q, "--configs", "compare.configs", nargs="+", help="row order; the first is the reference")
     q.add_argument("--out", required=True, help="report folder (compare.md/json/png)")
     q.add_argument("--no-mlflow", action="store_true")
     q = _command(actions, "data", cmd_compare_data, "the bench data: synth benchmark at compare.synth sizes")
     q.add_argument("--out", required=True, help="folder receiving raw/ and dataset/")
     q.add_argument("--workers", type=int, help="processes (default: all cores)")
 
-    p = _command(sub, "eval", cmd_eval, "mAP, size-band AP/recall, per-sequence recall, latency, plots")
+    p = _command(sub, "eval", cmd_eval, "mAP, size-band AP/recall, per-sequence recall, latency, plots (eval.*)")
     _validation_options(p, "metrics/eval")
     p.add_argument("--slice", type=int, help="also AP by size band with slices of this size against full frames")
-    _setting(p, "--overlap", "detect.overlap", type=float, help="slice overlap")
     p.add_argument("--track", choices=["bytetrack", "botsort"], help="also HOTA/MOTA/IDF1 on the val sequences")
     p.add_argument("--raw", default="data/raw", help="raw root whose val sequences carry track IDs (for --track)")
-    p = _command(sub, "robustness", cmd_robustness, "metrics under Gaussian noise of growing sigma")
+    p = _command(sub, "robustness", cmd_robustness, "metrics under Gaussian noise of growing sigma (robustness.*)")
     _validation_options(p, "metrics/robustness")
-    _setting(p, "--sigmas", "robustness.sigmas", type=float, nargs="+", help="noise std devs on the 0-255 scale")
     p.add_argument("--final", action="store_true", help="last stage of the pipeline: close the parent run")
 
-    p = _command(sub, "export", cmd_export, "ONNX export verified with onnxruntime, optional INT8")
+    p = _command(sub, "export", cmd_export, "ONNX export verified with onnxruntime, optional INT8 (export.*)")
     p.add_argument("--weights", required=True, help="trained .pt")
     p.add_argument("--data", required=True, help="data.yaml whose val split verifies the export")
     p.add_argument("--out", default="models/csfnet.onnx", help="FP32 ONNX file (INT8: <stem>-int8.onnx)")
     p.add_argument("--report", help="verification report JSON (default: next to --out)")
-    _setting(p, "--imgsz", "args.imgsz", type=int, help="export image size (default: the preset's)")
-    _setting(p, "--opset", "export.opset", type=int)
-    _setting(p, "--dynamic", "export.dynamic_size", action=argparse.BooleanOptionalAction, help="dynamic size too")
-    _setting(p, "--int8", "export.int8", action=argparse.BooleanOptionalAction, help="also write an INT8 model")
     p.add_argument("--calib-data", help="data.yaml whose train frames calibrate INT8 (default: --data)")
     p.add_argument("--openvino", action="store_true", help="also OpenVINO FP32 (and INT8 through NNCF), verified")
     p.add_argument("--no-mlflow", action="store_true")
 
-    p = _command(sub, "detect", cmd_detect, "drones in a video, images or a stream: annotated video, MOT tracks")
+    helptext = "drones in a video, images or a stream: annotated video, MOT tracks (detect.*)"
+    p = _command(sub, "detect", cmd_detect, helptext)
     p.add_argument("--model", required=True, help=".pt, .onnx (FP32/INT8), an OpenVINO folder or models:/name@alias")
     p.add_argument("--source", required=True, help="video file, image folder or glob, or stream URL")
     p.add_argument("--out", required=True, help="output folder (annotated.mp4, mot.txt, detections.jsonl)")
-    _setting(p, "--conf", "detect.conf", type=float)
-    _setting(p, "--iou", "detect.iou", type=float)
-    _setting(p, "--imgsz", "detect.imgsz", type=int, help="default: the model's")
-    _setting(p, "--slice", "detect.slice", type=int, help="slice size at native resolution (0: whole frames)")
-    _setting(p, "--overlap", "detect.overlap", type=float)
-    _setting(p, "--full-frame", "detect.full_frame", action=argparse.BooleanOptionalAction)
-    _setting(p, "--merge", "detect.merge", choices=["nmm", "nms"])
-    _setting(p, "--merge-threshold", "detect.merge_threshold", type=float)
-    _setting(p, "--track", "detect.track", choices=["none", "bytetrack", "botsort"])
-    _setting(p, "--batch", "detect.batch", type=int, help="crops per runtime call")
-    _setting(p, "--device", "detect.device")
-    _setting(p, "--video", "detect.save_video", action=argparse.BooleanOptionalAction, help="annotated MP4")
     p.add_argument("--max-frames", type=int, help="stop after this many frames")
 
-    p = _command(sub, "register", cmd_register, "register the ONNX model in MLflow; champion/challenger")
+    p = _command(sub, "register", cmd_register, "register the ONNX model in MLflow; champion/challenger (register.*)")
     p.add_argument("--onnx", required=True, help="verified ONNX model")
     p.add_argument("--report", required=True, help="its verification report (gives mAP50-95 and the data)")
-    _setting(p, "--name", "register.name", help="registered model name")
-    _setting(p, "--margin", "register.margin", type=float, help="mAP50-95 a challenger must gain over the champion")
     p.add_argument("--out", help="JSON with the version and the promotion decision")
     p.add_argument("--final", action="store_true", help="last stage of the pipeline: close the parent run")
 
-    p = _command(sub, "deploy", cmd_deploy, "serve the registry's champion on KServe (or --render its manifest)")
-    _setting(p, "--name", "register.name", help="registered model whose champion is served")
+    helptext = "serve the registry's champion on KServe (or --render its manifest) (serving.*)"
+    p = _command(sub, "deploy", cmd_deploy, helptext)
     p.add_argument("--model-uri", help="models:/<name>/<version> to serve instead of the champion")
-    _setting(p, "--service", "serving.name", help="InferenceService name")
-    _setting(p, "--namespace", "serving.namespace")
-    _setting(p, "--runtime", "serving.runtime", help="ServingRuntime (infra/k8s/serving)")
-    _setting(p, "--canary-percent", "serving.canary_percent", type=int, help="traffic to the new revision (0: all)")
-    _setting(p, "--cpu", "serving.cpu")
-    _setting(p, "--memory", "serving.memory")
-    _setting(p, "--gpus", "serving.gpus", type=int)
-    _setting(p, "--min-replicas", "serving.min_replicas", type=int)
     p.add_argument("--render", metavar="PATH", help="write the manifest here (GitOps) instead of applying it")
 
     p = _command(sub, "summary", cmd_summary, "headline figures of the last pipeline run (from dvc.yaml's metrics)")
@@ -574,15 +500,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = _command(pipeline, "compile", cmd_pipeline_compile, "write the pipeline's IR YAML")
     p.add_argument("--out", help="IR YAML to write (default: pipelines/<pipeline>_pipeline.yaml)")
     _cluster_arguments(p)
-    p = _command(pipeline, "submit", cmd_pipeline_submit, "submit a run to a Kubeflow Pipelines endpoint")
+    helptext = "submit a run to a Kubeflow Pipelines endpoint (--set: the run's settings mapping)"
+    p = _command(pipeline, "submit", cmd_pipeline_submit, helptext)
     p.add_argument("--host", required=True, help="Kubeflow Pipelines API, e.g. https://kubeflow.example/pipeline")
     p.add_argument("--experiment", default="csfnet", help="Kubeflow experiment")
     p.add_argument("--token", help="bearer token (default: $KF_PIPELINES_TOKEN, else kube credentials)")
-    p.add_argument("--param", action="append", metavar="K=V", help="pipeline parameter (repeatable)")
+    p.add_argument("--param", action="append", metavar="K=V", help="pipeline parameter, e.g. source_uri (repeatable)")
     _cluster_arguments(p)
-    p = _command(pipeline, "run-local", cmd_pipeline_run_local, "run the pipeline here (kfp SubprocessRunner)")
+    helptext = "run the pipeline here (kfp SubprocessRunner; --set: the run's settings mapping)"
+    p = _command(pipeline, "run-local", cmd_pipeline_run_local, helptext)
     p.add_argument("--pipeline-root", default="runs/kfp", help="where local artifacts are written")
-    p.add_argument("--param", action="append", metavar="K=V", help="pipeline parameter (repeatable)")
+    p.add_argument("--param", action="append", metavar="K=V", help="pipeline parameter, e.g. source_uri (repeatable)")
     p.add_argument("--no-cache", action="store_true", help="run every step again instead of reusing cached ones")
     _pipeline_choice(p)
     return parser
@@ -605,13 +533,12 @@ def _cluster_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``csfnet`` console command."""
-    args = build_parser().parse_args(argv)
-    overrides = {key: value for key, value in vars(args).items() if "." in key}
+    """Entry point of the ``csfnet`` console command: parse, merge params.yaml with the command line once, run."""
+    args = parse_arguments(sys.argv[1:] if argv is None else argv)
     made = [_first_missing(Path(p)) for p in (getattr(args, o, None) for o in OUTPUT_OPTIONS) if p]
     _plain_logs()
     try:
-        return args.func(args, load_settings().override(overrides))
+        return args.func(args, command_settings(args))
     except (CsfnetError, ValueError, FileNotFoundError) as e:
         if os.environ.get("CSFNET_DEBUG"):
             raise
@@ -624,6 +551,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         command = " ".join(x for x in (args.command, getattr(args, "action", None)) if x)
         print(f"csfnet {command}: error: {message}", file=sys.stderr)
         return 2
+
+
+def parse_arguments(argv: Sequence[str]) -> argparse.Namespace:
+    """The parsed command line; an unknown option or a malformed one exits 2 with one line naming it."""
+    parser = build_parser()
+    check_options(parser, argv)
+    return parser.parse_args(argv)
 
 
 def _first_missing(path: Path) -> Path | None:

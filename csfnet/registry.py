@@ -93,8 +93,6 @@ def _requirements() -> list[str]:
 def register_export(
     onnx: str | Path,
     report: str | Path,
-    name: str | None = None,
-    margin: float | None = None,
     out: str | Path | None = None,
     final: bool = False,
     settings: Settings | None = None,
@@ -102,10 +100,10 @@ def register_export(
     """The ``register`` stage: register a verified export as an MLflow run, with lineage tags, and promote it.
 
     Registering the same ONNX file with the same report again (a ``dvc repro`` killed mid-registration) completes
-    its version instead of adding another one. ``name``/``margin`` default to ``register.*``; ``final`` closes
-    the pipeline's parent run.
+    its version instead of adding another one. The model name and the margin are ``register.*`` of ``settings``;
+    ``final`` closes the pipeline's parent run.
     """
-    settings = (settings or load_settings()).override({"register.name": name, "register.margin": margin}, "options")
+    settings = settings or load_settings()
     name, margin = settings.register.name, settings.register.margin
     onnx = check_checkpoint(onnx)
     verification = json.loads(require_file(report, "export report").read_text())

@@ -1,9 +1,10 @@
 """The settings schema: every section of ``params.yaml``, validated once, with its defaults.
 
 ``params.yaml`` (or ``$CSFNET_PARAMS``) holds the same defaults as this schema (a test keeps them equal); keys it
-leaves out take the schema's. Command-line options override single keys (:meth:`Settings.override`) and never
-re-default. Every problem is a :class:`~csfnet.errors.SettingsError` naming the file, the key and the value, with
-the closest valid key suggested for a misspelt one.
+leaves out take the schema's. ``--set KEY=VALUE`` on the command line and a Kubeflow run's settings mapping
+override single keys (:meth:`Settings.override`) and never re-default. Every problem is a
+:class:`~csfnet.errors.SettingsError` naming the file, the key and the value, with the closest valid key suggested
+for a misspelt one.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ Fraction = Annotated[float, Field(ge=0, le=1)]
 class Section(BaseModel):
     """A section of params.yaml: unknown keys are errors, values are checked on assignment too."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, strict=False)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, strict=False, coerce_numbers_to_str=True)
 
 
 class Data(Section):
@@ -250,6 +251,13 @@ class Detect(Section):
             raise ValueError("must be 0 (whole frames) or at least 32 px")
         return value
 
+    def options(self) -> dict[str, Any]:
+        """Keyword arguments of :func:`csfnet.detect.detect` (``slice`` 0 and ``track`` none mean off)."""
+        values = self.model_dump()
+        values["slice_size"] = values.pop("slice") or None
+        values["tracker"] = None if values.pop("track") == "none" else self.track
+        return values
+
 
 class Register(Section):
     """The MLflow model registry."""
@@ -269,6 +277,12 @@ class Serving(Section):
     memory: str = "2Gi"
     gpus: Annotated[int, Field(ge=0)] = 0
     min_replicas: Annotated[int, Field(ge=0)] = 1
+
+    def options(self) -> dict[str, Any]:
+        """Keyword arguments of :func:`csfnet.kubeflow.deploy.inference_service` besides the name and model URI
+        (an empty namespace and a zero canary share mean "none")."""
+        values = self.model_dump(exclude={"name"})
+        return {**values, "namespace": self.namespace or None, "canary_percent": self.canary_percent or None}
 
 
 class Mlflow(Section):
@@ -390,10 +404,11 @@ class Settings(Section):
         """Training image size of the active preset; evaluation and export use the same."""
         return int(self.train_args().get("imgsz", 640))
 
-    def override(self, values: Mapping[str, Any], source: str = "command line") -> Settings:
+    def override(self, values: Mapping[str, Any], source: str = "command line", *, keep_none: bool = False) -> Settings:
         """A copy with dotted keys replaced (``{"train.model": "yolov8n", "args.epochs": 3}``); None values are
-        skipped. ``args.KEY`` sets an ultralytics argument of the active preset (after ``train.preset``)."""
-        values = {k: v for k, v in values.items() if v is not None}
+        skipped unless ``keep_none`` (``--set tune.head_depth=null``). ``args.KEY`` sets an ultralytics argument of
+        the active preset (after ``train.preset``)."""
+        values = {k: v for k, v in values.items() if keep_none or v is not None}
         if not values:
             return self
         data = self.model_dump()
@@ -505,9 +520,10 @@ def _unknown(value: str, known: list[str] | Mapping[str, Any], what: str) -> str
 
 
 def _set(data: dict[str, Any], keys: list[str], value: Any) -> None:
-    for part in keys[:-1]:
+    for depth, part in enumerate(keys[:-1]):
         child = data.get(part)
         if not isinstance(child, dict):
-            raise SettingsError(f"command line: unknown key {'.'.join(keys)!r}")
+            hint = _suggest(part, [k for k, v in data.items() if isinstance(v, dict)], ".".join(keys[:depth]))
+            raise SettingsError(f"command line: unknown key {'.'.join(keys)!r}{hint}")
         data = child
     data[keys[-1]] = value

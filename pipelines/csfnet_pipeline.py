@@ -8,15 +8,21 @@ step and new data behind the same URI re-runs from extraction on. The run id rea
 ``$CSFNET_PIPELINE_ID`` from the pod label ``pipeline/runid`` (set by the KFP API server on every pod of a run),
 which is outside the cache key. ``deploy`` runs only when registration changed the champion.
 
-Tuning fans out: ``tune_workers`` (0 = params.yaml's ``tune.workers``) steps run in a ``dsl.ParallelFor``, a GPU
-each, adding trials to one Optuna study in the cluster's PostgreSQL (``$CSFNET_OPTUNA_STORAGE`` from a secret); one
-step after the loop re-validates the study's best partition and decides. Tuning and training ask for GPUs; every step
-gets MLflow (and S3) credentials from Kubernetes secrets, never from code or images. :class:`Cluster` applies the
-cluster options at compile time (``pipelines/compare_pipeline.py`` uses it too).
+Settings: one ``settings`` parameter, dotted params.yaml keys over the image's params.yaml (as ``csfnet --set``), so
+every key is reachable; a first light step checks it and cuts it into each step's share
+(:data:`csfnet.kubeflow.step.READERS`), which the step passes to its command as ``--set``. A changed key therefore
+re-runs only the steps that read it.
+
+Tuning fans out: ``tune.workers`` steps run in a ``dsl.ParallelFor``, a GPU each, adding trials to one Optuna study
+in the cluster's PostgreSQL (``$CSFNET_OPTUNA_STORAGE`` from a secret); one step after the loop re-validates the
+study's best partition and decides. Tuning and training ask for GPUs; every step gets MLflow (and S3) credentials
+from Kubernetes secrets, never from code or images. :class:`Cluster` applies the cluster options at compile time
+(``pipelines/compare_pipeline.py`` uses it too).
 """
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from kfp import dsl, kubernetes
 
@@ -28,10 +34,11 @@ from components import (
     raw_data,
     register_model,
     robustness,
+    step_settings,
     train,
     tune,
     tune_worker,
-    tune_worker_indices,
+    tune_worker_specs,
 )
 
 MLFLOW_SECRET = "csfnet-mlflow"  # tracking URI and the pipeline's MLflow user; S3 access for raw data
@@ -114,6 +121,7 @@ def build_pipeline(
     cpu: str = "4",
     memory: str = "16G",
     apply_serving: bool = True,
+    settings: Mapping[str, Any] | None = None,
 ):
     """The pipeline function.
 
@@ -127,73 +135,47 @@ def build_pipeline(
         cpu: CPU request of the heavy steps.
         memory: Memory request of the heavy steps.
         apply_serving: The deploy step applies the InferenceService (off: it only renders the manifest).
+        settings: Default of the pipeline's ``settings`` parameter (``csfnet pipeline compile --set``).
     """
     cluster = Cluster(gpus, node_selector, tolerations, secrets, retries, cpu, memory)
+    defaults = dict(settings or {})
     heavy, tracked, s3 = cluster.heavy, cluster.tracked, cluster.s3
 
     @dsl.pipeline(name="csfnet", description="CSF-Net micro-UAV detection: data, tuning, training, evaluation, serving")
-    def csfnet_pipeline(
-        source_uri: str = "",
-        train_videos: int = 0,
-        val_videos: int = 0,
-        frames: int = 0,
-        stride: int = 0,
-        model: str = "",
-        preset: str = "",
-        epochs: int = 0,
-        trials: int = 0,
-        tune_epochs: int = 0,
-        tune_workers: int = 0,
-        sigmas: list = [],  # noqa: B006  (KFP parameters are declared by their defaults)
-        registry_name: str = "",
-        margin: float = -1.0,
-        serving_name: str = "csfnet",
-        serving_namespace: str = "",
-        canary_percent: int = 0,
-        serving_cpu: str = "1",
-        serving_memory: str = "2Gi",
-    ) -> dsl.Markdown:
-        """Empty/zero parameters take the image's params.yaml values."""
-        sizes = {"train_videos": train_videos, "val_videos": val_videos, "frames": frames}
-        raw = s3(raw_data(source_uri=source_uri, **sizes))
+    def csfnet_pipeline(source_uri: str = "", settings: dict = defaults) -> dsl.Markdown:
+        """``settings``: dotted params.yaml keys (as ``csfnet --set``) over the image's params.yaml, every key
+        reachable; ``source_uri``: raw data to fetch (s3://..., empty: synthesise ``synth``)."""
+        share = cluster.light(step_settings(settings=settings)).outputs  # checked once, cut per step
+        raw = s3(raw_data(source_uri=source_uri, settings=share["data"]))
         raw.set_caching_options(False)  # its output depends on what is behind the URI, not on its inputs
-        data = extract_frames(fingerprint=raw.outputs["fingerprint"], source_uri=source_uri, stride=stride, **sizes)
+        data = extract_frames(fingerprint=raw.outputs["fingerprint"], source_uri=source_uri, settings=share["data"])
         dataset = s3(heavy(data, gpu=False)).outputs["dataset"]
 
-        study = {"model": model, "preset": preset, "trials": trials, "epochs": tune_epochs}  # one study for all
-        workers = cluster.light(tune_worker_indices(workers=tune_workers))
-        with dsl.ParallelFor(workers.output, name="tune-workers") as worker:
-            trials_added = tracked(cluster.optuna(heavy(tune_worker(dataset=dataset, worker=worker, **study), True)))
-        search = tracked(cluster.optuna(heavy(tune(dataset=dataset, **study), gpu=True)))  # re-validation trains
+        workers = cluster.light(tune_worker_specs(settings=share["tune"]))  # each with the same settings: one study
+        with dsl.ParallelFor(workers.output, name="tune-workers") as spec:
+            added = tune_worker(dataset=dataset, worker=spec.worker, settings=spec.settings)
+            trials_added = tracked(cluster.optuna(heavy(added, True)))
+        search = tune(dataset=dataset, settings=share["tune"])
+        search = tracked(cluster.optuna(heavy(search, gpu=True)))  # re-validation trains
         search.after(trials_added)  # the whole loop: the study is complete
-        fit = train(
-            dataset=dataset, best_partition=search.outputs["best_partition"], config=model, preset=preset, epochs=epochs
-        )
+        fit = train(dataset=dataset, best_partition=search.outputs["best_partition"], settings=share["train"])
         weights = tracked(heavy(fit, gpu=True)).outputs["model"]
-        scores = tracked(heavy(evaluate(dataset=dataset, model=weights), gpu=False))
-        noise = tracked(heavy(robustness(dataset=dataset, model=weights, sigmas=sigmas), gpu=False))
-        onnx = tracked(heavy(export_onnx(dataset=dataset, model=weights), gpu=False))
+        scores = tracked(heavy(evaluate(dataset=dataset, model=weights, settings=share["evaluate"]), gpu=False))
+        noise = robustness(dataset=dataset, model=weights, settings=share["robustness"])
+        noise = tracked(heavy(noise, gpu=False))
+        onnx = tracked(heavy(export_onnx(dataset=dataset, model=weights, settings=share["export"]), gpu=False))
         register = tracked(
             register_model(
                 onnx_model=onnx.outputs["onnx_model"],
                 verification=onnx.outputs["verification"],
-                name=registry_name,
-                margin=margin,
+                settings=share["register"],
             )
         )
         register.after(scores, noise)  # the last tracked stage: it closes the MLflow parent run
         register.set_retry(num_retries=retries)
         new_champion = register.outputs["Output"]  # models:/<name>/<version> when the champion changed, else ""
         with dsl.If(new_champion != "", name="champion-changed"):
-            serve = deploy(
-                model_uri=new_champion,
-                service=serving_name,
-                namespace=serving_namespace,
-                canary_percent=canary_percent,
-                cpu=serving_cpu,
-                memory=serving_memory,
-                apply=apply_serving,
-            )
+            serve = deploy(model_uri=new_champion, settings=share["deploy"], apply=apply_serving)
             serve.set_retry(num_retries=retries)
         return register.outputs["decision"]
 

@@ -107,7 +107,8 @@ CASES = [
     ("data-yaml-not-yaml", None, {}, ["train", "--data", "{bad_yaml}", "--out", "run"], "bad.yaml: line"),
     ("empty-validation-split", None, {}, ["eval", "--weights", "{weights}", "--data", "{empty_val}"],
      "holds no images"),
-    ("missing-pretrained", None, {}, ["train", "--data", "{data}", "--pretrained", "yolov8n.pt", "--out", "run"],
+    ("missing-pretrained", None, {},
+     ["train", "--data", "{data}", "--set", "train.pretrained=yolov8n.pt", "--out", "run"],
      "pretrained checkpoint yolov8n.pt not found (a local file, never downloaded)"),
     ("missing-partition-file", None, {}, ["train", "--data", "{data}", "--partition", "best.json", "--out", "run"],
      "partition file best.json not found"),
@@ -115,9 +116,11 @@ CASES = [
      "model file missing.pt not found"),
     ("garbage-checkpoint", None, {}, ["robustness", "--weights", "{garbage}", "--data", "{data}"],
      "garbage.pt is not a PyTorch checkpoint"),
-    ("negative-sigma", None, {}, ["robustness", "--weights", "{weights}", "--data", "{data}", "--sigmas", "-1"],
+    ("negative-sigma", None, {},
+     ["robustness", "--weights", "{weights}", "--data", "{data}", "--set", "robustness.sigmas=[-1.0]"],
      "robustness.sigmas.0: -1.0: Input should be greater than or equal to 0"),
-    ("opset-out-of-range", None, {}, ["export", "--weights", "{weights}", "--data", "{data}", "--opset", "5"],
+    ("opset-out-of-range", None, {},
+     ["export", "--weights", "{weights}", "--data", "{data}", "--set", "export.opset=5"],
      "export.opset: 5: Input should be greater than or equal to 11"),
     ("unverified-export", None, {}, ["register", "--onnx", "model.onnx", "--report", "{failed_report}"],
      "did not pass verification"),
@@ -127,7 +130,7 @@ CASES = [
     ("registry-server-down", None, {"MLFLOW_TRACKING_URI": "http://{closed}"},
      ["register", "--onnx", "model.onnx", "--report", "{passed_report}"], "MLflow tracking server http://127.0.0.1:"),
     ("optuna-storage-down", None, {},
-     ["tune", "--data", "{data}", "--storage", f"postgresql+psycopg2://csfnet:{SECRET}@{{closed}}/optuna"],
+     ["tune", "--data", "{data}", "--set", f"tune.storage=postgresql+psycopg2://csfnet:{SECRET}@{{closed}}/optuna"],
      "Optuna storage postgresql+psycopg2://csfnet:***@127.0.0.1:"),
     ("s3-endpoint-down", None, {"AWS_ENDPOINT_URL": "http://{closed}", "AWS_ACCESS_KEY_ID": "k",
                                 "AWS_SECRET_ACCESS_KEY": SECRET},
@@ -175,8 +178,18 @@ def test_credentials_stay_out_of_logs_params_and_tags(tiny_data, tmp_path, capsy
         storage = url.replace("postgres@", f"postgres:{SECRET}@")  # trust auth: the password is carried, unused
         code = main(
             [
-                *("tune", "--data", str(tiny_data), "--storage", storage, "--trials", "1", "--epochs", "1"),
-                *("--imgsz", "64", "--device", "cpu", "--out", "best.json"),
+                *(
+                    "tune",
+                    "--data",
+                    str(tiny_data),
+                    "--set",
+                    f"tune.storage={storage}",
+                    "--trials",
+                    "1",
+                    "--epochs",
+                    "1",
+                ),
+                *("--set", "tune.imgsz=64", "--device", "cpu", "--out", "best.json"),
             ]
         )
     out = capsys.readouterr()
@@ -195,9 +208,135 @@ def test_train_works_in_a_fresh_checkout_without_pipeline_outputs(tiny_data, tmp
     assert not Path("metrics").exists()
     code = main(
         [
-            *("train", "--data", str(tiny_data), "--epochs", "1", "--imgsz", "64", "--batch", "4", "--device", "cpu"),
+            *(
+                "train",
+                "--data",
+                str(tiny_data),
+                "--epochs",
+                "1",
+                "--imgsz",
+                "64",
+                "--set",
+                "args.batch=4",
+                "--device",
+                "cpu",
+            ),
             *("--out", "run", "--no-mlflow"),
         ]
     )
     assert code == 0, capsys.readouterr().err
     assert Path("run/weights/best.pt").is_file()
+
+
+def _commands() -> list[tuple[str, ...]]:
+    """Every leaf command of the parser, as its words after ``csfnet``."""
+    from csfnet.cli import build_parser
+    from csfnet.cli_options import subcommands
+
+    found, todo = [], [((), build_parser())]
+    while todo:
+        words, parser = todo.pop()
+        if parser.get_default("func"):
+            found.append(words)
+        todo += [((*words, name), sub) for name, sub in subcommands(parser).items()]
+    return sorted(found)
+
+
+def _required(words: tuple[str, ...]) -> list[str]:
+    """Placeholder values for the command's required options (nothing is run with them)."""
+    from csfnet.cli import build_parser
+    from csfnet.cli_options import subcommands
+
+    parser = build_parser()
+    for word in words:
+        parser = subcommands(parser)[word]
+    options = [a for a in parser._actions if a.required and a.option_strings]
+    return [arg for a in options for arg in (a.option_strings[0], "1" if a.type is int else "x")]
+
+
+COMMANDS = _commands()
+
+
+def test_every_command_takes_set():
+    assert len(COMMANDS) >= 20 and ("compare", "cell") in COMMANDS and ("pipeline", "submit") in COMMANDS
+
+
+@pytest.mark.parametrize("words", COMMANDS, ids=" ".join)
+def test_set_reaches_the_settings_of_every_command(words):
+    """`--set KEY=VALUE` (YAML values, dotted keys, args.* for the active preset) is merged once, for every command."""
+    from csfnet.cli import parse_arguments
+    from csfnet.cli_options import command_settings
+
+    argv = [*words, *_required(words), "--set", "eval.iou=0.5", "--set", "compare.configs=[yolov8n, csfnet-n]"]
+    argv += ["--set", "extract.fix=true", "--set", "args.epochs=3", "--set", "serving.cpu=2"]
+    settings = command_settings(parse_arguments(argv))
+    assert settings.eval.iou == 0.5 and settings.compare.configs == ["yolov8n", "csfnet-n"]
+    assert settings.extract.fix is True and settings.train_args()["epochs"] == 3 and settings.serving.cpu == "2"
+
+
+@pytest.mark.parametrize("words", COMMANDS, ids=" ".join)
+def test_the_command_line_adds_no_defaults(words):
+    """Without --set or an alias a command runs on params.yaml exactly: no option holds a setting's default."""
+    from csfnet.cli import parse_arguments
+    from csfnet.cli_options import command_settings
+    from csfnet.settings import load_settings
+
+    assert command_settings(parse_arguments([*words, *_required(words)])) == load_settings()
+
+
+@pytest.mark.parametrize(
+    ("pair", "expected"),
+    [
+        ("eval.iuo=0.5", "command line: unknown key 'eval.iuo' (did you mean 'eval.iou'?)"),
+        ("evl.iou=0.5", "command line: unknown key 'evl.iou' (did you mean 'eval'?)"),
+        ("eval.iou=1.5", "command line: eval.iou: 1.5: Input should be less than or equal to 1"),
+        ("args.epoch=3", "presets.quick.epoch: not an ultralytics training argument (did you mean 'epochs'?)"),
+        ("eval.iou", "--set 'eval.iou': expected KEY=VALUE"),
+    ],
+)
+@pytest.mark.parametrize("words", COMMANDS, ids=" ".join)
+def test_unknown_key_or_bad_value_is_one_line_naming_it(words, pair, expected, tmp_path, capsys):
+    before = sorted(tmp_path.rglob("*"))
+    assert main([*words, *_required(words), "--set", pair]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"csfnet {' '.join(words)}: error: ") and expected in err[0], err
+    assert sorted(tmp_path.rglob("*")) == before
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["compare", "--epochs", "1"], "csfnet compare: error: unknown option --epochs; settings take --set KEY=VALUE"),
+        (["compare", "--epochs=1"], "(keys named epochs: args.epochs, tune.epochs, tune.revalidate.epochs)"),
+        (["train", "--data", "d.yaml", "--batch", "4"], "csfnet train: error: unknown option --batch; settings take"),
+        (
+            ["detect", "--model", "m.pt", "--source", "s", "--out", "o", "--tarck", "bytetrack"],
+            "(did you mean --track?)",
+        ),
+        (["compare", "cell", "--confg", "yolov8n"], "csfnet compare cell: error: unknown option --confg"),
+        (
+            ["eval", "--weights", "w.pt", "--data", "d.yaml", "--overlap", "0.3"],
+            "(keys named overlap: extract.overlap, detect.overlap)",
+        ),
+        (["train", "--data"], "csfnet train: error: argument --data: expected one argument"),
+    ],
+)
+def test_unknown_option_is_one_line_naming_it(argv, expected, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_.value.code == 2 and len(err) == 1 and expected in err[0], err
+
+
+def test_aliases_are_settings_keys_and_documented():
+    """The everyday flags are one table of aliases, each a real settings key, each explained in its help."""
+    from csfnet.cli import build_parser, parse_arguments
+    from csfnet.cli_options import ALIASES, command_settings, setting_keys, subcommands
+
+    keys = set(setting_keys())
+    assert all(key in keys for aliases in ALIASES.values() for key in aliases.values())
+    assert sum(len(a) for a in ALIASES.values()) <= 20
+    args = parse_arguments(["train", "--data", "d.yaml", "--epochs", "2", "--device", "0", "--set", "args.epochs=4"])
+    settings = command_settings(args)
+    assert settings.train_args()["epochs"] == 4 and settings.train.device == "0"  # --set after the alias wins
+    assert "= --set args.epochs=VALUE" in " ".join(subcommands(build_parser())["train"].format_help().split())

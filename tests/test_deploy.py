@@ -64,7 +64,9 @@ def test_champion_uri_resolves_the_alias(tmp_path, monkeypatch):
 def test_cli_renders_the_manifest_for_gitops(tmp_path):
     from csfnet.cli import main
 
-    code = main(["deploy", "--model-uri", "models:/csfnet-uav/3", "--canary-percent", "10", "--render", "isvc.yaml"])
+    code = main(
+        ["deploy", "--model-uri", "models:/csfnet-uav/3", "--set", "serving.canary_percent=10", "--render", "isvc.yaml"]
+    )
     manifest = yaml.safe_load((tmp_path / "isvc.yaml").read_text())
     assert code == 0
     predictor = manifest["spec"]["predictor"]

@@ -390,8 +390,9 @@ def test_sliced_detection_finds_micro_targets_full_frames_miss(micro_detector, t
         (review / "gt").mkdir(parents=True)
         shutil.copy(next(seq.glob("*.mp4")), review / f"{review.name}.mp4")
         shutil.copy(mot_file, review / "gt" / "gt.txt")
-    args = ["data", "extract", "--source", str(tmp_path / "review"), "--out", str(tmp_path / "ds"), "--tile", "0"]
-    assert main([*args, "--stride", "1", "--workers", "1"]) == 0  # every frame (params.yaml keeps every 2nd)
+    args = ["data", "extract", "--source", str(tmp_path / "review"), "--out", str(tmp_path / "ds"), "--workers", "1"]
+    every_frame = ["--set", "extract.tile=0", "--set", "extract.stride=1"]  # params.yaml keeps every 2nd
+    assert main([*args, *every_frame]) == 0
     mot = np.loadtxt(mot_file, delimiter=",", ndmin=2)
     images = {int(p.stem.rsplit("_", 1)[1]) + 1: p for p in split_images(tmp_path / "ds" / "data.yaml", "val")}
     assert sorted(images) == list(range(1, TEST_SPEC.frames + 1))

@@ -28,6 +28,7 @@ NOT_DEPS = {
     "csfnet/__init__.py": "only sets ultralytics' offline defaults (through _offline.py) and the version string",
     "csfnet/_offline.py": "offline defaults: no downloads, no ultralytics loggers; no output depends on them",
     "csfnet/cli.py": "parses the command and dispatches to the package; DVC tracks the command itself",
+    "csfnet/cli_options.py": "the command line's option table: parsing only, like cli.py",
     "csfnet/settings.py": "the schema: the values are params.yaml's, which stages track through `params` "
     "(test_settings keeps the schema's defaults equal to params.yaml)",
     "csfnet/errors.py": "exception types: a stage that fails writes nothing",

@@ -165,7 +165,8 @@ def test_racing_promotions_keep_the_better_champion(exported, tiny_data, tmp_pat
         reports.append(tmp_path / f"r{value}.json")
     with mlflow_server(f"sqlite:///{tmp_path / 'db.sqlite'}", tmp_path / "artifacts", free_port()) as url:
         env = {**os.environ, "MLFLOW_TRACKING_URI": url}
-        cmd = [tool("csfnet"), "register", "--onnx", str(exported.fp32), "--name", "race", "--margin", "0"]
+        cmd = [tool("csfnet"), "register", "--onnx", str(exported.fp32)]
+        cmd += ["--set", "register.name=race", "--set", "register.margin=0"]
         seed = subprocess.run([*cmd, "--report", str(reports[0])], env=env, capture_output=True, text=True)
         assert seed.returncode == 0, seed.stderr[-2000:]
         report_low = json.loads(reports[0].read_text())

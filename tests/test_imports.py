@@ -32,7 +32,10 @@ FLOORS: tuple[tuple[str, tuple[str, ...]], ...] = (
         "csfnet.summary", "csfnet.kubeflow",  # kubeflow: what runs inside pipeline steps and pods
     )),
     ("pipeline definitions", ("components", "pipelines")),
-    ("entry points", ("csfnet.cli", "csfnet.__main__", "csfnet.kubeflow.client")),  # client: compiles, submits
+    ("entry points", (
+        "csfnet.cli", "csfnet.cli_options", "csfnet.__main__",
+        "csfnet.kubeflow.client",  # compiles and submits
+    )),
 )  # fmt: skip
 
 

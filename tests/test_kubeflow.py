@@ -19,20 +19,25 @@ import pytest
 import tomllib
 import yaml
 from dockerfile_parse import DockerfileParser
+from kfp.dsl import HTML, Dataset, Metrics
 from mlflow import MlflowClient
+from PIL import Image
 
-from components import comparison_cells, tune_worker_indices
+from components import comparison_cells, extract_frames, step_settings, tune_worker_specs
 from csfnet.errors import SettingsError
 from csfnet.kubeflow.client import compile_pipeline
 from csfnet.kubeflow.deploy import from_dict
+from csfnet.kubeflow.step import STEPS as STEP_SHARES
+from csfnet.kubeflow.step import set_flags
 
 from .conftest import REPO, free_port, tool
 from .services import wait_http
 
 STEPS = {
+    "step-settings",
     "raw-data",
     "extract-frames",
-    "tune-worker-indices",
+    "tune-worker-specs",
     "tune-worker",
     "tune",
     "train",
@@ -41,7 +46,7 @@ STEPS = {
     "export-onnx",
     "register-model",
 }
-TRACKED = STEPS - {"raw-data", "extract-frames", "tune-worker-indices"}
+TRACKED = STEPS - {"step-settings", "raw-data", "extract-frames", "tune-worker-specs"}
 GPU_STEPS = {"tune-worker", "tune", "train"}
 H100 = {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}
 GPU_TOLERATION = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
@@ -51,6 +56,7 @@ GPU_TOLERATION = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoS
 def ir(tmp_path_factory) -> dict:
     out = tmp_path_factory.mktemp("ir") / "pipeline.yaml"
     cmd = [tool("csfnet"), "pipeline", "compile", "--out", str(out), "--gpus", "2"]
+    cmd += ["--set", "extract.tile=640", "--set", "eval.iou=0.5"]  # the run's default settings mapping
     cmd += [
         "--node-selector",
         "nvidia.com/gpu.product=NVIDIA-H100-80GB-HBM3",
@@ -113,32 +119,33 @@ def test_ir_has_every_step_and_exposes_parameters(ir):
     assert roots == STEPS - {"tune-worker"} | {_loop(ir)[0], "condition-2"}
     assert set(tasks) == STEPS | {"deploy", _loop(ir)[0], "condition-2"}
     params = set(ir["pipeline"]["root"]["inputDefinitions"]["parameters"])
-    assert {"preset", "model", "epochs", "trials", "tune_workers", "sigmas", "registry_name", "source_uri"} <= params
+    assert params == {"settings", "source_uri"}  # every setting through the one mapping; the data source
     assert all(tasks[t]["cachingOptions"].get("enableCache") for t in STEPS - {"raw-data"})
     assert all("retryPolicy" in tasks[t] for t in STEPS - {"raw-data"})
     assert set(tasks["register-model"]["dependentTasks"]) >= {"evaluate", "robustness", "export-onnx"}
 
 
 def test_tuning_fans_out_over_workers_that_share_one_study(ir):
-    """N workers in a ParallelFor (N from the tune_workers parameter, or params.yaml), a GPU and the study database
+    """N workers in a ParallelFor (N: tune.workers of params.yaml and the run's settings), a GPU and the study database
     each, then one deciding step after the whole loop on the same study."""
     tasks = ir["tasks"]
     name, loop = _loop(ir)
     assert loop["taskInfo"]["name"] == "tune-workers" and set(loop["dependentTasks"]) == {
-        "tune-worker-indices",
+        "tune-worker-specs",
         "extract-frames",
     }
-    assert loop["parameterIterator"]["items"] == {"inputParameter": "pipelinechannel--tune-worker-indices-Output"}
+    assert loop["parameterIterator"]["items"] == {"inputParameter": "pipelinechannel--tune-worker-specs-Output"}
     assert set(_component_tasks(ir, name)) == {"tune-worker"}
-    workers = tasks["tune-worker-indices"]["inputs"]["parameters"]["workers"]
-    assert workers == {"componentInputParameter": "tune_workers"}
+    workers = tasks["tune-worker-specs"]["inputs"]["parameters"]["settings"]
+    assert workers == {"taskOutputParameter": {"outputParameterKey": "tune", "producerTask": "step-settings"}}
     worker = tasks["tune-worker"]["inputs"]["parameters"]
-    assert worker.pop("worker") == {"componentInputParameter": loop["parameterIterator"]["itemInput"]}
+    item = loop["parameterIterator"]["itemInput"]
+    for key in ("worker", "settings"):  # each loop item carries its index and the tuning settings
+        selector = f'parseJson(string_value)["{key}"]'
+        assert worker[key] == {"componentInputParameter": item, "parameterExpressionSelector": selector}
     decider = tasks["tune"]["inputs"]["parameters"]
-    assert {k: v["componentInputParameter"].removeprefix("pipelinechannel--") for k, v in worker.items()} == {
-        k: v["componentInputParameter"] for k, v in decider.items()
-    }  # same model, preset, trials and epochs: the same study
-    assert set(tasks["tune"]["dependentTasks"]) == {name, "extract-frames"}  # after every worker
+    assert decider == {"settings": workers}  # the settings the items carry: the same study
+    assert set(tasks["tune"]["dependentTasks"]) == {name, "extract-frames", "step-settings"}  # after every worker
     assert tasks["train"]["inputs"]["artifacts"]["best_partition"]["taskOutputArtifact"]["producerTask"] == "tune"
     for task in ("tune-worker", "tune"):
         assert _storage_secret(ir, task) == {"CSFNET_OPTUNA_STORAGE"}
@@ -152,18 +159,54 @@ def test_planning_steps_read_params_yaml(tmp_path, monkeypatch):
     monkeypatch.setenv("CSFNET_PARAMS", str(tmp_path / "params.yaml"))
     params = {"tune": {"workers": 3}, "compare": {"configs": ["csfnet-n", "yolov8n"], "seeds": [4, 5]}}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    assert tune_worker_indices.python_func(workers=0) == [0, 1, 2]
-    assert tune_worker_indices.python_func(workers=2) == [0, 1]
-    with pytest.raises(SettingsError, match="tune_workers: -1"):
-        tune_worker_indices.python_func(workers=-1)
-    cells = comparison_cells.python_func(configs=[], seeds=[])
-    assert cells == [{"config": c, "seed": s} for c in ("csfnet-n", "yolov8n") for s in (4, 5)]
-    assert comparison_cells.python_func(configs=["yolov8n-p2"], seeds=[]) == [
-        {"config": "yolov8n-p2", "seed": 4},
-        {"config": "yolov8n-p2", "seed": 5},
+    assert [w["worker"] for w in tune_worker_specs.python_func(settings={})] == [0, 1, 2]
+    share = {"tune.workers": 2.0, "tune.trials": 5}  # a struct's numbers are floats
+    assert tune_worker_specs.python_func(settings=share) == [{"worker": i, "settings": share} for i in (0, 1)]
+    with pytest.raises(SettingsError, match=r"pipeline settings: tune\.workers: -1"):
+        tune_worker_specs.python_func(settings={"tune.workers": -1})
+    cells = comparison_cells.python_func(settings={})
+    assert cells == [{"config": c, "seed": s, "settings": {}} for c in ("csfnet-n", "yolov8n") for s in (4, 5)]
+    chosen = {"compare.configs": ["yolov8n-p2"], "compare.preset": "quick", "register.margin": 0.1}
+    assert comparison_cells.python_func(settings=chosen) == [  # each cell gets the keys it reads, not the list
+        {"config": "yolov8n-p2", "seed": 4, "settings": {"compare.preset": "quick"}},
+        {"config": "yolov8n-p2", "seed": 5, "settings": {"compare.preset": "quick"}},
     ]
     with pytest.raises(SettingsError, match="yolov9"):
-        comparison_cells.python_func(configs=["yolov9"], seeds=[0])
+        comparison_cells.python_func(settings={"compare.configs": ["yolov9"], "compare.seeds": [0]})
+
+
+def test_one_settings_mapping_reaches_every_step(ir, tmp_path):
+    """`pipeline compile --set` gives the run's default settings mapping; the light first step checks it and cuts
+    each step's share (a key reaches only the steps reading it, so a changed margin re-runs only registration), and
+    the extraction step, run as its pod runs it, passes its share on as `--set` so the tiles are cut."""
+    default = ir["pipeline"]["root"]["inputDefinitions"]["parameters"]["settings"]["defaultValue"]
+    assert default == {"extract.tile": 640, "eval.iou": 0.5}
+    tasks = ir["tasks"]
+    assert tasks["step-settings"]["inputs"]["parameters"]["settings"] == {"componentInputParameter": "settings"}
+    for task, share in (("extract-frames", "data"), ("evaluate", "evaluate"), ("train", "train")):
+        given = tasks[task]["inputs"]["parameters"]["settings"]["taskOutputParameter"]
+        assert given == {"outputParameterKey": share, "producerTask": "step-settings"}
+
+    shares = step_settings.python_func(settings=default)
+    flags = set_flags(shares.data)
+    assert flags[::2] == ["--set", "--set"] and sorted(flags[1::2]) == ["eval.iou=0.5", "extract.tile=640"]
+    assert shares.evaluate == {"eval.iou": 0.5} and "extract.tile" not in shares.train
+    shares = step_settings.python_func(settings={"register.margin": 0.1, "args.epochs": 3.0})
+    assert [step for step in STEP_SHARES if "register.margin" in getattr(shares, step)] == ["register"]
+    assert all(getattr(shares, step)["args.epochs"] == 3.0 for step in STEP_SHARES)  # shared: reaches every step
+    assert set_flags(shares.train) == ["--set", "args.epochs=3"]  # a struct's float, back to the integer it was
+    with pytest.raises(SettingsError, match=r"pipeline settings: unknown key 'eval\.iuo' \(did you mean 'eval\.iou'"):
+        step_settings.python_func(settings={"eval.iuo": 0.5})
+
+    tiny = {"synth.train_videos": 1, "synth.val_videos": 1, "synth.frames": 2, "synth.width": 192.0}
+    share = step_settings.python_func(settings={**tiny, "extract.tile": 64, "extract.stride": 1}).data
+    outputs = {name: kind(name=name, uri=str(tmp_path / name)) for name, kind in (("dataset", Dataset),
+               ("stats", Metrics), ("stats_report", HTML))}  # fmt: skip
+    extract_frames.python_func(fingerprint="f", settings=share, **outputs)
+    train = [Image.open(p).size for p in (tmp_path / "dataset/images/train").glob("*.jpg")]
+    val = [Image.open(p).size for p in (tmp_path / "dataset/images/val").glob("*.jpg")]
+    assert train and set(train) == {(64, 64)} and len(train) > 2  # cut into tiles: extract.tile reached the command
+    assert set(val) == {(192, 128)}  # extract.tile_splits: val stays whole
 
 
 def test_comparison_fans_out_one_gpu_per_cell(compare_ir):
@@ -171,15 +214,15 @@ def test_comparison_fans_out_one_gpu_per_cell(compare_ir):
     tasks = ir["tasks"]
     roots = set(ir["pipeline"]["root"]["dag"]["tasks"])
     name, loop = _loop(ir)
-    cells = {"bench-sizes", "raw-data", "extract-frames", "comparison-cells", "compare-report"}
+    cells = {"step-settings", "raw-data", "extract-frames", "comparison-cells", "compare-report"}
     assert roots == cells | {name} and set(_component_tasks(ir, name)) == {"compare-cell"}
     params = set(ir["pipeline"]["root"]["inputDefinitions"]["parameters"])
-    assert {"configs", "seeds", "preset", "source_uri", "train_videos", "val_videos", "frames"} <= params
+    assert params == {"settings", "source_uri"}
     # one iteration per {config, seed} the cells step lists
     assert loop["parameterIterator"]["items"] == {"inputParameter": "pipelinechannel--comparison-cells-Output"}
     item = loop["parameterIterator"]["itemInput"]
     cell = tasks["compare-cell"]["inputs"]["parameters"]
-    for key in ("config", "seed"):
+    for key in ("config", "seed", "settings"):
         assert cell[key] == {
             "componentInputParameter": item,
             "parameterExpressionSelector": f'parseJson(string_value)["{key}"]',
@@ -187,10 +230,11 @@ def test_comparison_fans_out_one_gpu_per_cell(compare_ir):
     assert tasks["compare-cell"]["inputs"]["artifacts"]["dataset"]["componentInputArtifact"].endswith(
         "extract-frames-dataset"
     )
-    # the bench data sizes come from the planning step (params.yaml's compare.synth when 0)
+    # the bench data sizes come from the planning step (compare.synth of params.yaml and the run's settings)
     for step in ("raw-data", "extract-frames"):
-        size = tasks[step]["inputs"]["parameters"]["train_videos"]["taskOutputParameter"]
-        assert size == {"outputParameterKey": "train_videos", "producerTask": "bench-sizes"}
+        share = tasks[step]["inputs"]["parameters"]["settings"]["taskOutputParameter"]
+        assert share == {"outputParameterKey": "data", "producerTask": "step-settings"}
+    assert tasks["step-settings"]["inputs"]["parameters"]["bench"]["runtimeValue"]["constant"] is True
     # one GPU per cell on the GPU nodes; the planning and report steps ask for none
     assert _gpus(ir, "compare-cell") == ("nvidia.com/gpu", "1")
     platform = ir["platform"][_executor(ir, "compare-cell")]
@@ -200,7 +244,7 @@ def test_comparison_fans_out_one_gpu_per_cell(compare_ir):
         assert "accelerator" not in executors[_executor(ir, task)]["container"].get("resources", {})
     # the report collects every cell's artifact after the whole loop and is the run's Markdown output
     report = tasks["compare-report"]
-    assert report["dependentTasks"] == [name]
+    assert set(report["dependentTasks"]) == {name, "step-settings"}  # its share of the settings
     collected = report["inputs"]["artifacts"]["cells"]["taskOutputArtifact"]
     assert collected == {"outputArtifactKey": "pipelinechannel--compare-cell-cell", "producerTask": name}
     assert ir["pipeline"]["components"]["comp-compare-report"]["inputDefinitions"]["artifacts"]["cells"][
@@ -228,7 +272,8 @@ def test_cache_keys_hold_only_real_inputs(ir):
     assert not re.search(r"pipeline_job_(uuid|name)|PIPELINE_JOB|workflow\.uid|\{\{\$\.pipeline", ir["text"])
     for name, task in tasks.items():
         for spec in task.get("inputs", {}).get("parameters", {}).values():
-            assert set(spec) <= {"componentInputParameter", "taskOutputParameter", "runtimeValue"}, (name, spec)
+            allowed = {"componentInputParameter", "taskOutputParameter", "runtimeValue", "parameterExpressionSelector"}
+            assert set(spec) <= allowed, (name, spec)  # a selector picks a field of a loop item
     assert not tasks["raw-data"]["cachingOptions"].get("enableCache")
     outputs = ir["pipeline"]["components"]["comp-raw-data"]["outputDefinitions"]["parameters"]
     assert outputs == {"fingerprint": {"parameterType": "STRING"}}
@@ -255,13 +300,13 @@ def test_pods_install_nothing(ir):
 
 def test_deploy_runs_only_when_the_champion_changed(ir):
     condition = ir["pipeline"]["root"]["dag"]["tasks"]["condition-2"]
-    assert condition["dependentTasks"] == ["register-model"]
+    assert set(condition["dependentTasks"]) == {"register-model", "step-settings"}  # and the serving settings
     trigger = condition["triggerPolicy"]["condition"]
     assert trigger == "inputs.parameter_values['pipelinechannel--register-model-Output'] != ''"
     deploy = ir["pipeline"]["components"]["comp-condition-2"]["dag"]["tasks"]["deploy"]
     inputs = deploy["inputs"]["parameters"]
     assert inputs["model_uri"] == {"componentInputParameter": "pipelinechannel--register-model-Output"}
-    assert inputs["canary_percent"] == {"componentInputParameter": "pipelinechannel--canary_percent"}
+    assert inputs["settings"] == {"componentInputParameter": "pipelinechannel--step-settings-deploy"}  # serving.*
     assert inputs["apply"]["runtimeValue"]["constant"] is True
 
 
@@ -354,7 +399,7 @@ def test_local_run_ends_with_a_registered_model(tmp_path):
     before = set((tmp_path / "kfp").iterdir())
     start = time.monotonic()
     proc = subprocess.run(
-        [*cmd, "--param", "margin=10"], cwd=REPO, env=env, capture_output=True, text=True, timeout=600
+        [*cmd, "--set", "register.margin=10"], cwd=REPO, env=env, capture_output=True, text=True, timeout=600
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     (second,) = set((tmp_path / "kfp").iterdir()) - before
@@ -363,7 +408,7 @@ def test_local_run_ends_with_a_registered_model(tmp_path):
         # csfnet's code or params changed between the runs (a shared checkout): the cache must not serve anything
         assert {"extract-frames", "train"} <= ran
         return
-    assert ran == {"raw-data", "register-model"}, sorted(ran)
+    assert ran == {"step-settings", "raw-data", "register-model"}, sorted(ran)  # the light split of the settings
     registered = json.loads((second / "register-model" / "executor_output.json").read_text())
     assert registered["parameterValues"]["Output"] == ""  # no new champion: the condition is false
     assert "deploy" not in ran and len(list((tmp_path / "kfp").rglob("deploy/manifest"))) == 1
@@ -394,7 +439,7 @@ def test_local_comparison_fans_out_and_reports(tmp_path):
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "CSFNET_PARAMS": str(tmp_path / "params.yaml")}
-    arguments = ['configs=["yolov8n", "csfnet-n"]', "seeds=[1]", "preset=tiny"]  # not params.yaml's order
+    arguments = ["compare.configs=[yolov8n, csfnet-n]", "compare.seeds=[1]", "compare.preset=tiny"]  # not params' order
     command = [
         tool("csfnet"),
         "pipeline",
@@ -406,7 +451,7 @@ def test_local_comparison_fans_out_and_reports(tmp_path):
     ]
     start = time.monotonic()
     proc = subprocess.run(
-        command + [f"--param={a}" for a in arguments], cwd=REPO, env=env, capture_output=True, text=True
+        command + [f"--set={a}" for a in arguments], cwd=REPO, env=env, capture_output=True, text=True
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     print(f"local comparison: {time.monotonic() - start:.1f} s")
@@ -416,7 +461,7 @@ def test_local_comparison_fans_out_and_reports(tmp_path):
     (results,) = (tmp_path / "kfp").rglob("compare-report/results/compare.json")
     result = json.loads(results.read_text())
     assert result["order"] == ["yolov8n", "csfnet-n"] and result["reference"] == "yolov8n"  # the parameter's order
-    assert result["preset"] == "tiny" and result["images"] == 6  # the preset parameter; compare.synth's 1 x 6 frames
+    assert result["preset"] == "tiny" and result["images"] == 6  # the preset setting; compare.synth's 1 x 6 frames
     assert "delta_map50" in result["rows"]["csfnet-n"] and (results.parent / "compare.png").is_file()
     cells = sorted((tmp_path / "kfp").rglob("compare-cell/cell"))
     assert len(cells) == 2 and all((c / "weights" / "best.pt").is_file() for c in cells)

@@ -24,6 +24,30 @@ def test_params_yaml_holds_exactly_the_schema_defaults():
     assert set(raw) == set(Settings.model_fields)  # every section is written out for users to see
 
 
+def test_no_defaults_outside_params_yaml_and_the_schema():
+    """Library tables and Kubeflow steps restate no setting: they take the schema's values or the run's mapping."""
+    import inspect
+
+    import components
+    from csfnet.data.extract import Tiling
+    from csfnet.detect.run import DEFAULTS
+    from csfnet.kubeflow.client import build
+
+    x, schema = Settings().extract, Settings()
+    assert Tiling() == Tiling(x.tile, x.overlap, x.min_visible, x.negatives, tuple(x.tile_splits), x.seed)
+    assert schema.detect == DEFAULTS
+    # every Kubeflow step takes settings only as its share of the run's one mapping (passed on as --set)
+    structural = {"settings", "source_uri", "fingerprint", "worker", "config", "seed", "model_uri", "apply", "bench"}
+    for name in components.__all__:
+        parameters = inspect.signature(getattr(components, name).python_func).parameters.values()
+        plain = {p.name for p in parameters if p.annotation in (str, int, float, bool, list, dict)}
+        assert plain <= structural, (name, plain - structural)
+        assert all(p.default == {} for p in parameters if p.name == "settings"), name
+    for pipeline in ("csfnet", "compare"):
+        inputs = build(pipeline, secrets=False).component_spec.inputs
+        assert set(inputs) == {"settings", "source_uri"}, pipeline
+
+
 def test_missing_keys_take_the_schema_defaults(tmp_path):
     (tmp_path / "params.yaml").write_text("train: {model: yolov8n}\n")
     settings = load_settings(tmp_path / "params.yaml")
@@ -59,6 +83,16 @@ def test_overrides_revalidate_and_reach_the_active_preset():
         base.override({"train.preset": "papr"})
     with pytest.raises(SettingsError, match=r"command line: unknown key 'train\.modle'"):
         base.override({"train.modle": "yolov8n"})
+
+
+def test_command_line_values_reset_and_coerce_like_params_yaml():
+    """`--set tune.head_depth=null` resets a key (None is "not given" only for library keywords); a number given
+    for a text setting (`--set serving.cpu=2`, a struct's `detect.device: 0`) is that text."""
+    searched = Settings().override({"tune.head_depth": [1, 4]})
+    assert searched.override({"tune.head_depth": None}).tune.head_depth == (1, 4)
+    assert searched.override({"tune.head_depth": None}, keep_none=True).tune.head_depth is None
+    coerced = Settings().override({"serving.cpu": 2, "detect.device": 0})
+    assert (coerced.serving.cpu, coerced.detect.device) == ("2", "0")
 
 
 def test_compare_settings_are_checked_where_they_are_used(tmp_path):

@@ -143,7 +143,9 @@ def test_two_workers_share_one_postgres_study(tiny_data, tmp_path):
     with postgres(free_port()) as url:
         procs = [
             subprocess.Popen(
-                _tune_cmd(tiny_data, tmp_path / f"w{i}", "--storage", url, "--worker", str(i), *WORKER_FLAGS),
+                _tune_cmd(
+                    tiny_data, tmp_path / f"w{i}", "--set", f"tune.storage={url}", "--worker", str(i), *WORKER_FLAGS
+                ),
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
                 text=True,

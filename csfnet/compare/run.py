@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,10 +24,6 @@ def compare(
     data: str | Path,
     out: str | Path = "metrics/compare",
     cells_dir: str | Path = "runs/compare",
-    configs: Sequence[str] | None = None,
-    seeds: Sequence[int] | None = None,
-    preset: str | None = None,
-    device: str | None = None,
     logger: StageLogger | None = None,
     settings: Settings | None = None,
 ) -> dict[str, Any]:
@@ -39,19 +34,12 @@ def compare(
         out: Report folder (``compare.json``, ``compare.md``, ``compare.png``).
         cells_dir: Cell folders (see :func:`cell_dir`); finished cells with the same settings are reused, so a
             killed comparison continues where it stopped.
-        configs: Configurations, the first being the reference (default: ``compare.configs``).
-        seeds: Seeds (default: ``compare.seeds``).
-        preset: Training preset (default: ``compare.preset``).
-        device: ``""`` auto, ``cpu``, ``0`` ... (default: ``train.device``).
         logger: Records one parent run for the comparison, a nested run per cell and one for the report
             (default: nothing is recorded).
-        settings: Validated settings (default: :func:`csfnet.settings.load_settings`).
+        settings: Validated settings: ``compare.configs`` x ``compare.seeds`` (the first configuration is the
+            reference), ``compare.preset``, ``train.device`` ... (default: :func:`csfnet.settings.load_settings`).
     """
-    settings = (settings or load_settings()).override(
-        {"compare.configs": list(configs) if configs else None, "compare.seeds": list(seeds) if seeds else None,
-         "compare.preset": preset, "train.device": device},
-        "options",
-    )  # fmt: skip
+    settings = settings or load_settings()
     check_dataset(data, ("train", "val"))
     c = settings.compare
     comparison = comparison_id(data_hash(data), cell_settings(c.configs[0], c.seeds[0], settings=settings))

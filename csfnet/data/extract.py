@@ -42,23 +42,26 @@ from csfnet.data.formats import (
 from csfnet.data.tiles import check_tiling, choose_negatives, clip_boxes, grid, tile_name
 from csfnet.errors import DataError
 from csfnet.files import replace_dir, staging_dir, worker_count
-from csfnet.settings import Settings, load_settings
+from csfnet.settings import Extract, Settings, load_settings
 
 MANIFEST = "manifest.json"
 JPEG_QUALITY = 95
 OUTPUT_VERSION = 3  # bump when the files written for a sequence change, so re-runs do not reuse older output
 
 
+SCHEMA = Extract()  # the defaults below are the settings schema's (params.yaml's extract section), never restated
+
+
 @dataclass(frozen=True)
 class Tiling:
     """How frames of the tiled splits are cut (``tile`` 0: never)."""
 
-    tile: int = 0
-    overlap: float = 0.2
-    min_visible: float = 0.5
-    negatives: float = 1.0
-    splits: tuple[str, ...] = ("train",)
-    seed: int = 0
+    tile: int = SCHEMA.tile
+    overlap: float = SCHEMA.overlap
+    min_visible: float = SCHEMA.min_visible
+    negatives: float = SCHEMA.negatives
+    splits: tuple[str, ...] = tuple(SCHEMA.tile_splits)
+    seed: int = SCHEMA.seed
 
     def applies(self, split: str) -> bool:
         return self.tile > 0 and split in self.splits

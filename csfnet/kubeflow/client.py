@@ -76,8 +76,9 @@ def submit(
     pipeline: str = "csfnet",
     **options: Any,
 ):
-    """Submit a run of ``pipeline`` to Kubeflow Pipelines at ``host`` with caching on; credentials: ``token`` /
-    ``$KF_PIPELINES_TOKEN``, else the kube config."""
+    """Submit a run of ``pipeline`` to Kubeflow Pipelines at ``host`` with caching on; ``params``: ``source_uri`` and
+    ``settings`` (dotted params.yaml keys, as ``csfnet --set``); credentials: ``token`` / ``$KF_PIPELINES_TOKEN``,
+    else the kube config."""
     import kfp
 
     func = build(pipeline, **options)
@@ -99,7 +100,7 @@ def run_local(
     the deploy step only renders its manifest; ``dsl.ParallelFor`` iterations run two at a time).
 
     Args:
-        params: Pipeline arguments.
+        params: Pipeline arguments: ``source_uri`` and ``settings`` (dotted params.yaml keys, as ``csfnet --set``).
         pipeline_root: Where step outputs (and the local cache) are written.
         cache: Reuse outputs of earlier local runs under ``pipeline_root`` whose inputs match, as the cluster does.
             The cache lives in a folder keyed on the params file and the csfnet code (what the image is on a
@@ -140,8 +141,8 @@ def run_local(
 
 
 def _typed(pipeline: Any, params: Mapping[str, Any]) -> dict[str, Any]:
-    """Check names against the pipeline's parameters and pass whole numbers to float parameters as floats
-    (``--param margin=1`` parses as an integer, which kfp refuses for a float)."""
+    """Check names against the pipeline's parameters (an unknown one is named with the known ones) and pass whole
+    numbers to float parameters as floats (``--param x=1`` parses as an integer, which kfp refuses for a float)."""
     inputs = pipeline.component_spec.inputs or {}
     unknown = sorted(set(params) - set(inputs))
     if unknown:

@@ -1,4 +1,5 @@
-"""Helpers a Kubeflow component calls inside its pod: run one ``csfnet`` command, report its results.
+"""Helpers a Kubeflow component calls inside its pod: its share of the run's settings mapping as ``--set`` flags,
+one ``csfnet`` command run with them, its results reported.
 
 A step runs the command line in a fresh process (``python -m csfnet ...``), the same code path as the DVC stage, so
 this module never imports :mod:`csfnet.cli`. The MLflow parent run comes from ``$CSFNET_PIPELINE_ID``, which the
@@ -14,9 +15,12 @@ import subprocess
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from csfnet.reports import html_report, numeric
+
+if TYPE_CHECKING:
+    from csfnet.settings import Settings
 
 STDERR_TAIL = 40  # lines of the failed command's stderr repeated in the error
 
@@ -43,9 +47,83 @@ def run_step(args: Sequence[str]) -> None:
         raise StepError(f"csfnet {' '.join(map(str, args))} exited with {proc.returncode}; stderr ends:\n{text}")
 
 
-def flags(options: Mapping[str, Any]) -> list[str]:
-    """``{"--epochs": 3, "--model": ""}`` -> ``["--epochs", "3"]``: empty/zero parameters defer to params.yaml."""
-    return [arg for flag, value in options.items() if value for arg in (flag, str(value))]
+# Which steps read a settings key, by its longest matching dotted prefix; a key no prefix names reaches every step.
+# A step receives only the keys it reads (:func:`for_step`), so a changed key re-runs only its readers and the rest
+# come from the cache. Planning steps (step settings, tuning worker specs, comparison cells) read what they are given.
+READERS: dict[str, tuple[str, ...]] = {
+    "synth": ("data",),
+    "extract": ("data",),
+    "tune": ("tune",),
+    "robustness": ("robustness",),
+    "export": ("export",),
+    "register": ("register",),
+    "serving": ("deploy",),
+    "detect": ("evaluate",),
+    "compare": ("compare_cell", "compare_report"),  # preset, latency_images
+    "compare.configs": ("compare_report",),  # cells get theirs from the plan; the report orders rows by it
+    "compare.seeds": (),
+    "compare.synth": (),  # the plan turns it into the bench data's synth.* keys
+    "compare.confidence": ("compare_report",),
+    "compare.resamples": ("compare_report",),
+}
+STEPS = (
+    "data",
+    "tune",
+    "train",
+    "evaluate",
+    "robustness",
+    "export",
+    "register",
+    "deploy",
+    "compare_cell",
+    "compare_report",
+)
+
+
+def for_step(settings: Mapping[str, Any], step: str) -> dict[str, Any]:
+    """The keys of the run's ``settings`` mapping that ``step`` (one of :data:`STEPS`) reads (see :data:`READERS`)."""
+    if step not in STEPS:
+        raise ValueError(f"unknown pipeline step {step!r}; known: {', '.join(STEPS)}")
+    return {key: value for key, value in settings.items() if step in _readers(key)}
+
+
+def _readers(key: str) -> tuple[str, ...]:
+    parts = key.split(".")
+    for depth in range(len(parts), 0, -1):
+        readers = READERS.get(".".join(parts[:depth]))
+        if readers is not None:
+            return readers
+    return STEPS
+
+
+def merged(settings: Mapping[str, Any]) -> Settings:
+    """The image's params.yaml with the run's ``settings`` mapping (dotted keys, as ``--set``) applied.
+
+    Raises:
+        SettingsError: an unknown key or a bad value, named as ``pipeline settings: <key>: ...``.
+    """
+    from csfnet.settings import load_settings
+
+    values = {key: _whole(value) for key, value in settings.items()}
+    return load_settings().override(values, "pipeline settings", keep_none=True)
+
+
+def set_flags(settings: Mapping[str, Any]) -> list[str]:
+    """``{"extract.tile": 640}`` -> ``["--set", "extract.tile=640"]``: values as JSON, which ``--set`` reads back
+    as YAML unchanged (strings, numbers, booleans, lists, mappings, null)."""
+    return [arg for key, value in settings.items() for arg in ("--set", f"{key}={json.dumps(_whole(value))}")]
+
+
+def _whole(value: Any) -> Any:
+    """Whole floats as integers, also inside lists and mappings: a pipeline's struct parameter carries every number
+    as a float (``640`` arrives as ``640.0``), which integer settings such as ``args.epochs`` refuse."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, list):
+        return [_whole(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _whole(v) for k, v in value.items()}
+    return value
 
 
 def log_metrics(artifact: Any, data: Mapping[str, Any]) -> None:
