@@ -55,6 +55,7 @@ def test_predict_and_onnx_export_match_pytorch(tiny_weights, tmp_path, tiny_data
     assert np.abs(onnx_out - torch_out).max() < 1e-3
 
 
+@pytest.mark.slow
 def test_training_logs_one_mlflow_run_with_epoch_metrics(tiny_data, tmp_path):
     result = train(
         tiny_data, model="csfnet-n", out=tmp_path / "run", overrides={**TINY_TRAIN, "epochs": 2}, device="cpu"
@@ -73,6 +74,7 @@ def test_training_logs_one_mlflow_run_with_epoch_metrics(tiny_data, tmp_path):
     assert "weights/best.pt" in artifacts
 
 
+@pytest.mark.slow
 def test_killed_training_resumes_from_last_pt(tiny_data, tmp_path):
     # The child SIGKILLs itself right after ultralytics saved the epoch-1 checkpoint: a hard kill, at a known point.
     script = (
@@ -102,6 +104,7 @@ def test_missing_inputs_fail_before_training(tiny_data, tmp_path):
     assert not (tmp_path / "r").exists()
 
 
+@pytest.mark.slow
 def test_pretrained_checkpoint_initialises_and_reports(tiny_data, tiny_weights, tmp_path):
     result = train(
         tiny_data, model="csfnet-n", out=tmp_path / "ft", overrides=TINY_TRAIN, device="cpu", pretrained=tiny_weights
