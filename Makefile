@@ -1,10 +1,11 @@
-# Two commands: `make run` (set up .venv, run the pipeline) and `make test` (set up .venv, run the tests).
+# Two commands: `make run` (set up .venv, run the pipeline) and `make test` (set up .venv, run all tests: CI);
+# `make test-fast` skips the tests marked slow (training, whole pipelines, servers) for the edit-test loop.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint format benchmark gpu-check clean
+.PHONY: run test test-fast lint format benchmark gpu-check clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +23,11 @@ test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/pytest
+
+test-fast: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/pytest -m "not slow" -x
 
 lint: $(STAMP)
 	$(BIN)/ruff check --fix .

@@ -37,6 +37,7 @@ def _weights(path: Path) -> dict[str, torch.Tensor]:
     return torch.load(path, map_location="cpu", weights_only=False)["model"].float().state_dict()
 
 
+@pytest.mark.slow
 def test_compare_writes_table_with_intervals_nested_runs_and_is_deterministic(tiny_data: Path, tmp_path: Path) -> None:
     _params(tmp_path / "params.yaml")
     assert main(["compare", "--data", str(tiny_data), "--cells-dir", "cells", "--out", "report"]) == 0

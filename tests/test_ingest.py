@@ -179,6 +179,7 @@ def _check_cycle(repo: Path, edit, env: dict | None = None) -> None:
     assert _tree(repo / "data/raw") == before
 
 
+@pytest.mark.slow
 def test_dvc_repro_with_a_local_folder_source(tiny_raw, tmp_path):
     source = tmp_path / "videos"
     shutil.copytree(tiny_raw, source)
@@ -192,6 +193,7 @@ def test_dvc_repro_with_a_local_folder_source(tiny_raw, tmp_path):
     assert raw <= pushed and frames and not frames & pushed  # `dvc push` sends the raw videos, not the frames
 
 
+@pytest.mark.slow
 def test_dvc_repro_with_an_s3_source(tiny_raw, tmp_path):
     import boto3
 

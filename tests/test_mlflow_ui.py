@@ -22,6 +22,7 @@ def tracking_server(tmp_path, monkeypatch):
     mlflow.set_tracking_uri(None)
 
 
+@pytest.mark.slow
 def test_stage_runs_nest_under_one_parent_in_postgres(tracking_server, monkeypatch):
     for i, value in enumerate((0.41, 0.57)):
         monkeypatch.setenv("CSFNET_PARAMS", f"params-{i}.yaml")  # two pipeline executions
@@ -41,6 +42,7 @@ def test_stage_runs_nest_under_one_parent_in_postgres(tracking_server, monkeypat
         assert stages == {"eval", "robustness"}
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (.ci/run installs it)")
 def test_mlflow_ui_shows_both_runs_and_their_map(tracking_server, monkeypatch):
     from playwright.sync_api import sync_playwright

@@ -56,6 +56,7 @@ def test_predict_and_onnx_export_match_pytorch(tiny_weights, tmp_path, tiny_data
     assert np.abs(onnx_out - torch_out).max() < 1e-3
 
 
+@pytest.mark.slow
 def test_training_logs_one_mlflow_run_with_epoch_metrics(tiny_data, tmp_path):
     result = train(
         tiny_data,
@@ -82,6 +83,7 @@ def test_training_logs_one_mlflow_run_with_epoch_metrics(tiny_data, tmp_path):
     assert mlflow.MlflowClient().list_artifacts(train_run.info.run_id, "data_stats")
 
 
+@pytest.mark.slow
 def test_killed_training_resumes_from_last_pt(tiny_data, tmp_path):
     # The child SIGKILLs itself right after ultralytics saved the epoch-1 checkpoint: a hard kill, at a known point.
     script = (
@@ -109,6 +111,7 @@ def test_missing_inputs_fail_before_training(tiny_data, tmp_path):
     assert not (tmp_path / "r").exists()
 
 
+@pytest.mark.slow
 def test_pretrained_checkpoint_initialises_and_reports(tiny_data, tiny_weights, tmp_path):
     result = train(
         tiny_data,

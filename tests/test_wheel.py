@@ -9,6 +9,7 @@ import sys
 import sysconfig
 import zipfile
 
+import pytest
 import yaml
 
 from .conftest import REPO
@@ -16,6 +17,7 @@ from .conftest import REPO
 SOURCES = ("pyproject.toml", "README.md", "csfnet", "components", "pipelines")
 
 
+@pytest.mark.slow
 def test_wheel_compiles_the_pipeline_outside_the_checkout(tmp_path):
     src = tmp_path / "src"  # build from a copy: no build/ or egg-info left in the shared checkout
     src.mkdir()
