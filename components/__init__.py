@@ -13,7 +13,7 @@ from components.deploy import deploy
 from components.evaluate import evaluate, robustness
 from components.export import export_onnx, register_model
 from components.settings import step_settings
-from components.train import train
+from components.train import train, train_job
 from components.tune import tune, tune_worker, tune_worker_specs
 
 __all__ = [
@@ -29,6 +29,7 @@ __all__ = [
     "robustness",
     "step_settings",
     "train",
+    "train_job",
     "tune",
     "tune_worker",
     "tune_worker_specs",

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from csfnet.cli_options import Parser, add_setting_options, check_options, command_settings, overrides
-from csfnet.errors import CsfnetError
+from csfnet.errors import CsfnetError, SettingsError
 from csfnet.runlog import StageLogger
 from csfnet.settings import Settings
 
@@ -126,7 +126,8 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
     if args.render_trainjob:  # GitOps: the Kubeflow TrainJob of this command instead of training here
         from csfnet.kubeflow.trainjob import render, train_job_for
 
-        render(train_job_for(settings, args.data, args.out, args.partition, not args.no_mlflow), args.render_trainjob)
+        job = train_job_for(settings, args.data, args.out, args.partition, not args.no_mlflow, nodes=args.nodes)
+        render(job, args.render_trainjob)
         print(f"wrote {args.render_trainjob}")
         return 0
     result = train(args.data, out=args.out, partition=args.partition, logger=_stage_logger(args), settings=settings)
@@ -354,11 +355,18 @@ def _cluster_options(args: argparse.Namespace) -> dict[str, Any]:
         key, sep, value = key_value.partition("=")
         operator = "Equal" if sep else "Exists"
         tolerations.append({"key": key, "operator": operator, "value": value or None, "effect": effect})
-    return {
+    options = {
         "gpus": args.gpus,
         "node_selector": {k: str(v) for k, v in parse_params(args.node_selector or []).items()},
         "tolerations": tolerations,
     }
+    if args.train_nodes != 1 or args.gpus_per_node is not None:  # the csfnet pipeline's training step only
+        if args.pipeline != "csfnet":
+            raise SettingsError("--train-nodes and --gpus-per-node apply to the csfnet pipeline only")
+        if args.train_nodes < 1:
+            raise SettingsError(f"--train-nodes must be >= 1, got {args.train_nodes}")
+        options.update(train_nodes=args.train_nodes, gpus_per_node=args.gpus_per_node)
+    return options
 
 
 # --- parser -----------------------------------------------------------------------------------------------------------
@@ -422,6 +430,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/train", help="run folder (gets weights/best.pt)")
     p.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow")
     p.add_argument("--render-trainjob", metavar="PATH", help="write the Kubeflow TrainJob here instead of training")
+    p.add_argument("--nodes", type=int, default=1, help="nodes of the rendered TrainJob (>1: under torchrun)")
 
     p = _command(sub, "tune", cmd_tune, "Optuna search for the CSwitch partition (tune.*)")
     p.add_argument("--data", required=True, help="data.yaml")
@@ -527,6 +536,8 @@ def _cluster_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gpus", type=int, default=1, help="GPUs for tune and train (0: CPU only)")
     p.add_argument("--node-selector", action="append", metavar="K=V", help="node label for GPU steps")
     p.add_argument("--toleration", action="append", metavar="KEY[=VALUE]:EFFECT", help="taint GPU steps tolerate")
+    p.add_argument("--train-nodes", type=int, default=1, help="nodes of training (>1: a Kubeflow Trainer TrainJob)")
+    p.add_argument("--gpus-per-node", type=int, help="GPUs of each TrainJob node (default: --gpus)")
 
 
 # --- entry point ------------------------------------------------------------------------------------------------------

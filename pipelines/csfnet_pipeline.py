@@ -15,7 +15,11 @@ re-runs only the steps that read it.
 
 Tuning fans out: ``tune.workers`` steps run in a ``dsl.ParallelFor``, a GPU each, adding trials to one Optuna study
 in the cluster's PostgreSQL (``$CSFNET_OPTUNA_STORAGE`` from a secret); one step after the loop re-validates the
-study's best partition and decides. Tuning and training ask for GPUs; every step gets MLflow (and S3) credentials
+study's best partition and decides. Training runs in the step's pod on one node; compiled with ``train_nodes`` > 1
+it runs as a Kubeflow Trainer ``TrainJob`` on that many nodes (``gpus_per_node`` each) that the ``train-job`` step
+creates, follows and hands on as the same ``Model`` artifact (dataset and run folder on the shared claim
+``csfnet-workspace``). Node counts are compile-time options, so a one-node pipeline's IR is unchanged.
+Tuning and training ask for GPUs; every step gets MLflow (and S3) credentials
 from Kubernetes secrets, never from code or images. :class:`Cluster` applies the cluster options at compile time
 (``pipelines/compare_pipeline.py`` uses it too).
 """
@@ -36,10 +40,12 @@ from components import (
     robustness,
     step_settings,
     train,
+    train_job,
     tune,
     tune_worker,
     tune_worker_specs,
 )
+from components.image import IMAGE
 
 MLFLOW_SECRET = "csfnet-mlflow"  # tracking URI and the pipeline's MLflow user; S3 access for raw data
 MLFLOW_KEYS = (
@@ -58,6 +64,8 @@ PIPELINE_ID_ENV = "CSFNET_PIPELINE_ID"  # csfnet.lineage.PIPELINE_ENV
 RUN_ID_FIELD = "metadata.labels['pipeline/runid']"  # pod label the KFP API server puts on every pod of a run
 MLFLOW_CLIENT_LABEL = "csfnet.io/mlflow-client"  # NetworkPolicy: pods allowed to reach MLflow
 OPTUNA_CLIENT_LABEL = "csfnet.io/optuna-client"  # NetworkPolicy: pods allowed to reach the Optuna database
+WORKSPACE_CLAIM = "csfnet-workspace"  # csfnet.kubeflow.trainjob.WORKSPACE_CLAIM: shared by the step and the nodes
+WORKSPACE = "/workspace"
 
 
 @dataclass(frozen=True)
@@ -122,6 +130,8 @@ def build_pipeline(
     memory: str = "16G",
     apply_serving: bool = True,
     settings: Mapping[str, Any] | None = None,
+    train_nodes: int = 1,
+    gpus_per_node: int | None = None,
 ):
     """The pipeline function.
 
@@ -136,7 +146,11 @@ def build_pipeline(
         memory: Memory request of the heavy steps.
         apply_serving: The deploy step applies the InferenceService (off: it only renders the manifest).
         settings: Default of the pipeline's ``settings`` parameter (``csfnet pipeline compile --set``).
+        train_nodes: Nodes training runs on; more than one: a Kubeflow Trainer TrainJob (1: in the step's pod).
+        gpus_per_node: GPUs of each TrainJob node (default: ``gpus``).
     """
+    if train_nodes < 1:
+        raise ValueError(f"train_nodes must be >= 1, got {train_nodes}")
     cluster = Cluster(gpus, node_selector, tolerations, secrets, retries, cpu, memory)
     defaults = dict(settings or {})
     heavy, tracked, s3 = cluster.heavy, cluster.tracked, cluster.s3
@@ -158,8 +172,18 @@ def build_pipeline(
         search = tune(dataset=dataset, settings=share["tune"])
         search = tracked(cluster.optuna(heavy(search, gpu=True)))  # re-validation trains
         search.after(trials_added)  # the whole loop: the study is complete
-        fit = train(dataset=dataset, best_partition=search.outputs["best_partition"], settings=share["train"])
-        weights = tracked(heavy(fit, gpu=True)).outputs["model"]
+        partition = search.outputs["best_partition"]
+        if train_nodes == 1:
+            fit = tracked(heavy(train(dataset=dataset, best_partition=partition, settings=share["train"]), gpu=True))
+        else:  # the step only creates and follows the TrainJob: no GPU of its own
+            node_gpus = gpus if gpus_per_node is None else gpus_per_node
+            fit = train_job(
+                dataset=dataset, best_partition=partition, settings=share["train"], nodes=train_nodes,
+                gpus_per_node=node_gpus, image=IMAGE, secret=MLFLOW_SECRET,
+            )  # fmt: skip
+            fit = tracked(heavy(fit, gpu=False))
+            kubernetes.mount_pvc(fit, pvc_name=WORKSPACE_CLAIM, mount_path=WORKSPACE)
+        weights = fit.outputs["model"]
         scores = tracked(heavy(evaluate(dataset=dataset, model=weights, settings=share["evaluate"]), gpu=False))
         noise = robustness(dataset=dataset, model=weights, settings=share["robustness"])
         noise = tracked(heavy(noise, gpu=False))

@@ -592,3 +592,42 @@ def test_step_runs_the_command_line_in_a_subprocess(capfd):
     with pytest.raises(StepError, match=r"csfnet no-such-command exited with 2; stderr ends:\n(.|\n)*no-such-command"):
         run_step(["no-such-command"])
     assert "no-such-command" in capfd.readouterr().err  # streamed to the pod log as well
+
+
+def test_multi_node_training_is_a_trainjob_step_and_one_node_keeps_the_ir(ir, tmp_path):
+    """`--train-nodes 2`: a light `train-job` step (no GPU of its own, the shared claim mounted, MLflow secrets)
+    whose inputs are the node count, the GPUs per node, the image and the secret of the TrainJob it creates, and
+    whose model feeds evaluation as the in-pod training's does; `--train-nodes 1` compiles today's IR."""
+    base = [tool("csfnet"), "pipeline", "compile", "--gpus", "2", "--set", "extract.tile=640", "--set", "eval.iou=0.5"]
+    base += [
+        "--node-selector",
+        "nvidia.com/gpu.product=NVIDIA-H100-80GB-HBM3",
+        "--toleration",
+        "nvidia.com/gpu:NoSchedule",
+    ]
+    one = tmp_path / "one.yaml"
+    subprocess.run([*base, "--out", str(one), "--train-nodes", "1"], cwd=REPO, check=True, capture_output=True)
+    assert _load_ir(one)["pipeline"] == ir["pipeline"] and _load_ir(one)["platform"] == ir["platform"]
+
+    two = tmp_path / "two.yaml"
+    cmd = [*base, "--out", str(two), "--train-nodes", "2", "--gpus-per-node", "4"]
+    subprocess.run(cmd, cwd=REPO, check=True, capture_output=True)
+    multi = _load_ir(two)
+    tasks = multi["tasks"]
+    assert "train" not in tasks and set(tasks) == set(ir["tasks"]) - {"train"} | {"train-job"}
+    given = tasks["train-job"]["inputs"]["parameters"]
+    assert given["nodes"]["runtimeValue"]["constant"] == 2 and given["gpus_per_node"]["runtimeValue"]["constant"] == 4
+    assert given["image"]["runtimeValue"]["constant"].startswith("ghcr.io/csfnet/csfnet:")
+    assert given["secret"]["runtimeValue"]["constant"] == "csfnet-mlflow"
+    assert given["settings"]["taskOutputParameter"] == {"outputParameterKey": "train", "producerTask": "step-settings"}
+    assert tasks["evaluate"]["inputs"]["artifacts"]["model"]["taskOutputArtifact"]["producerTask"] == "train-job"
+    executor = multi["pipeline"]["deploymentSpec"]["executors"][_executor(multi, "train-job")]["container"]
+    assert "accelerator" not in executor.get("resources", {})  # the nodes get the GPUs, not the step
+    platform = multi["platform"][_executor(multi, "train-job")]
+    assert platform["pvcMount"][0]["mountPath"] == "/workspace" and platform["pvcMount"][0]["constant"] == (
+        "csfnet-workspace"
+    )
+    assert {s["secretName"] for s in platform["secretAsEnv"]} == {"csfnet-mlflow"}
+    assert tasks["train-job"]["cachingOptions"].get("enableCache") and "retryPolicy" in tasks["train-job"]
+    bad = subprocess.run([*base, "--out", str(two), "--train-nodes", "0"], cwd=REPO, capture_output=True, text=True)
+    assert bad.returncode == 2 and "--train-nodes must be >= 1" in bad.stderr

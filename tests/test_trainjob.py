@@ -130,3 +130,40 @@ def test_a_device_a_trainjob_cannot_ask_for_is_one_line_and_writes_nothing(tmp_p
     err = capsys.readouterr().err.strip()
     assert code == 2 and err.startswith("csfnet train: error: train.device") and "\n" not in err
     assert not (tmp_path / "gitops").exists()
+
+
+def test_multi_node_trainjob_runs_torchrun_on_every_node(tmp_path):
+    """Two nodes of two GPUs: numNodes 2, the GPUs per node, and torchrun (node rank and rendezvous from the
+    Trainer's PET_* variables) around `csfnet train` with each node's devices."""
+    from csfnet.cli import main
+
+    args = ["train", "--data", "d/data.yaml", "--device", "0,1", "--nodes", "2", "--render-trainjob", "job.yaml"]
+    assert main(args) == 0
+    manifest = yaml.safe_load((tmp_path / "job.yaml").read_text())
+    job = from_dict(manifest)
+    trainer = job.spec.trainer
+    assert trainer.num_nodes == 2 and manifest["spec"]["trainer"]["resourcesPerNode"]["limits"]["nvidia.com/gpu"] == "2"
+    command = trainer.command
+    assert command[:8] == ["torchrun", "--nnodes", "2", "--nproc-per-node", "2", "-m", "csfnet", "train"]
+    assert command[command.index("--device") + 1] == "0,1"  # each rank takes its local rank's GPU
+    assert not any(a.startswith("--node-rank") or a.startswith("--master") for a in command)  # PET_* give them
+
+
+def test_failure_reason_comes_from_the_trainjob_conditions():
+    from csfnet.kubeflow.trainjob import failure_reason
+
+    manifest = yaml.safe_load(render(train_job("a", ["--data", "x"], nodes=2)))
+    job = from_dict(manifest)
+    assert failure_reason(job) is None  # just created: no status
+    condition = {"lastTransitionTime": "2026-12-02T01:00:00Z", "status": "True"}
+    running = job.from_dict({**manifest, "status": {"conditions": [{**condition, "type": "Created",
+                             "reason": "JobsCreationSucceeded", "message": "jobs created"}]}})  # fmt: skip
+    assert failure_reason(running) is None
+    failed = {**condition, "type": "Failed", "reason": "FailedJobs", "message": "jobset failed:\n node-0 OOMKilled"}
+    assert failure_reason(job.from_dict({**manifest, "status": {"conditions": [failed]}})) == (
+        "FailedJobs: jobset failed: node-0 OOMKilled"
+    )
+    done = {**condition, "type": "Complete", "reason": "JobsCompleted", "message": "done"}
+    assert failure_reason(job.from_dict({**manifest, "status": {"conditions": [done]}})) == ""
+    with pytest.raises(SettingsError, match="nodes"):
+        train_job("a", [], nodes=0)

@@ -1,12 +1,14 @@
 """Training on Kubeflow Trainer v2: the ``TrainJob`` of a ``csfnet train`` command, validated and rendered for GitOps.
 
 The job runs on the ``csfnet-torch-distributed`` ClusterTrainingRuntime (``infra/k8s/trainer``: a torch runtime on
-JobSet, the project's CUDA image, ``/dev/shm`` for the data loader workers). Its one node runs ``csfnet train`` with
-one CUDA device per GPU of the node (``--device 0,1,...``): ultralytics then starts its own DDP workers through
-``torch.distributed.run``. ultralytics takes its world size from that device string, so it cannot join an external
-multi-node ``torchrun`` (ultralytics issues #7282, #22878): ``numNodes`` stays 1. The dataset, the run folder and
-``params.yaml`` live on a PersistentVolumeClaim mounted at ``/workspace``; MLflow credentials come from the secret
-every pipeline step reads (``csfnet-mlflow``, ``infra/k8s/secrets``).
+JobSet, the project's CUDA image, ``/dev/shm`` for the data loader workers). One node runs ``csfnet train`` with
+one CUDA device per GPU of the node (``--device 0,1,...``): ultralytics then starts its own DDP workers. Several
+nodes run ``torchrun --nnodes N --nproc-per-node G -m csfnet train ...``: the Trainer's torch plugin gives every
+node ``PET_NODE_RANK``, ``PET_MASTER_ADDR`` and ``PET_MASTER_PORT``, which torchrun reads as its options, and
+:mod:`csfnet.distributed` takes rank and world size from torchrun (ultralytics alone cannot join a multi-node
+launch, issues #7282, #22878). The dataset, the run folder and ``params.yaml`` live on a PersistentVolumeClaim
+mounted at ``/workspace`` on every node; MLflow credentials come from the secret every pipeline step reads
+(``csfnet-mlflow``, ``infra/k8s/secrets``). :func:`failure_reason` reads a TrainJob's outcome from its conditions.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ def train_job(
     name: str,
     train_args: Sequence[str],
     *,
+    nodes: int = 1,
     gpus: int = 1,
     image: str = IMAGE,
     runtime: str = RUNTIME,
@@ -50,13 +53,16 @@ def train_job(
     cpu: str = "8",
     memory: str = "32Gi",
     secret: str = MLFLOW_SECRET,
+    params: str = f"{WORKSPACE}/params.yaml",
+    env: Mapping[str, str] | None = None,
 ) -> TrainerV1alpha1TrainJob:
-    """The TrainJob running ``csfnet train <train_args>`` on one node with ``gpus`` GPUs (0: CPU only).
+    """The TrainJob running ``csfnet train <train_args>`` on ``nodes`` nodes with ``gpus`` GPUs each (0: CPU only).
 
     Args:
         name: TrainJob name (a DNS label).
         train_args: Arguments of ``csfnet train`` (paths as the pod sees them, under ``/workspace``).
-        gpus: NVIDIA GPUs of the node.
+        nodes: Nodes training together (more than one: under ``torchrun``, one process per GPU).
+        gpus: NVIDIA GPUs of each node.
         image: Container image with csfnet installed.
         runtime: ClusterTrainingRuntime the job runs on.
         namespace: Target namespace (None: the one it is applied to).
@@ -64,18 +70,23 @@ def train_job(
         cpu: CPU request of the node.
         memory: Memory request and limit of the node.
         secret: Secret holding the MLflow (and S3) credentials.
+        params: The params.yaml the nodes read (``$CSFNET_PARAMS``).
+        env: More environment variables of every node (e.g. ``CSFNET_PIPELINE_ID``).
     """
     if not _NAME.fullmatch(name):
         raise SettingsError(f"TrainJob name {name!r} is not a DNS label (lower-case letters, digits, '-')")
     if gpus < 0:
         raise SettingsError(f"GPUs per node must be >= 0, got {gpus}")
+    if nodes < 1:
+        raise SettingsError(f"nodes must be >= 1, got {nodes}")
     limits = {"memory": memory, **({"nvidia.com/gpu": str(gpus)} if gpus else {})}
-    env = [
-        {"name": "CSFNET_PARAMS", "value": f"{WORKSPACE}/params.yaml"},
+    variables = [
+        {"name": "CSFNET_PARAMS", "value": params},
         {"name": "YOLO_AUTOINSTALL", "value": "False"},
+        *({"name": key, "value": value} for key, value in (env or {}).items()),
     ]
-    env += [_secret_env(secret, key, optional=False) for key in MLFLOW_KEYS]
-    env += [_secret_env(secret, key, optional=True) for key in S3_KEYS]
+    variables += [_secret_env(secret, key, optional=False) for key in MLFLOW_KEYS]
+    variables += [_secret_env(secret, key, optional=True) for key in S3_KEYS]
     metadata: dict[str, Any] = {"name": name, "labels": {"app.kubernetes.io/part-of": "csfnet"}}
     if namespace:
         metadata["namespace"] = namespace
@@ -93,10 +104,10 @@ def train_job(
         "spec": {
             "runtimeRef": {"name": runtime},
             "trainer": {
-                "numNodes": 1,
+                "numNodes": nodes,
                 "image": image,
-                "command": ["csfnet", "train", *train_args],
-                "env": env,
+                "command": train_command(train_args, nodes, gpus),
+                "env": variables,
                 "resourcesPerNode": {"requests": {"cpu": cpu, "memory": memory}, "limits": limits},
             },
             "runtimePatches": [
@@ -114,6 +125,26 @@ def train_job(
     return from_dict(manifest)
 
 
+def train_command(train_args: Sequence[str], nodes: int = 1, gpus: int = 1) -> list[str]:
+    """The command of every node: ``csfnet train`` on one node, under ``torchrun`` (one process per GPU, node rank
+    and rendezvous address from the Trainer's ``PET_*`` variables) on several."""
+    if nodes == 1:
+        return ["csfnet", "train", *train_args]
+    launch = ["torchrun", "--nnodes", str(nodes), "--nproc-per-node", str(max(gpus, 1)), "-m", "csfnet", "train"]
+    return [*launch, *train_args]
+
+
+def failure_reason(job: TrainerV1alpha1TrainJob) -> str | None:
+    """Why a TrainJob failed (``reason: message`` of its ``Failed`` condition), ``""`` when it completed, ``None``
+    while it still runs."""
+    conditions = {c.type: c for c in (job.status.conditions or [])} if job.status else {}
+    failed = conditions.get("Failed")
+    if failed is not None and failed.status == "True":
+        return f"{failed.reason}: {' '.join(failed.message.split())}" if failed.message else failed.reason
+    complete = conditions.get("Complete")
+    return "" if complete is not None and complete.status == "True" else None
+
+
 def _secret_env(secret: str, key: str, optional: bool) -> dict[str, Any]:
     ref = {"name": secret, "key": key, **({"optional": True} if optional else {})}
     return {"name": key, "valueFrom": {"secretKeyRef": ref}}
@@ -126,12 +157,13 @@ def train_job_for(
     partition: str | Path | None = None,
     track: bool = True,
     name: str = "csfnet-train",
+    nodes: int = 1,
 ) -> TrainerV1alpha1TrainJob:
     """The TrainJob of ``csfnet train`` with these settings: model, preset, epochs, imgsz, batch and the device
     count go on the command line; the rest of the preset comes from ``/workspace/params.yaml``.
 
     Relative paths are taken relative to ``/workspace`` (the claim's root); absolute ones are paths in the pod.
-    ``train.device`` ``cpu`` asks for no GPU, ``""`` for one, ``0,1`` for two.
+    ``train.device`` ``cpu`` asks for no GPU, ``""`` for one, ``0,1`` for two (on each of ``nodes`` nodes).
     """
     gpus = _gpu_count(settings.train.device)
     preset = settings.train_args()
@@ -144,7 +176,7 @@ def train_job_for(
         args += ["--partition", _in_pod(partition)]
     if not track:
         args.append("--no-mlflow")
-    return train_job(name, args, gpus=gpus)
+    return train_job(name, args, nodes=nodes, gpus=gpus)
 
 
 def _gpu_count(device: str) -> int:
