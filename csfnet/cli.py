@@ -91,9 +91,15 @@ def cmd_data_ingest(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_data_extract(args: argparse.Namespace, settings: Settings) -> int:
-    from csfnet.data.extract import extract_with_settings
+    from csfnet.data.extract import extract_with_settings, merge_shards, parse_shard
 
-    report = extract_with_settings(args.source, args.out, settings, workers=args.workers, report_dir=args.report)
+    if args.shard and args.merge:
+        raise SettingsError("--shard and --merge exclude each other: extract shards first, then merge them")
+    if args.merge:
+        report = merge_shards(args.source, args.merge, args.out, settings, args.workers, args.report)
+    else:
+        shard = parse_shard(args.shard) if args.shard else None
+        report = extract_with_settings(args.source, args.out, settings, args.workers, args.report, shard=shard)
     print(json.dumps({k: v for k, v in report.items() if k != "sequences"}, indent=2))
     return 0
 
@@ -417,6 +423,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="dataset folder to create")
     p.add_argument("--report", help="folder for the ingestion report (ingest.json, sequences.json, ingest.html)")
     p.add_argument("--workers", type=int, help="processes (default: all cores)")
+    p.add_argument("--shard", metavar="K/N", help="extract only the sequences whose index is K modulo N")
+    p.add_argument("--merge", action="append", metavar="SHARD", help="shard extraction to reuse (repeatable)")
 
     p = _command(data, "stats", cmd_data_stats, "object size distribution and a histogram")
     p.add_argument("--data", required=True, help="data.yaml")

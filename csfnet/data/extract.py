@@ -8,6 +8,10 @@ Everything is written to a staging folder and renamed into place only when compl
 with the same inputs and options are reused (hard-linked) instead of decoded again. What is written depends on the
 content of the raw files and the options only (no file times, no count of reused sequences): two clones holding the
 same raw files get the same dataset and so the same DVC hash.
+
+At archive scale extraction fans out: ``shard=(k, n)`` extracts only the sequences whose index (in discovery order)
+is ``k`` modulo ``n``, and :func:`merge_shards` extracts the whole source reusing every shard's sequences, so the
+merged dataset equals a single extraction file for file while only the shards decode.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import hashlib
 import json
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from itertools import repeat
@@ -87,14 +91,44 @@ def extract_with_settings(
     settings: Settings | None = None,
     workers: int | None = None,
     report_dir: str | Path | None = None,
+    shard: tuple[int, int] | None = None,
+    reuse_from: Sequence[str | Path] = (),
 ) -> dict:
     """:func:`extract` with every option from the ``extract`` settings (``params.yaml``)."""
     x = (settings or load_settings()).extract
     tiling = Tiling(x.tile, x.overlap, x.min_visible, x.negatives, tuple(x.tile_splits), x.seed)
     return extract(
         source, out, stride=x.stride, fmt=x.format, names=tuple(x.names), fix=x.fix, workers=workers, tiling=tiling,
-        report_dir=report_dir,
+        report_dir=report_dir, shard=shard, reuse_from=reuse_from,
     )  # fmt: skip
+
+
+def merge_shards(
+    source: str | Path,
+    shards: Sequence[str | Path],
+    out: str | Path,
+    settings: Settings | None = None,
+    workers: int | None = None,
+    report_dir: str | Path | None = None,
+) -> dict:
+    """One dataset from the shard extractions of ``source`` (same settings): the whole source is validated and
+    every sequence a shard holds unchanged is linked, not decoded, so ``out`` equals a single extraction.
+
+    Raises:
+        DataError: a shard folder is missing.
+    """
+    missing = [str(s) for s in shards if not (Path(s) / MANIFEST).is_file()]
+    if missing:
+        raise DataError(f"shard {missing[0]}: no {MANIFEST} (not an extraction)")
+    return extract_with_settings(source, out, settings, workers, report_dir, reuse_from=shards)
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``"K/N"`` -> ``(K, N)`` with ``0 <= K < N``."""
+    k, sep, n = text.partition("/")
+    if not (sep and k.strip().isdigit() and n.strip().isdigit()) or not 0 <= int(k) < int(n):
+        raise DataError(f"shard {text!r} is not K/N with 0 <= K < N")
+    return int(k), int(n)
 
 
 def extract(
@@ -107,20 +141,26 @@ def extract(
     workers: int | None = None,
     tiling: Tiling = Tiling(),
     report_dir: str | Path | None = None,
+    shard: tuple[int, int] | None = None,
+    reuse_from: Sequence[str | Path] = (),
 ) -> dict:
     """Validate ``source`` and write the YOLO dataset ``out``; return the extraction report.
 
     ``report_dir``: also write the ingestion report there (``ingest.json``, ``ingest.html``, see
-    :mod:`csfnet.data.report`).
+    :mod:`csfnet.data.report`). ``shard``: ``(k, n)``, only the sequences whose index is ``k`` modulo ``n``.
+    ``reuse_from``: earlier extractions (shards) whose unchanged sequences are linked, as ``out``'s own are.
     """
     source, out = Path(source), Path(out)
     if stride < 1:
         raise DataError(f"stride must be >= 1, got {stride}")
     check_tiling(tiling.tile, tiling.overlap, tiling.min_visible, tiling.negatives)
     if fmt in ("auto", "yolo") and detect_format(source) == "yolo":
+        if shard is not None:
+            raise DataError(f"{source}: a YOLO dataset is copied whole; shards apply to raw sequences")
         report = _import_yolo(source, out, names)
     else:
-        report = _extract_sequences(source, out, stride, fmt, tuple(names), fix, workers, tiling)
+        previous = [out, *map(Path, reuse_from)]
+        report = _extract_sequences(source, out, stride, fmt, tuple(names), fix, workers, tiling, shard, previous)
     if report_dir is not None:
         from csfnet.data.report import write_report
 
@@ -137,15 +177,19 @@ def _extract_sequences(
     fix: bool,
     workers: int | None,
     tiling: Tiling,
+    shard: tuple[int, int] | None,
+    previous_roots: list[Path],
 ) -> dict:
     sequences = discover(source, fmt)
-    previous = _read_manifest(out)
+    if shard is not None:
+        sequences = [seq for index, seq in enumerate(sequences) if index % shard[1] == shard[0]]
+    previous = {key: found for root in reversed(previous_roots) for key, found in _read_manifest(root).items()}
     with ProcessPoolExecutor(worker_count(workers, len(sequences))) as pool, staging_dir(out) as tmp:
         try:
             validate = pool.map(_plan, sequences, repeat(names), repeat(fix))
             plans = list(tqdm(validate, total=len(sequences), desc="validate", unit="seq"))
             sources = list(pool.map(_source_digest, sequences))
-            results, todo = _reuse_previous(plans, sources, previous, out, tmp, stride, fix, tiling)
+            results, todo = _reuse_previous(plans, sources, previous, tmp, stride, fix, tiling)
             reused = len(results)
             futures = [pool.submit(_extract_sequence, tmp, *job, stride, fix, tiling) for job in todo]
             for future in tqdm(futures, desc="extract", unit="seq"):
@@ -203,28 +247,28 @@ def _fingerprint(seq: SequenceSource, source: str, stride: int, fix: bool, tilin
 def _reuse_previous(
     plans: list[tuple],
     sources: list[str],
-    previous: dict[str, dict],
-    out: Path,
+    previous: dict[str, tuple[Path, dict]],
     tmp: Path,
     stride: int,
     fix: bool,
     tiling: Tiling,
 ) -> tuple[list[SequenceResult], list[tuple]]:
-    """Link unchanged sequences of the previous extraction into ``tmp``; return them and the jobs still to run."""
+    """Link unchanged sequences of previous extractions (``key -> (root, manifest record)``) into ``tmp``; return
+    them and the jobs still to run."""
     reused, todo = [], []
     for (seq, ann, size, _), source in zip(plans, sources):
         fingerprint = _fingerprint(seq, source, stride, fix, tiling)
-        done = previous.get(seq.key)
-        if done and done["fingerprint"] == fingerprint and _link_previous(out, tmp, done):
+        root, done = previous.get(seq.key, (None, None))
+        if done and done["fingerprint"] == fingerprint and _link_previous(root, tmp, done):
             reused.append(SequenceResult(**done))
         else:
             todo.append((seq, ann, size, fingerprint))
     return reused, todo
 
 
-def _read_manifest(out: Path) -> dict[str, dict]:
+def _read_manifest(out: Path) -> dict[str, tuple[Path, dict]]:
     try:
-        return {r["key"]: r for r in json.loads((out / MANIFEST).read_text())["sequences"]}
+        return {r["key"]: (out, r) for r in json.loads((out / MANIFEST).read_text())["sequences"]}
     except (OSError, ValueError, KeyError):
         return {}
 
