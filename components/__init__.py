@@ -8,7 +8,7 @@ the run's settings mapping through :mod:`csfnet.settings`. Every step takes its 
 """
 
 from components.compare import compare_cell, compare_report, comparison_cells
-from components.data import extract_frames, raw_data
+from components.data import extract_frames, extract_shard, merge_extraction, raw_data
 from components.deploy import deploy
 from components.evaluate import evaluate, robustness
 from components.export import export_onnx, register_model
@@ -24,6 +24,8 @@ __all__ = [
     "evaluate",
     "export_onnx",
     "extract_frames",
+    "extract_shard",
+    "merge_extraction",
     "raw_data",
     "register_model",
     "robustness",

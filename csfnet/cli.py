@@ -366,12 +366,14 @@ def _cluster_options(args: argparse.Namespace) -> dict[str, Any]:
         "node_selector": {k: str(v) for k, v in parse_params(args.node_selector or []).items()},
         "tolerations": tolerations,
     }
-    if args.train_nodes != 1 or args.gpus_per_node is not None:  # the csfnet pipeline's training step only
+    if args.train_nodes != 1 or args.gpus_per_node is not None or args.extract_workers != 1:  # csfnet pipeline only
         if args.pipeline != "csfnet":
-            raise SettingsError("--train-nodes and --gpus-per-node apply to the csfnet pipeline only")
-        if args.train_nodes < 1:
-            raise SettingsError(f"--train-nodes must be >= 1, got {args.train_nodes}")
-        options.update(train_nodes=args.train_nodes, gpus_per_node=args.gpus_per_node)
+            raise SettingsError("--train-nodes, --gpus-per-node and --extract-workers apply to the csfnet pipeline")
+        if args.train_nodes < 1 or args.extract_workers < 1:
+            raise SettingsError("--train-nodes and --extract-workers must be >= 1")
+        options.update(
+            train_nodes=args.train_nodes, gpus_per_node=args.gpus_per_node, extract_workers=args.extract_workers
+        )
     return options
 
 
@@ -546,6 +548,7 @@ def _cluster_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--toleration", action="append", metavar="KEY[=VALUE]:EFFECT", help="taint GPU steps tolerate")
     p.add_argument("--train-nodes", type=int, default=1, help="nodes of training (>1: a Kubeflow Trainer TrainJob)")
     p.add_argument("--gpus-per-node", type=int, help="GPUs of each TrainJob node (default: --gpus)")
+    p.add_argument("--extract-workers", type=int, default=1, help="pods extraction fans out over (sequence shards)")
 
 
 # --- entry point ------------------------------------------------------------------------------------------------------

@@ -18,7 +18,9 @@ in the cluster's PostgreSQL (``$CSFNET_OPTUNA_STORAGE`` from a secret); one step
 study's best partition and decides. Training runs in the step's pod on one node; compiled with ``train_nodes`` > 1
 it runs as a Kubeflow Trainer ``TrainJob`` on that many nodes (``gpus_per_node`` each) that the ``train-job`` step
 creates, follows and hands on as the same ``Model`` artifact (dataset and run folder on the shared claim
-``csfnet-workspace``). Node counts are compile-time options, so a one-node pipeline's IR is unchanged.
+``csfnet-workspace``). With ``extract_workers`` > 1 extraction fans out over sequence shards in a ``ParallelFor`` and
+one merge step links them into the dataset a single extraction writes. Node and worker counts are compile-time
+options, so the IR of a pipeline compiled without them is unchanged.
 Tuning and training ask for GPUs; every step gets MLflow (and S3) credentials
 from Kubernetes secrets, never from code or images. :class:`Cluster` applies the cluster options at compile time
 (``pipelines/compare_pipeline.py`` uses it too).
@@ -35,6 +37,8 @@ from components import (
     evaluate,
     export_onnx,
     extract_frames,
+    extract_shard,
+    merge_extraction,
     raw_data,
     register_model,
     robustness,
@@ -132,6 +136,7 @@ def build_pipeline(
     settings: Mapping[str, Any] | None = None,
     train_nodes: int = 1,
     gpus_per_node: int | None = None,
+    extract_workers: int = 1,
 ):
     """The pipeline function.
 
@@ -148,9 +153,10 @@ def build_pipeline(
         settings: Default of the pipeline's ``settings`` parameter (``csfnet pipeline compile --set``).
         train_nodes: Nodes training runs on; more than one: a Kubeflow Trainer TrainJob (1: in the step's pod).
         gpus_per_node: GPUs of each TrainJob node (default: ``gpus``).
+        extract_workers: Pods extraction fans out over (sequence shards, then one merge; 1: one pod).
     """
-    if train_nodes < 1:
-        raise ValueError(f"train_nodes must be >= 1, got {train_nodes}")
+    if train_nodes < 1 or extract_workers < 1:
+        raise ValueError(f"train_nodes and extract_workers must be >= 1, got {train_nodes} and {extract_workers}")
     cluster = Cluster(gpus, node_selector, tolerations, secrets, retries, cpu, memory)
     defaults = dict(settings or {})
     heavy, tracked, s3 = cluster.heavy, cluster.tracked, cluster.s3
@@ -162,7 +168,18 @@ def build_pipeline(
         share = cluster.light(step_settings(settings=settings)).outputs  # checked once, cut per step
         raw = s3(raw_data(source_uri=source_uri, settings=share["data"]))
         raw.set_caching_options(False)  # its output depends on what is behind the URI, not on its inputs
-        data = extract_frames(fingerprint=raw.outputs["fingerprint"], source_uri=source_uri, settings=share["data"])
+        fingerprint = raw.outputs["fingerprint"]
+        if extract_workers == 1:
+            data = extract_frames(fingerprint=fingerprint, source_uri=source_uri, settings=share["data"])
+        else:  # shards decode in parallel; the merge links them into one dataset equal to a single extraction
+            with dsl.ParallelFor(list(range(extract_workers)), name="extract-shards") as shard:
+                part = extract_shard(fingerprint=fingerprint, shard=shard, shards=extract_workers,
+                                     source_uri=source_uri, settings=share["data"])  # fmt: skip
+                part = s3(heavy(part, gpu=False))
+            parts = dsl.Collected(part.outputs["dataset"])
+            data = merge_extraction(
+                fingerprint=fingerprint, shards=parts, source_uri=source_uri, settings=share["data"]
+            )
         dataset = s3(heavy(data, gpu=False)).outputs["dataset"]
 
         workers = cluster.light(tune_worker_specs(settings=share["tune"]))  # each with the same settings: one study

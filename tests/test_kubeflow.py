@@ -630,4 +630,45 @@ def test_multi_node_training_is_a_trainjob_step_and_one_node_keeps_the_ir(ir, tm
     assert {s["secretName"] for s in platform["secretAsEnv"]} == {"csfnet-mlflow"}
     assert tasks["train-job"]["cachingOptions"].get("enableCache") and "retryPolicy" in tasks["train-job"]
     bad = subprocess.run([*base, "--out", str(two), "--train-nodes", "0"], cwd=REPO, capture_output=True, text=True)
-    assert bad.returncode == 2 and "--train-nodes must be >= 1" in bad.stderr
+    assert bad.returncode == 2 and "--train-nodes and --extract-workers must be >= 1" in bad.stderr
+
+
+def test_extraction_fans_out_over_shards_and_merges_to_one_extraction(tmp_path):
+    """`--extract-workers 2`: a ParallelFor of shard steps, then one merge whose dataset feeds the rest; the steps,
+    run as their pods run them, give the dataset the one-pod step gives, file for file."""
+    import hashlib
+
+    from components import extract_shard, merge_extraction
+
+    out = compile_pipeline(tmp_path / "ir.yaml", extract_workers=2)
+    multi = _load_ir(out)
+    roots = multi["pipeline"]["root"]["dag"]["tasks"]
+    ((loop, spec),) = [(n, t) for n, t in roots.items() if t.get("taskInfo", {}).get("name") == "extract-shards"]
+    assert spec["parameterIterator"]["items"] == {"raw": "[0, 1]"} and "extract-frames" not in multi["tasks"]
+    assert set(_component_tasks(multi, loop)) == {"extract-shard"}
+    merged = multi["tasks"]["merge-extraction"]["inputs"]["artifacts"]["shards"]["taskOutputArtifact"]
+    assert merged == {"outputArtifactKey": "pipelinechannel--extract-shard-dataset", "producerTask": loop}
+    assert multi["tasks"]["tune"]["inputs"]["artifacts"]["dataset"]["taskOutputArtifact"]["producerTask"] == (
+        "merge-extraction"
+    )
+
+    tiny = {"synth.train_videos": 2, "synth.val_videos": 1, "synth.frames": 3, "synth.width": 96, "extract.stride": 1}
+    share = step_settings.python_func(settings=tiny).data
+
+    def outputs(folder: str) -> dict:
+        kinds = (("dataset", Dataset), ("stats", Metrics), ("stats_report", HTML))
+        return {name: kind(name=name, uri=str(tmp_path / folder / name)) for name, kind in kinds}
+
+    extract_frames.python_func(fingerprint="f", settings=share, **outputs("one"))
+    shards = [Dataset(name="dataset", uri=str(tmp_path / f"shard{k}")) for k in range(2)]
+    for k, shard in enumerate(shards):
+        extract_shard.python_func(fingerprint="f", shard=k, shards=2, dataset=shard, settings=share)
+    merge_extraction.python_func(fingerprint="f", shards=shards, settings=share, **outputs("merged"))
+
+    def contents(root: Path) -> dict:
+        return {
+            str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in root.rglob("*") if p.is_file()
+        }
+
+    one, merged = contents(tmp_path / "one/dataset"), contents(tmp_path / "merged/dataset")
+    assert len(one) > 10 and merged == one

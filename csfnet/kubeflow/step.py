@@ -176,3 +176,18 @@ def new_champion_uri(decision: Mapping[str, Any]) -> str:
         if owner != pipeline_id():
             return ""
     return f"models:/{name}/{version}"
+
+
+def raw_folder(source_uri: str, fingerprint: str, settings: Mapping[str, Any], work: str | Path) -> Path:
+    """The raw data of a data step in ``work/raw``: fetched from ``source_uri`` (checked against the ``fingerprint``
+    the pipeline was keyed on), else synthesised with the step's ``settings``."""
+    from csfnet.kubeflow.fingerprint import source_fingerprint
+
+    raw = Path(work) / "raw"
+    if source_uri:
+        run_step(["data", "fetch", "--source", source_uri, "--out", raw])
+        if source_fingerprint(source_uri) != fingerprint:
+            raise RuntimeError(f"{source_uri} changed while the pipeline ran; submit it again")
+    else:
+        run_step(["data", "synth", "--out", raw, *set_flags(settings)])
+    return raw
