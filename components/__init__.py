@@ -10,6 +10,7 @@ the run's settings mapping through :mod:`csfnet.settings`. Every step takes its 
 from components.compare import compare_cell, compare_report, comparison_cells
 from components.data import extract_frames, extract_shard, merge_extraction, raw_data
 from components.deploy import deploy
+from components.detect import detect_shard, detect_shards, detect_summary
 from components.evaluate import evaluate, robustness
 from components.export import export_onnx, register_model
 from components.settings import step_settings
@@ -21,6 +22,9 @@ __all__ = [
     "compare_report",
     "comparison_cells",
     "deploy",
+    "detect_shard",
+    "detect_shards",
+    "detect_summary",
     "evaluate",
     "export_onnx",
     "extract_frames",

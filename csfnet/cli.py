@@ -537,7 +537,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _pipeline_choice(p: argparse.ArgumentParser) -> None:
     p.add_argument(
-        "--pipeline", choices=["csfnet", "compare"], default="csfnet", help="csfnet (the pipeline) or compare"
+        "--pipeline",
+        choices=["csfnet", "compare", "detect"],
+        default="csfnet",
+        help="csfnet (the pipeline), compare or detect (csfnet detect over a folder or bucket of videos)",
     )
 
 

@@ -1,7 +1,8 @@
 """Kubeflow Pipelines on the user's machine: compile a pipeline, submit it, or run it here.
 
-Two pipelines (``pipeline=``): ``csfnet`` (pipelines/csfnet_pipeline.py, the DVC pipeline with tuning fanned out
-over workers) and ``compare`` (pipelines/compare_pipeline.py, configurations x seeds in parallel, then the report).
+Three pipelines (``pipeline=``): ``csfnet`` (pipelines/csfnet_pipeline.py, the DVC pipeline with tuning fanned out
+over workers), ``compare`` (pipelines/compare_pipeline.py, configurations x seeds in parallel, then the report) and
+``detect`` (pipelines/detect_pipeline.py, ``csfnet detect`` over an archive of videos in parallel shards).
 
 ``pipelines/`` and ``components/`` are installed with the distribution (and copied into the images), so this works
 from a wheel outside any checkout as well as from the project tree.
@@ -19,7 +20,11 @@ from typing import Any
 
 PIPELINE_ENV = "CSFNET_PIPELINE_ID"  # read by csfnet.lineage.pipeline_id(): one MLflow parent per execution
 OPTUNA_ENV = "CSFNET_OPTUNA_STORAGE"  # csfnet.tune.STORAGE_ENV: the study the tuning workers share
-PIPELINES = {"csfnet": "pipelines.csfnet_pipeline", "compare": "pipelines.compare_pipeline"}
+PIPELINES = {
+    "csfnet": "pipelines.csfnet_pipeline",
+    "compare": "pipelines.compare_pipeline",
+    "detect": "pipelines.detect_pipeline",
+}
 
 
 def build(pipeline: str = "csfnet", **options: Any):
@@ -107,7 +112,7 @@ def run_local(
             cluster), so editing either never serves stale outputs.
         pipeline_id: Identity of this execution for MLflow (default: a fresh id), set as ``$CSFNET_PIPELINE_ID``
             so the steps share one parent run.
-        pipeline: ``csfnet`` or ``compare``.
+        pipeline: ``csfnet``, ``compare`` or ``detect``.
 
     Without ``$CSFNET_OPTUNA_STORAGE`` (and params.yaml's ``tune.storage``) the tuning workers share a SQLite study
     in ``pipeline_root/optuna.db``, kept across runs as the cluster's PostgreSQL is.
