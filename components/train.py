@@ -62,8 +62,7 @@ def train_job(
     key = json.dumps([dataset.uri, best_partition.uri, settings, nodes, gpus_per_node], sort_keys=True)
     name = f"csfnet-train-{hashlib.sha256(key.encode()).hexdigest()[:12]}"  # a retry finds the same job
     shared = Path(WORKSPACE) / "pipeline" / name
-    if not (shared / "dataset" / "data.yaml").is_file():
-        shutil.copytree(dataset.path, shared / "dataset", dirs_exist_ok=True)
+    shutil.copytree(dataset.path, shared / "dataset", dirs_exist_ok=True)  # a retry completes a partial copy
     shutil.copy2(best_partition.path, shared / "partition.json")
     shutil.copy2(os.environ.get("CSFNET_PARAMS") or "params.yaml", shared / "params.yaml")
     run = shared / "train"

@@ -7,6 +7,7 @@ import json
 import shutil
 import subprocess
 
+import pytest
 import yaml
 
 from csfnet.kubeflow.client import compile_pipeline
@@ -35,6 +36,7 @@ def test_ir_fans_detection_out_over_shards_on_the_shared_claim(tmp_path):
     assert (gpu["resourceType"], gpu["resourceCount"]) == ("nvidia.com/gpu", "1")
 
 
+@pytest.mark.slow
 def test_local_run_detects_every_video_and_resumes(tiny_raw, tiny_weights, tmp_path):
     videos = tmp_path / "videos"
     videos.mkdir()

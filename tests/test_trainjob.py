@@ -167,3 +167,15 @@ def test_failure_reason_comes_from_the_trainjob_conditions():
     assert failure_reason(job.from_dict({**manifest, "status": {"conditions": [done]}})) == ""
     with pytest.raises(SettingsError, match="nodes"):
         train_job("a", [], nodes=0)
+
+
+def test_pipeline_step_may_do_what_the_launcher_does():
+    """infra/k8s/trainer/pipeline-access.yaml grants the step's service account exactly the calls
+    csfnet.kubeflow.trainjob_run makes: create and read TrainJobs, list node pods, read their logs."""
+    from csfnet.kubeflow.trainjob_run import GROUP, PLURAL
+
+    role, binding = yaml.safe_load_all((TRAINER / "pipeline-access.yaml").read_text())
+    granted = {(g, r, v) for rule in role["rules"] for g in rule["apiGroups"] for r in rule["resources"]
+               for v in rule["verbs"]}  # fmt: skip
+    assert {(GROUP, PLURAL, "create"), (GROUP, PLURAL, "get"), ("", "pods", "list"), ("", "pods/log", "get")} <= granted
+    assert binding["roleRef"]["name"] == role["metadata"]["name"] and binding["subjects"][0]["name"] == "default-editor"

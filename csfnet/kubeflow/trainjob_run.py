@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
-from csfnet.kubeflow.trainjob import API_VERSION, failure_reason, from_dict, to_dict
+from csfnet.kubeflow.trainjob import API_VERSION, failure_reason, to_dict
 
 if TYPE_CHECKING:
     from kubeflow_trainer_api.models import TrainerV1alpha1TrainJob
@@ -65,7 +65,7 @@ def run_train_job(
     started = time.monotonic()
     streamed = False
     while True:
-        current = from_dict(api.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name))
+        current = _live(api.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name))
         outcome = failure_reason(current)
         if outcome == "":
             return current
@@ -76,6 +76,13 @@ def run_train_job(
         if timeout_s is not None and time.monotonic() - started > timeout_s:
             raise TrainJobError(f"TrainJob {namespace}/{name} still running after {timeout_s:.0f} s")
         time.sleep(poll_s)
+
+
+def _live(data: dict[str, Any]) -> TrainerV1alpha1TrainJob:
+    """A TrainJob as the API server returns it (server-set metadata and status included), parsed leniently."""
+    from kubeflow_trainer_api.models import TrainerV1alpha1TrainJob
+
+    return TrainerV1alpha1TrainJob.from_dict(data)
 
 
 def _stream_first_node(core: Any, namespace: str, name: str, log: TextIO) -> bool:
