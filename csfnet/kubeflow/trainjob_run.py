@@ -8,6 +8,7 @@ a second training; its run folder on the shared claim resumes from ``last.pt``.
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from pathlib import Path
@@ -51,7 +52,7 @@ def run_train_job(
     try:
         config.load_incluster_config()
     except config.ConfigException:
-        config.load_kube_config()
+        config.load_kube_config(config_file=os.environ.get("KUBECONFIG"))  # read now, not at import
     namespace = namespace or job.metadata.namespace or own_namespace()
     api, core = client.CustomObjectsApi(), client.CoreV1Api()
     name = job.metadata.name
