@@ -6,7 +6,8 @@ Each video's results go to ``<out>/<video stem>/`` (``csfnet detect`` renames th
 so a re-run skips finished videos and resumes an interrupted archive; ``<out>/summary.json`` merges every video's
 summary and the run's output is a Markdown table of it. ``out`` is a path the steps share: on the cluster under the
 ``csfnet-workspace`` claim mounted at ``/workspace``. Nothing is cached (the work depends on ``out``'s contents).
-Settings: the ``settings`` mapping (``detect.*`` ..., as ``csfnet --set``), checked by the planning step.
+Settings: the ``settings`` mapping (``detect.*`` ..., as ``csfnet --set``), checked by the planning step; a ``.pt``
+model uses the shard's GPU with ``detect.device=0`` (params.yaml's default is the CPU).
 """
 
 from collections.abc import Mapping, Sequence
@@ -55,7 +56,6 @@ def build_pipeline(
         with dsl.ParallelFor(plan.output, name="detect-workers") as shard:
             task = detect_shard(videos=shard.videos, model=model, out=out, settings=shard.settings)
             task = shared(cluster.heavy(task, gpu=True))
-            task.set_caching_options(False)
         summary = shared(detect_summary(source_uri=source_uri, out=out, shards=dsl.Collected(task.output)))
         return summary.outputs["table"]
 

@@ -75,3 +75,41 @@ def test_local_run_detects_every_video_and_resumes(tiny_raw, tiny_weights, tmp_p
     found = (tmp_path / "kfp").rglob("detect-summary/executor_output.json")
     outputs = [json.loads(p.read_text())["parameterValues"]["Output"] for p in found]
     assert {"ran": [], "skipped": stems, "finished": 3, "videos": 3} in outputs
+
+
+def test_videos_of_a_bucket_are_listed_downloaded_detected_and_skipped_once_finished(
+    tiny_raw, tiny_weights, tmp_path, monkeypatch
+):
+    """The shard step's work on a bucket (moto's S3 server): every video under the prefix, each downloaded and
+    detected into its own folder, skipped on the next pass; two videos with one name are refused."""
+    import boto3
+
+    from csfnet.errors import DataError
+    from csfnet.kubeflow.detect_batch import detect_videos, list_videos, merge_summaries, plan_shards
+
+    from .conftest import free_port
+    from .services import moto_s3
+
+    keys = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}
+    for key, value in keys.items():
+        monkeypatch.setenv(key, value)
+    with moto_s3(free_port()) as endpoint:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
+        s3 = boto3.client("s3", endpoint_url=endpoint)
+        s3.create_bucket(Bucket="flights")
+        videos = sorted(tiny_raw.rglob("*.mp4"))[:2]
+        for video in videos:
+            s3.upload_file(str(video), "flights", f"archive/day1/{video.name}")
+        s3.put_object(Bucket="flights", Key="archive/notes.txt", Body=b"not a video")
+        found = list_videos("s3://flights/archive")
+        assert found == [f"s3://flights/archive/day1/{v.name}" for v in videos]
+        out = tmp_path / "out"
+        flags = ["--set", "detect.save_video=false", "--set", "detect.slice=0"]
+        assert plan_shards(found, out, 3) == [[found[0]], [found[1]], []]
+        assert detect_videos(found, str(tiny_weights), out, flags) == {"ran": [v.stem for v in videos], "skipped": []}
+        assert plan_shards(found, out, 3) == [[], [], []]  # finished: nothing left to deal
+        assert detect_videos(found, str(tiny_weights), out, flags) == {"ran": [], "skipped": [v.stem for v in videos]}
+        assert merge_summaries(found, out)["finished"] == 2 and (out / "summary.json").is_file()
+        s3.upload_file(str(videos[0]), "flights", f"archive/day2/{videos[0].name}")
+        with pytest.raises(DataError, match="share the name"):
+            list_videos("s3://flights/archive")
