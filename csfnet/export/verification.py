@@ -40,17 +40,20 @@ def verify(
     conf: float = 0.25,
     iou: float = 0.6,
     map_conf: float = 0.001,
+    end_to_end: bool = True,
 ) -> dict[str, Any]:
     """Compare the exported ``model`` (``.onnx`` or OpenVINO folder) with the PyTorch ``weights`` on ``data``'s
     validation split: raw head outputs and detections (at ``conf``) on its first ``frames`` frames, mAP50-95 (at
-    ``map_conf``) on all of it. ``iou`` is the NMS threshold, ``batch`` the frames per runtime call."""
+    ``map_conf``) on all of it. ``iou`` is the NMS threshold, ``batch`` the frames per runtime call; ``end_to_end``:
+    the checkpoint runs through its NMS-free head, as the export does (both output layouts must then agree)."""
     from csfnet.detect.predict import Predictor  # imports of torch and ultralytics: kept out of the CLI's import
     from csfnet.detect.runtimes import TorchRuntime, load_runtime
 
     images = [cv2.imread(str(p)) for p in split_images(data, "val")[:frames]]
     if not images:
         raise InputNotFoundError(f"{data}: the validation split has no images to verify with")
-    reference, exported = TorchRuntime(weights, imgsz), load_runtime(model, imgsz, providers=CPU)
+    reference = TorchRuntime(weights, imgsz, end_to_end=end_to_end)
+    exported = load_runtime(model, imgsz, providers=CPU)
     x = Predictor(reference).preprocess(images)
     reference_raw, exported_raw = reference(x, batch), exported(x, batch)
     same_shape = exported_raw.shape == reference_raw.shape
