@@ -92,7 +92,7 @@ def test_every_stage_runs(trained, tiny_data, tiny_raw, tmp_path):
     from csfnet.evaluate import evaluate
     from csfnet.export import export, export_openvino
 
-    name, best, result = trained
+    _, best, _ = trained
     ckpt = torch.load(best, map_location="cpu", weights_only=False)
     assert has_end_to_end_head(ckpt["model"]) and ckpt["train_args"]["nms"] is False  # validated one-to-one
     assert type(ckpt["model"].init_criterion()).__name__ == "E2ELoss"  # the loss that trained it is ultralytics'
