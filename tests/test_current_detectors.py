@@ -4,7 +4,6 @@ served and run through its one-to-one branch (``eval.end_to_end``), and every ru
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -119,20 +118,64 @@ def test_every_stage_runs(trained, tiny_data, tiny_raw, tmp_path):
     served = _pyfunc(onnx_result.fp32, image, tmp_path)
     own = Predictor(load_runtime(onnx_result.fp32), CONF)([cv2.imread(str(image))])[0]
     assert len(served) == len(own) and np.allclose(served[["x1", "y1", "x2", "y2"]].to_numpy(), own[:, :4], atol=0.01)
-    json.dumps(onnx_result.report)
 
 
 def _pyfunc(model: Path, image: Path, tmp_path: Path) -> pd.DataFrame:
+    from mlflow.models import infer_signature
+
     import csfnet
+    from csfnet.detect.onnx_detector import COLUMNS
+    from csfnet.detect.serving import PARAMS
     from csfnet.registry import encode_image
 
     package = Path(csfnet.__file__).parent
+    frame = pd.DataFrame({"image": [encode_image(image)]})
+    output = pd.DataFrame([[0, 0.0, 0.0, 1.0, 1.0, 0.5, 0, "uav"]], columns=list(COLUMNS))
     with mlflow.start_run():
         info = mlflow.pyfunc.log_model(
             name="model",
             python_model=str(package / "mlflow_model.py"),
             artifacts={"onnx": str(model)},
+            signature=infer_signature(frame, output, params=PARAMS),
             code_paths=[str(package)],
         )
-    frame = pd.DataFrame({"image": [encode_image(image)]})
     return mlflow.pyfunc.load_model(info.model_uri).predict(frame, params={"conf": CONF})
+
+
+PARITY_CONF = 0.1  # the NMS-free micro detector scores its targets 0.1-0.5 after 20 epochs
+
+
+@pytest.fixture(scope="module")
+def e2e_detector(tmp_path_factory) -> tuple[Path, Path]:
+    """(best.pt, data.yaml) of tests/detector_fixture's micro-target detector with YOLO26's NMS-free head (reg_max 1,
+    end2end), trained by ultralytics' E2E loss until it detects (20 epochs, native-scale 64 px tiles)."""
+    from .detector_fixture import MODEL, train_micro_detector
+
+    root = tmp_path_factory.mktemp("e2e-detector")
+    return train_micro_detector(root, {**MODEL, "reg_max": 1, "end2end": True}), root / "tiles" / "data.yaml"
+
+
+@pytest.mark.slow
+def test_pytorch_onnx_and_openvino_agree_on_real_detections(e2e_detector, tmp_path):
+    """The exports of a model that detects something: non-empty detections, the same in all three runtimes."""
+    from csfnet.export import export_onnx, export_openvino
+
+    weights, data = e2e_detector
+    common = {"imgsz": 64, "verify_frames": 8, "batch": 8, "conf": PARITY_CONF, "iou": 0.6, "int8": False}
+    onnx_result = export_onnx(weights, tmp_path / "model.onnx", data, opset=17, dynamic_size=False, calib_frames=8,
+                              **common)  # fmt: skip
+    vino = export_openvino(weights, tmp_path / "model_openvino_model", data, **common)
+    for result, key in ((onnx_result, "onnx"), (vino, "openvino")):
+        detections = result.report["verification"]["checks"]["detections"]
+        assert result.report["passed"] and result.report["verification"]["end2end"]
+        assert detections["pytorch"] == detections[key] > 0 and detections["max_box_diff_px"] <= 1.0
+
+    images = [cv2.imread(str(p)) for p in split_images(data, "val")[:8]]
+    found = [
+        Predictor(runtime, PARITY_CONF)(images)
+        for runtime in (TorchRuntime(weights, 64), load_runtime(onnx_result.fp32), load_runtime(vino.fp32))
+    ]
+    assert sum(len(d) for d in found[0]) > 0
+    for other in found[1:]:
+        for a, b in zip(found[0], other):
+            assert len(a) == len(b) and np.allclose(a, b, atol=0.01)  # boxes, scores and classes
