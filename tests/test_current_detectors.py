@@ -104,6 +104,11 @@ def test_every_stage_runs(trained, tiny_data, tiny_raw, tmp_path):
     onnx_result = export(best, tmp_path / "model.onnx", tiny_data, imgsz=64, int8=True, conf=CONF, batch=4,
                          calib_frames=8, verify_frames=4)  # fmt: skip
     assert onnx_result.report["passed"] and onnx_result.int8.is_file()
+    int8 = onnx.load(str(onnx_result.int8)).graph
+    head = max({n.name.split("/")[1] for n in int8.node if n.name.startswith("/model.")}, key=_index)
+    quantised = [n.name for n in int8.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
+    assert quantised and not [q for q in quantised if q.startswith(f"/{head}/")]  # the head stays FP32 ...
+    assert {"TopK", "GatherElements"} <= {n.op_type for n in int8.node if n.name.startswith(f"/{head}/")}  # ... all
     vino = export_openvino(best, tmp_path / "model_openvino_model", tiny_data, imgsz=64, int8=True, calib_frames=8,
                            verify_frames=4, batch=4, conf=CONF)  # fmt: skip
     assert vino.report["passed"]
@@ -118,6 +123,10 @@ def test_every_stage_runs(trained, tiny_data, tiny_raw, tmp_path):
     served = _pyfunc(onnx_result.fp32, image, tmp_path)
     own = Predictor(load_runtime(onnx_result.fp32), CONF)([cv2.imread(str(image))])[0]
     assert len(served) == len(own) and np.allclose(served[["x1", "y1", "x2", "y2"]].to_numpy(), own[:, :4], atol=0.01)
+
+
+def _index(module: str) -> int:
+    return int(module.split(".")[1])
 
 
 def _pyfunc(model: Path, image: Path, tmp_path: Path) -> pd.DataFrame:
