@@ -255,6 +255,7 @@ def cmd_export(args: argparse.Namespace, settings: Settings) -> int:
             conf=e.report_conf,
             iou=e.iou,
             map_conf=e.conf,
+            end_to_end=e.end_to_end,
         )
         print(json.dumps(vino.report, indent=2))
     return 0

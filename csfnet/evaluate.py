@@ -30,6 +30,7 @@ from csfnet.errors import DataError
 from csfnet.files import replace_dir, staging_dir
 from csfnet.lineage import lineage_tags
 from csfnet.metrics import band_metrics, match
+from csfnet.model import head_args
 from csfnet.runlog import NullLogger, StageLogger
 from csfnet.settings import Settings, load_settings
 
@@ -45,13 +46,15 @@ def validate(
     save_dir: str | Path | None = None,
     plots: bool = True,
     rect: bool = True,
+    end_to_end: bool = True,
 ) -> dict[str, Any]:
     """ultralytics' validator on the ``val`` split (a ``.pt`` or an exported model): mAP50, mAP50-95, precision,
     recall and its speed figures.
 
     ultralytics writes its plots and labels to ``save_dir``; without one, to a temporary folder removed afterwards
     (never to ``runs/detect/val*`` in the working directory). ``rect=False`` letterboxes every image to a square,
-    as fixed-size exported models need.
+    as fixed-size exported models need. ``end_to_end``: an NMS-free head runs through its one-to-one branch
+    (:func:`csfnet.model.head_args`; an exported model brings its own choice in its metadata).
     """
     disable_ultralytics_integrations()
     with contextlib.ExitStack() as stack:
@@ -69,6 +72,7 @@ def validate(
             name=target.name,
             exist_ok=True,
             verbose=False,
+            **head_args(weights, end_to_end),
         )
     return {
         "map50": float(metrics.box.map50),
@@ -161,14 +165,16 @@ def _tracking(weights: Path, raw: Path, out_dir: Path, tracker: str, imgsz: int,
 def _evaluate(weights: Path, data: Path, out_dir: Path, p: dict[str, Any]) -> dict[str, Any]:
     imgsz, conf, iou, device, report_conf = p["imgsz"], p["conf"], p["iou"], p["device"], p["report_conf"]
     with tempfile.TemporaryDirectory() as tmp:
-        base = validate(weights, data, imgsz, p["batch"], conf, iou, device, save_dir=Path(tmp) / "val")
+        base = validate(
+            weights, data, imgsz, p["batch"], conf, iou, device, save_dir=Path(tmp) / "val", end_to_end=p["end_to_end"]
+        )
         for name in ("PR_curve.png", "BoxPR_curve.png", "confusion_matrix.png"):
             src = Path(base["save_dir"]) / name
             if src.is_file():
                 shutil.copyfile(src, out_dir / ("pr_curve.png" if "PR" in name else name))
     images = split_images(data, "val")
     model = YOLO(str(weights))
-    predictions, latency = predict(model, images, imgsz, conf, iou, device)
+    predictions, latency = predict(model, images, imgsz, conf, iou, device, head_args(weights, p["end_to_end"]))
     truths = [read_labels(p) for p in images]
     bands = band_metrics(truths, predictions, p["size_bands"], report_conf)
     per_sequence = sequence_recall(images, truths, predictions, report_conf)
@@ -187,13 +193,20 @@ def _evaluate(weights: Path, data: Path, out_dir: Path, p: dict[str, Any]) -> di
 
 
 def predict(
-    model: YOLO, images: Sequence[Path], imgsz: int, conf: float, iou: float, device: str
+    model: YOLO,
+    images: Sequence[Path],
+    imgsz: int,
+    conf: float,
+    iou: float,
+    device: str,
+    head: dict[str, Any] | None = None,
 ) -> tuple[list[tuple[np.ndarray, np.ndarray]], float]:
-    """(boxes xyxy, scores) per image and the mean end-to-end latency per image in milliseconds."""
+    """(boxes xyxy, scores) per image and the mean end-to-end latency per image in milliseconds; ``head``: the
+    :func:`csfnet.model.head_args` of the model."""
     results, start = [], time.perf_counter()
     for chunk in range(0, len(images), 16):
         batch = [str(p) for p in images[chunk : chunk + 16]]
-        for r in model.predict(batch, imgsz=imgsz, conf=conf, iou=iou, device=device, verbose=False):
+        for r in model.predict(batch, imgsz=imgsz, conf=conf, iou=iou, device=device, verbose=False, **(head or {})):
             results.append((r.boxes.xyxy.cpu().numpy(), r.boxes.conf.cpu().numpy()))
     latency = (time.perf_counter() - start) * 1000 / max(len(images), 1)
     return results, latency

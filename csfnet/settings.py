@@ -201,6 +201,7 @@ class Eval(Section):
     report_conf: Fraction = 0.25
     size_bands: Annotated[list[Annotated[float, Field(gt=0)]], Field(min_length=1)] = [8, 16, 32]
     samples: Annotated[int, Field(ge=0)] = 6
+    end_to_end: bool = True  # NMS-free heads (YOLO26) run through their one-to-one branch; false: one-to-many + NMS
 
     @field_validator("size_bands")
     @classmethod

@@ -18,7 +18,7 @@ from csfnet.checks import check_dataset, require_file
 from csfnet.device import resolve_device
 from csfnet.errors import DataError
 from csfnet.lineage import data_hash, dvc_hash
-from csfnet.model import resolve_config
+from csfnet.model import head_args, resolve_config
 from csfnet.runlog import NullLogger, StageLogger
 from csfnet.settings import Settings, load_settings
 from csfnet.trainer import CSFNetTrainer
@@ -115,6 +115,7 @@ def train(
         exist_ok=True,
         plots=args.get("plots", True),
     )
+    args.update(head_args(config, settings.eval.end_to_end))  # the head its validation runs (ultralytics' nms arg)
     state = {"model": model_name, "config": config, "args": {k: v for k, v in args.items() if k != "device"}}
     is_main = distributed.start(args["device"])  # under torchrun only rank 0 writes outputs and logs to MLflow
     logger = logger if is_main else None

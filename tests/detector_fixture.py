@@ -64,14 +64,15 @@ TRAIN = {
 }
 
 
-def train_micro_detector(root: Path) -> Path:
-    """Generate the HD training videos, tile them and train the micro model; return its ``best.pt``."""
+def train_micro_detector(root: Path, model: dict | None = None) -> Path:
+    """Generate the HD training videos, tile them and train the micro model (or ``model``, a config of the same
+    kind); return its ``best.pt``."""
     from csfnet.train import train
 
     raw = generate(root / "raw", TRAIN_SPEC, workers=2)
     extract(raw, root / "tiles", workers=2, tiling=Tiling(TILE, 0.2, negatives=0.5, splits=("train", "val")))
     config = root / "micro.yaml"
-    config.write_text(yaml.safe_dump(MODEL))
+    config.write_text(yaml.safe_dump(model or MODEL))
     old = Path.cwd()
     os.chdir(root)  # ultralytics writes nothing outside the run folder, but be sure
     try:

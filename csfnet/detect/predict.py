@@ -1,5 +1,6 @@
 """Frames in, detections out: letterbox, run any :class:`~csfnet.detect.runtimes.Runtime`, NMS, back to frame
-pixels; optionally sliced at native resolution.
+pixels; optionally sliced at native resolution. An NMS-free head's output (``Runtime.end2end``: top-k boxes already
+chosen) is only thresholded by confidence, never NMS'd.
 
 Full-frame prediction is ultralytics' own (LetterBox, ``non_max_suppression``, ``scale_boxes``), so it matches
 ``YOLO(model).predict(..., rect=False)``. Sliced prediction cuts every frame into overlapping windows
@@ -47,7 +48,7 @@ class Predictor:
     Args:
         runtime: The loaded model.
         conf: Confidence threshold.
-        iou: NMS IoU threshold (within each crop).
+        iou: NMS IoU threshold (within each crop; unused by an NMS-free head).
         slicing: Slicing options; default: whole frames only.
         batch: Crops per runtime call.
         max_det: Most detections kept per crop and per frame.
@@ -91,7 +92,7 @@ class Predictor:
         crops = [(f, *c) for f, frame in enumerate(frames) for c in self.crops(frame)]
         x = self.preprocess([c[3] for c in crops])
         raw = torch.from_numpy(self.runtime(x, self.batch))
-        dets = nms.non_max_suppression(raw, self.conf, self.iou, max_det=self.max_det)
+        dets = nms.non_max_suppression(raw, self.conf, self.iou, max_det=self.max_det, end2end=self.runtime.end2end)
         per_frame: list[list[np.ndarray]] = [[] for _ in frames]
         for (f, x0, y0, image), det in zip(crops, dets):
             det[:, :4] = ops.scale_boxes(x.shape[2:], det[:, :4], image.shape[:2])

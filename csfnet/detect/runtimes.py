@@ -1,11 +1,13 @@
 """Inference back ends behind one interface: a batch of letterboxed images in, the raw detection head out.
 
 Every runtime takes ``(N, 3, S, S)`` float32 RGB in 0-1 (``S`` = :attr:`Runtime.imgsz`) and returns the Detect head's
-``(N, 4 + classes, anchors)`` array, so pre-processing, NMS and slicing are shared and the runtimes stay
-interchangeable: PyTorch (a ``.pt`` checkpoint), onnxruntime (FP32 or INT8 ``.onnx``) and OpenVINO (a folder or
-``.xml`` written by ultralytics' exporter, FP32 or INT8). A model is checked before it is used: a missing or corrupt
-file, or a model that is not a detector, raises :mod:`csfnet.errors` with a one-line message, and nothing is ever
-downloaded.
+output, so pre-processing, NMS and slicing are shared and the runtimes stay interchangeable. The output has one of
+ultralytics' two layouts (:attr:`Runtime.end2end` says which): ``(N, 4 + classes, anchors)`` (boxes xywh, for NMS)
+or, for a model run through its NMS-free one-to-one head (YOLO26), ``(N, max_det, 6)`` (x1, y1, x2, y2, score,
+class; top-k taken, no NMS). The back ends: PyTorch (a ``.pt`` checkpoint), onnxruntime (FP32 or INT8 ``.onnx``) and
+OpenVINO (a folder or ``.xml`` written by ultralytics' exporter, FP32 or INT8). A model is checked before it is used:
+a missing or corrupt file, or a model that is not a detector, raises :mod:`csfnet.errors` with a one-line message,
+and nothing is ever downloaded.
 """
 
 from __future__ import annotations
@@ -31,9 +33,10 @@ class Runtime:
     imgsz: int = 640
     names: dict[int, str]
     batch: int | None = None
+    end2end: bool = False  # output (N, max_det, 6) of an NMS-free head, else (N, 4 + classes, anchors)
 
     def forward(self, x: np.ndarray) -> np.ndarray:
-        """Raw head output ``(N, 4 + classes, anchors)`` of ``x`` ``(N, 3, imgsz, imgsz)``."""
+        """Raw head output of ``x`` ``(N, 3, imgsz, imgsz)`` in the layout :attr:`end2end` names."""
         raise NotImplementedError
 
     def __call__(self, x: np.ndarray, batch: int = 8) -> np.ndarray:
@@ -47,7 +50,9 @@ class Runtime:
                 outs.append(self.forward(np.concatenate([chunk, pad]))[: len(chunk)])
             else:
                 outs.append(self.forward(chunk))
-        return np.concatenate(outs) if outs else np.zeros((0, 4 + len(self.names), 0), np.float32)
+        if outs:
+            return np.concatenate(outs)
+        return np.zeros((0, 0, 6) if self.end2end else (0, 4 + len(self.names), 0), np.float32)
 
     def describe(self) -> str:
         return f"{self.kind} (imgsz {self.imgsz})"
@@ -65,13 +70,16 @@ class Runtime:
 
 
 class TorchRuntime(Runtime):
-    """An ultralytics ``.pt`` checkpoint, loaded with ``torch.load`` (never through ultralytics' downloader)."""
+    """An ultralytics ``.pt`` checkpoint, loaded with ``torch.load`` (never through ultralytics' downloader).
+    ``end_to_end`` (setting ``eval.end_to_end``): an NMS-free head runs through its one-to-one branch."""
 
     kind = "pytorch"
 
-    def __init__(self, path: str | Path, imgsz: int | None = None, device: str = "cpu"):
+    def __init__(self, path: str | Path, imgsz: int | None = None, device: str = "cpu", end_to_end: bool = True):
         import torch
         from ultralytics.nn.modules.head import Detect
+
+        from csfnet.model import head_args
 
         path = Path(path)
         try:
@@ -82,7 +90,9 @@ class TorchRuntime(Runtime):
         if not isinstance(model, torch.nn.Module) or not isinstance(getattr(model, "model", [None])[-1], Detect):
             raise CheckpointError(f"{path}: not an ultralytics detection checkpoint (no model with a Detect head)")
         self.device = torch.device(device if device not in ("", None) else "cpu")
+        model.end2end = head_args(model, end_to_end).get("nms") is False  # before fuse(), which drops the other
         self.model = model.float().fuse().eval().to(self.device)
+        self.end2end = bool(self.model.end2end)
         train_imgsz = (ckpt.get("train_args") or {}).get("imgsz", 640)
         self.imgsz = int(imgsz or (train_imgsz[0] if isinstance(train_imgsz, (list, tuple)) else train_imgsz))
         self.names = {int(k): str(v) for k, v in dict(getattr(model, "names", {0: "object"})).items()}
@@ -115,12 +125,14 @@ class OnnxRuntime(Runtime):
         self.names = _names(meta.get("names"))
         shape = inputs[0].shape if len(inputs) == 1 else []
         out = outputs[0].shape
+        self.end2end = _is_end2end(meta.get("end2end"), out)
+        channels = out[2] if self.end2end else out[1] if len(out) == 3 else None
         if (
             meta.get("task", "detect") != "detect"
             or not self.names
             or len(shape) != 4
             or len(out) != 3
-            or (isinstance(out[1], int) and out[1] != 4 + len(self.names))
+            or (isinstance(channels, int) and channels != (6 if self.end2end else 4 + len(self.names)))
         ):
             raise CheckpointError(f"{path}: not an ultralytics detection model (input {shape}, output {out})")
         self.input = inputs[0].name
@@ -162,6 +174,8 @@ class OpenVinoRuntime(Runtime):
         if shape[0].is_dynamic or not shape[2].is_static:  # any batch, image size pinned: faster plans
             model.reshape([-1, 3, self.imgsz, self.imgsz])
         self.batch = None if model.inputs[0].get_partial_shape()[0].is_dynamic else shape[0].get_length()
+        out = model.outputs[0].get_partial_shape()
+        self.end2end = _is_end2end(meta.get("end2end"), [d.get_length() if d.is_static else None for d in out])
         # f32: on CPUs with bf16 support OpenVINO would otherwise run FP32 models in bf16 (boxes off by ~0.5 px)
         config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}
         self.compiled = core.compile_model(model, device, config)
@@ -233,6 +247,14 @@ def _names(value: Any) -> dict[int, str]:
         return {int(k): str(v) for k, v in dict(parsed).items()}
     except (ValueError, SyntaxError, TypeError):
         return {}
+
+
+def _is_end2end(declared: Any, output_shape: Any) -> bool:
+    """Whether an exported model returns the NMS-free ``(N, max_det, 6)`` layout: its metadata's ``end2end`` (written
+    by ultralytics' exporter), else a last output dimension of 6 (a layout with classes on axis 1 ends in anchors)."""
+    if declared is not None:
+        return str(declared).lower() == "true"
+    return len(output_shape) == 3 and output_shape[2] == 6
 
 
 def _is_quantised(path: Path) -> bool:

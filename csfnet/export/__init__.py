@@ -84,7 +84,7 @@ def export(
     weights, data = check_checkpoint(weights), Path(data)
     check_dataset(data)
     kwargs = {**x.model_dump(), "imgsz": imgsz or settings.imgsz, "batch": e.batch, "conf": e.report_conf}
-    kwargs.update(iou=e.iou, map_conf=e.conf)
+    kwargs.update(iou=e.iou, map_conf=e.conf, end_to_end=e.end_to_end)
     with (logger or NullLogger()).stage("export", kwargs, lineage_tags(data, weights)) as run:
         result = export_onnx(
             weights, out, data, calib_data=calib_data, int8_out=int8_out, report_path=report_path, **kwargs
@@ -112,6 +112,7 @@ def export_onnx(
     calib_data: str | Path | None = None,
     int8_out: str | Path | None = None,
     report_path: str | Path | None = None,
+    end_to_end: bool = True,
 ) -> ExportResult:
     """Export ``weights`` to the ONNX file ``out`` (INT8: ``int8_out``, default ``<out stem>-int8.onnx``), verified.
 
@@ -132,6 +133,7 @@ def export_onnx(
         calib_data: ``data.yaml`` whose *training* frames calibrate INT8 (default: ``data``).
         int8_out: Destination of the INT8 model.
         report_path: JSON report (default: ``<out stem>-report.json``).
+        end_to_end: An NMS-free head is exported, and verified, through its one-to-one branch (``eval.end_to_end``).
 
     Raises:
         InputNotFoundError: ``weights`` or ``data`` is missing.
@@ -142,12 +144,12 @@ def export_onnx(
     calib = Path(calib_data or data)
     onnx_format = _Format(
         "ONNX",
-        fp32=lambda pt: onnx_export(pt, imgsz, opset, dynamic_size),
+        fp32=lambda pt: onnx_export(pt, imgsz, opset, dynamic_size, end_to_end),
         int8=lambda pt, fp32: quantize_int8(fp32, pt.with_name("model-int8.onnx"), calib, imgsz, calib_frames),
         install=shutil.move,
         describe=lambda model, dst: {"file": str(dst), "size_mb": round(model.stat().st_size / 2**20, 2)},
     )
-    head = {"imgsz": imgsz, "opset": opset, "dynamic_size": dynamic_size}
+    head = {"imgsz": imgsz, "opset": opset, "dynamic_size": dynamic_size, "end_to_end": end_to_end}
     return _verified_export(
         onnx_format,
         weights,
@@ -179,6 +181,7 @@ def export_openvino(
     conf: float = 0.25,
     iou: float = 0.6,
     map_conf: float = 0.001,
+    end_to_end: bool = True,
 ) -> ExportResult:
     """Export ``weights`` to the OpenVINO folder ``out`` (its name ends in ``_openvino_model``; INT8: ``int8_out``,
     default ``<name>_int8_openvino_model``), verified as :func:`export_onnx` verifies. The report defaults to
@@ -195,8 +198,8 @@ def export_openvino(
     calib = Path(calib_data or data)
     openvino_format = _Format(
         "OpenVINO",
-        fp32=lambda pt: openvino_export(pt, imgsz),
-        int8=lambda pt, fp32: openvino_export(pt, imgsz, int8_data=calib, frames=calib_frames),
+        fp32=lambda pt: openvino_export(pt, imgsz, end_to_end=end_to_end),
+        int8=lambda pt, fp32: openvino_export(pt, imgsz, int8_data=calib, frames=calib_frames, end_to_end=end_to_end),
         install=install,
         describe=lambda model, dst: {"dir": str(dst), "size_mb": size_mb(model)},
     )
@@ -207,7 +210,7 @@ def export_openvino(
         out,
         int8_out if int8 else None,
         Path(report_path) if report_path else out.with_name(f"{out.name.replace(SUFFIX, '')}-openvino.json"),
-        {"imgsz": imgsz},
+        {"imgsz": imgsz, "end_to_end": end_to_end},
         verify_frames=verify_frames,
         batch=batch,
         conf=conf,
@@ -242,7 +245,9 @@ def _verified_export(
         fp32 = fmt.fp32(staged)
         report: dict[str, Any] = {"weights": str(weights), "data": str(data), **head}
         report["fp32"] = fmt.describe(fp32, out)
-        report["verification"] = verify(fp32, weights, data, imgsz, verify_frames, batch, conf, iou, map_conf)
+        report["verification"] = verify(
+            fp32, weights, data, imgsz, verify_frames, batch, conf, iou, map_conf, head.get("end_to_end", True)
+        )
         failed = [k for k, v in report["verification"]["checks"].items() if not v["passed"]]
         if int8_out and not failed:
             q = fmt.int8(staged, fp32)

@@ -11,7 +11,6 @@ only; the float activations between them keep onnxruntime from fusing QLinearCon
 
 from __future__ import annotations
 
-import ast
 import re
 from pathlib import Path
 
@@ -26,16 +25,19 @@ from csfnet.detect.onnx_detector import preprocess
 from csfnet.errors import InputNotFoundError
 
 
-def onnx_export(weights: Path, imgsz: int, opset: int = 17, dynamic_size: bool = False) -> Path:
+def onnx_export(
+    weights: Path, imgsz: int, opset: int = 17, dynamic_size: bool = False, end_to_end: bool = True
+) -> Path:
     """ONNX next to ``weights`` through ultralytics' exporter: dynamic batch, image size pinned unless
-    ``dynamic_size``."""
+    ``dynamic_size``; an NMS-free head exported through its one-to-one branch when ``end_to_end``
+    (:func:`csfnet.model.head_args`; ultralytics records the choice as the ``end2end`` metadata)."""
     from ultralytics import YOLO
 
+    from csfnet.model import head_args
+
     args = {"format": "onnx", "imgsz": imgsz, "opset": opset, "dynamic": True, "simplify": True, "device": "cpu"}
-    path = Path(YOLO(str(weights)).export(**args))
-    model = onnx.load(str(path))
-    if not dynamic_size:
-        model = _fix_image_size(model, imgsz)
+    path = Path(YOLO(str(weights)).export(**args, **head_args(weights, end_to_end)))
+    model = _declare_shapes(onnx.load(str(path)), imgsz, dynamic_size)
     meta = model.metadata_props.add()
     meta.key, meta.value = "dynamic_size", str(dynamic_size)
     onnx.checker.check_model(model)
@@ -101,13 +103,19 @@ def _head_prefix(graph: onnx.GraphProto) -> str:
     return f"/model.{max(indices)}/"
 
 
-def _fix_image_size(model: onnx.ModelProto, imgsz: int) -> onnx.ModelProto:
-    """Keep the batch dynamic but pin height, width and the anchor count."""
-    meta = {p.key: p.value for p in model.metadata_props}
-    strides = (8, 16, 32) if int(meta.get("stride", 32)) == 32 else (int(meta["stride"]),)
-    anchors = sum((imgsz // s) ** 2 for s in strides)
-    out = model.graph.output[0]
-    channels = 4 + len(ast.literal_eval(meta.get("names", "{0: 'object'}")))  # boxes + class scores
-    return update_inputs_outputs_dims(
-        model, {"images": ["batch", 3, imgsz, imgsz]}, {out.name: ["batch", channels, anchors]}
-    )
+def _declare_shapes(model: onnx.ModelProto, imgsz: int, dynamic_size: bool) -> onnx.ModelProto:
+    """Declare the input and output shapes the model really has: the batch dynamic, and with a pinned image size
+    every other output dimension as onnxruntime computes it at ``imgsz`` (never derived from assumed strides: a P2
+    head has four levels, an NMS-free head returns ``(batch, max_det, 6)``)."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    shape = session.run(None, {name: np.zeros((1, 3, imgsz, imgsz), np.float32)})[0].shape
+    end2end = {p.key: p.value for p in model.metadata_props}.get("end2end") == "True"
+    if dynamic_size:  # top-k keeps min(max_det, anchors) boxes, so both layouts vary with the image size
+        inputs, outputs = ["batch", 3, "height", "width"], ["batch", "detections", 6] if end2end else None
+        outputs = outputs or ["batch", shape[1], "anchors"]
+    else:
+        inputs, outputs = ["batch", 3, imgsz, imgsz], ["batch", *shape[1:]]
+    return update_inputs_outputs_dims(model, {name: inputs}, {model.graph.output[0].name: outputs})

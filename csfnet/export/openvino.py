@@ -27,12 +27,19 @@ def check_folder_name(folder: Path) -> None:
         raise SettingsError(f"OpenVINO folder {folder} must end in {SUFFIX!r} (how ultralytics recognises it)")
 
 
-def openvino_export(weights: Path, imgsz: int, int8_data: Path | None = None, frames: int = 100) -> Path:
+def openvino_export(
+    weights: Path, imgsz: int, int8_data: Path | None = None, frames: int = 100, end_to_end: bool = True
+) -> Path:
     """The OpenVINO folder of ``weights``, written next to it (dynamic shapes: the runtime pins the image size and
-    leaves the batch free); INT8 when ``int8_data`` (a ``data.yaml``) gives ``frames`` calibration frames."""
+    leaves the batch free); INT8 when ``int8_data`` (a ``data.yaml``) gives ``frames`` calibration frames. An
+    NMS-free head is exported through its one-to-one branch when ``end_to_end`` (:func:`csfnet.model.head_args`;
+    ``end2end`` in ``metadata.yaml`` records it)."""
     from ultralytics import YOLO
 
+    from csfnet.model import head_args
+
     args: dict[str, Any] = {"format": "openvino", "imgsz": imgsz, "dynamic": True, "device": "cpu"}
+    args.update(head_args(weights, end_to_end))
     if int8_data is not None:
         train = split_images(int8_data, "train")
         if not train:
