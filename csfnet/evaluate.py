@@ -28,9 +28,9 @@ from csfnet.data.tiles import parse_tile_name
 from csfnet.device import resolve_device
 from csfnet.errors import DataError
 from csfnet.files import replace_dir, staging_dir
+from csfnet.heads import head_args
 from csfnet.lineage import lineage_tags
 from csfnet.metrics import band_metrics, match
-from csfnet.model import head_args
 from csfnet.runlog import NullLogger, StageLogger
 from csfnet.settings import Settings, load_settings
 
@@ -54,7 +54,7 @@ def validate(
     ultralytics writes its plots and labels to ``save_dir``; without one, to a temporary folder removed afterwards
     (never to ``runs/detect/val*`` in the working directory). ``rect=False`` letterboxes every image to a square,
     as fixed-size exported models need. ``end_to_end``: an NMS-free head runs through its one-to-one branch
-    (:func:`csfnet.model.head_args`; an exported model brings its own choice in its metadata).
+    (:func:`csfnet.heads.head_args`; an exported model brings its own choice in its metadata).
     """
     disable_ultralytics_integrations()
     with contextlib.ExitStack() as stack:
@@ -202,7 +202,7 @@ def predict(
     head: dict[str, Any] | None = None,
 ) -> tuple[list[tuple[np.ndarray, np.ndarray]], float]:
     """(boxes xyxy, scores) per image and the mean end-to-end latency per image in milliseconds; ``head``: the
-    :func:`csfnet.model.head_args` of the model."""
+    :func:`csfnet.heads.head_args` of the model."""
     results, start = [], time.perf_counter()
     for chunk in range(0, len(images), 16):
         batch = [str(p) for p in images[chunk : chunk + 16]]

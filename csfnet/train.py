@@ -17,8 +17,9 @@ from csfnet._offline import disable_ultralytics_integrations
 from csfnet.checks import check_dataset, require_file
 from csfnet.device import resolve_device
 from csfnet.errors import DataError
+from csfnet.heads import head_args
 from csfnet.lineage import data_hash, dvc_hash
-from csfnet.model import head_args, resolve_config
+from csfnet.model import resolve_config
 from csfnet.runlog import NullLogger, StageLogger
 from csfnet.settings import Settings, load_settings
 from csfnet.trainer import CSFNetTrainer

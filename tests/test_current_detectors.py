@@ -19,7 +19,8 @@ import torch
 from csfnet.data.dataset import split_images
 from csfnet.detect.predict import Predictor
 from csfnet.detect.runtimes import TorchRuntime, load_runtime
-from csfnet.model import build_model, has_end_to_end_head, head_args
+from csfnet.heads import has_end_to_end_head, head_args
+from csfnet.model import build_model
 
 from .conftest import TINY_TRAIN
 

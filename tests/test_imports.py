@@ -19,7 +19,7 @@ PACKAGES = ("csfnet", "components", "pipelines")
 FLOORS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("leaves", (
         "csfnet", "csfnet._offline", "csfnet.errors", "csfnet.files", "csfnet.metrics", "csfnet.reports",
-        "csfnet.nn", "csfnet.model", "csfnet.runlog", "csfnet.trial_log",
+        "csfnet.nn", "csfnet.model", "csfnet.heads", "csfnet.runlog", "csfnet.trial_log",
     )),
     ("configuration", (
         "csfnet.settings", "csfnet.device", "csfnet.distributed", "csfnet.services", "csfnet.lineage",

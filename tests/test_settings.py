@@ -38,6 +38,8 @@ def test_no_defaults_outside_params_yaml_and_the_schema():
     assert schema.detect == DEFAULTS
     # every Kubeflow step takes settings only as its share of the run's one mapping (passed on as --set)
     structural = {"settings", "source_uri", "fingerprint", "worker", "config", "seed", "model_uri", "apply", "bench"}
+    structural |= {"videos", "model", "out", "workers", "shards", "shard"}  # fan-outs: shards and their inputs
+    structural |= {"nodes", "gpus_per_node", "image", "secret"}  # the cluster a TrainJob runs on, fixed at compile
     for name in components.__all__:
         parameters = inspect.signature(getattr(components, name).python_func).parameters.values()
         plain = {p.name for p in parameters if p.annotation in (str, int, float, bool, list, dict)}

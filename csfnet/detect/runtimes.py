@@ -79,7 +79,7 @@ class TorchRuntime(Runtime):
         import torch
         from ultralytics.nn.modules.head import Detect
 
-        from csfnet.model import head_args
+        from csfnet.heads import head_args
 
         path = Path(path)
         try:

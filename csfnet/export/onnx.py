@@ -30,10 +30,10 @@ def onnx_export(
 ) -> Path:
     """ONNX next to ``weights`` through ultralytics' exporter: dynamic batch, image size pinned unless
     ``dynamic_size``; an NMS-free head exported through its one-to-one branch when ``end_to_end``
-    (:func:`csfnet.model.head_args`; ultralytics records the choice as the ``end2end`` metadata)."""
+    (:func:`csfnet.heads.head_args`; ultralytics records the choice as the ``end2end`` metadata)."""
     from ultralytics import YOLO
 
-    from csfnet.model import head_args
+    from csfnet.heads import head_args
 
     args = {"format": "onnx", "imgsz": imgsz, "opset": opset, "dynamic": True, "simplify": True, "device": "cpu"}
     path = Path(YOLO(str(weights)).export(**args, **head_args(weights, end_to_end)))

@@ -32,11 +32,11 @@ def openvino_export(
 ) -> Path:
     """The OpenVINO folder of ``weights``, written next to it (dynamic shapes: the runtime pins the image size and
     leaves the batch free); INT8 when ``int8_data`` (a ``data.yaml``) gives ``frames`` calibration frames. An
-    NMS-free head is exported through its one-to-one branch when ``end_to_end`` (:func:`csfnet.model.head_args`;
+    NMS-free head is exported through its one-to-one branch when ``end_to_end`` (:func:`csfnet.heads.head_args`;
     ``end2end`` in ``metadata.yaml`` records it)."""
     from ultralytics import YOLO
 
-    from csfnet.model import head_args
+    from csfnet.heads import head_args
 
     args: dict[str, Any] = {"format": "openvino", "imgsz": imgsz, "dynamic": True, "device": "cpu"}
     args.update(head_args(weights, end_to_end))
