@@ -172,10 +172,10 @@ def train(plan: dict, work: Path, record: Record) -> None:
     timing = {"on_train_epoch_start": epoch_start, "on_train_epoch_end": epoch_end}
     start = time.perf_counter()
     with contextlib.suppress(_PlannedStopError):
-        train_model(data, "csfnet-n", run, overrides=overrides, device=plan["train_device"], track=False,
+        train_model(data, "csfnet-n", run, overrides=overrides, device=plan["train_device"],
                     callbacks={**timing, "on_model_save": stop_after_first})  # fmt: skip
     first = time.perf_counter() - start
-    result = train_model(data, "csfnet-n", run, overrides=overrides, device=plan["train_device"], track=False,
+    result = train_model(data, "csfnet-n", run, overrides=overrides, device=plan["train_device"],
                          callbacks={**timing, "on_train_end": train_end})  # fmt: skip
     epochs = len((run / "results.csv").read_text().splitlines()) - 1
     images_per_s = seen["images"] / min(seen["epoch_s"]) if seen["epoch_s"] else None
@@ -302,7 +302,7 @@ def ddp(plan: dict, work: Path, record: Record) -> None:
     for devices in ("0", "0,1"):
         start = time.perf_counter()
         run = work / f"ddp-{devices.replace(',', '')}"
-        train_model(data, "csfnet-n", run, overrides=overrides, device=devices, track=False)
+        train_model(data, "csfnet-n", run, overrides=overrides, device=devices)
         seconds = time.perf_counter() - start
         rate = round(images / seconds, 1)  # wall time of the whole run: start-up, the epoch, validation
         record(row={"devices": devices, "epochs": 1, "batch": overrides["batch"], "images": images,

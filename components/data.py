@@ -39,23 +39,9 @@ def extract_frames(
 ):
     """Fetch (or synthesise) the raw videos, validate them and write the YOLO dataset; object size statistics as
     metrics and a histogram. ``fingerprint`` keys the cache: same data, same settings, same dataset."""
-    import json
-    import shutil
-    import tempfile
-    from pathlib import Path
+    from csfnet.kubeflow.step import extract_dataset
 
-    from csfnet.kubeflow.step import log_metrics, raw_folder, run_step, set_flags, write_html
-
-    work = Path(tempfile.mkdtemp())
-    raw = raw_folder(source_uri, fingerprint, settings, work)
-    run_step(["data", "extract", "--source", raw, "--out", dataset.path, *set_flags(settings)])
-    shutil.rmtree(raw, ignore_errors=True)
-    dataset.metadata["fingerprint"] = fingerprint
-    out = work / "stats"
-    run_step(["data", "stats", "--data", f"{dataset.path}/data.yaml", "--out", out, *set_flags(settings)])
-    data = json.loads((out / "stats.json").read_text())
-    log_metrics(stats, data)
-    write_html(stats_report, "Object sizes", data, [out / "size_histogram.png"])
+    extract_dataset(source_uri, fingerprint, settings, dataset, stats, stats_report)
 
 
 @component
@@ -93,21 +79,7 @@ def merge_extraction(
 ):
     """One dataset from the shards (``csfnet data extract --merge``): the source is validated whole and every
     sequence is linked from its shard, so the dataset equals a single extraction; statistics as ``extract_frames``."""
-    import json
-    import shutil
-    import tempfile
-    from pathlib import Path
+    from csfnet.kubeflow.step import extract_dataset
 
-    from csfnet.kubeflow.step import log_metrics, raw_folder, run_step, set_flags, write_html
-
-    work = Path(tempfile.mkdtemp())
-    raw = raw_folder(source_uri, fingerprint, settings, work)
     merge = [arg for shard in shards for arg in ("--merge", shard.path)]
-    run_step(["data", "extract", "--source", raw, "--out", dataset.path, *merge, *set_flags(settings)])
-    shutil.rmtree(raw, ignore_errors=True)
-    dataset.metadata["fingerprint"] = fingerprint
-    out = work / "stats"
-    run_step(["data", "stats", "--data", f"{dataset.path}/data.yaml", "--out", out, *set_flags(settings)])
-    data = json.loads((out / "stats.json").read_text())
-    log_metrics(stats, data)
-    write_html(stats_report, "Object sizes", data, [out / "size_histogram.png"])
+    extract_dataset(source_uri, fingerprint, settings, dataset, stats, stats_report, merge)

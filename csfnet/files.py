@@ -67,6 +67,12 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
+def write_text(path: str | Path, text: str) -> None:
+    """Write ``text``, all or nothing (:func:`atomic_path`)."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
 def write_json(path: str | Path, data: Any) -> None:
     """Write ``data`` as indented JSON, all or nothing (:func:`atomic_path`)."""
     with atomic_path(path) as tmp:

@@ -114,7 +114,7 @@ def test_two_nodes_train_like_one_process_and_only_rank_0_writes(tiny_data, tmp_
 
     start = {}
     grab = {"on_pretrain_routine_end": lambda t: start.update(_weights(unwrap_model(t.model)))}
-    single = train(tiny_data, out=tmp_path / "single", track=False, callbacks=grab)  # one process, same batch
+    single = train(tiny_data, out=tmp_path / "single", callbacks=grab)  # one process, same batch
     assert [r["epoch"] for r in _epochs(out)] == [r["epoch"] for r in _epochs(single.run_dir)] == [1, 2]
     two, one = _weights(YOLO(str(out / "weights" / "last.pt")).model), _weights(YOLO(str(single.last)).model)
     one_update, two_update = _norm({k: one[k] - start[k] for k in one}), _norm({k: two[k] - start[k] for k in one})

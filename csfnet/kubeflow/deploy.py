@@ -8,7 +8,6 @@ model with the ``models:/`` ClusterStorageContainer and serve it with ``mlflow m
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -160,13 +159,11 @@ def render(isvc: V1beta1InferenceService, out: str | Path | None = None) -> str:
     """The manifest as YAML; written atomically to ``out`` when given (GitOps: commit it, let the cluster sync)."""
     import yaml
 
+    from csfnet.files import write_text
+
     text = yaml.safe_dump(to_dict(isvc), sort_keys=False)
     if out is not None:
-        out = Path(out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-        tmp.write_text(text)
-        tmp.replace(out)
+        write_text(out, text)
     return text
 
 

@@ -191,3 +191,29 @@ def raw_folder(source_uri: str, fingerprint: str, settings: Mapping[str, Any], w
     else:
         run_step(["data", "synth", "--out", raw, *set_flags(settings)])
     return raw
+
+
+def extract_dataset(
+    source_uri: str,
+    fingerprint: str,
+    settings: Mapping[str, Any],
+    dataset: Any,
+    stats: Any,
+    stats_report: Any,
+    extra: Sequence[str] = (),
+) -> None:
+    """``csfnet data extract`` of the raw data into the ``dataset`` artifact (``extra``: more options, e.g. the
+    shards to merge), then its object size statistics as ``stats`` metrics and a ``stats_report`` histogram."""
+    import shutil
+    import tempfile
+
+    work = Path(tempfile.mkdtemp())
+    raw = raw_folder(source_uri, fingerprint, settings, work)
+    run_step(["data", "extract", "--source", raw, "--out", dataset.path, *extra, *set_flags(settings)])
+    shutil.rmtree(raw, ignore_errors=True)
+    dataset.metadata["fingerprint"] = fingerprint
+    out = work / "stats"
+    run_step(["data", "stats", "--data", f"{dataset.path}/data.yaml", "--out", out, *set_flags(settings)])
+    data = read_json(out / "stats.json")
+    log_metrics(stats, data)
+    write_html(stats_report, "Object sizes", data, [out / "size_histogram.png"])

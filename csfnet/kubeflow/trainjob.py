@@ -13,7 +13,6 @@ mounted at ``/workspace`` on every node; MLflow credentials come from the secret
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path, PurePosixPath
@@ -253,11 +252,9 @@ def render(job: TrainerV1alpha1TrainJob, out: str | Path | None = None) -> str:
     """The manifest as YAML; written atomically to ``out`` when given (GitOps: commit it, let the cluster sync)."""
     import yaml
 
+    from csfnet.files import write_text
+
     text = yaml.safe_dump(to_dict(job), sort_keys=False)
     if out is not None:
-        out = Path(out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-        tmp.write_text(text)
-        tmp.replace(out)
+        write_text(out, text)
     return text
