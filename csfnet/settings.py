@@ -171,9 +171,13 @@ class Compare(Section):
         "csfnet-no-cswitch",
         "csfnet-no-dfuse",
         "csfnet-no-cretonext",
+        "csfnet26-n",
+        "csfnet26-n-p2",
         "yolov8n",
         "yolov8n-p2",
         "yolov8s",
+        "yolo26n",
+        "yolo26n-p2",
     ]  # the first row is the reference of every paired difference
     seeds: Annotated[list[int], Field(min_length=1)] = [0, 1, 2]
     preset: str = "bench"
