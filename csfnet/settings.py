@@ -303,7 +303,6 @@ class Services(Section):
 
 
 QUICK_SPEEDUPS = {  # less work per epoch on 2 CPU cores, same training; bench keeps ultralytics' defaults
-    "val": False,  # validate the final epoch only (best.pt = last.pt); evaluation scores it
     "plots": False,  # evaluation draws its own
     "cache": "ram",
 }

@@ -152,7 +152,7 @@ def _budget(settings: Tune) -> dict[str, Any]:
         "fraction": settings.fraction,
         "plots": False,
         "patience": 0,
-        "val": True,  # every epoch scored: the pruner decides on intermediate values (the quick preset skips them)
+        "val": True,  # every epoch scored: the pruner decides on intermediate values (whatever the preset says)
     }
 
 

@@ -93,9 +93,6 @@ def build_layers(cfg: dict[str, Any], ch: int = 3) -> tuple[nn.Sequential, list[
             if name == "C3k2" and cfg["scale"] in {"m", "l", "x"}:
                 args[3:4] = [True]  # C3k inner blocks at the larger scales, as ultralytics builds them
             module = nn.Sequential(*(_SCALED[name](*args) for _ in range(n))) if n > 1 else _SCALED[name](*args)
-            if name == "SPPF" and len(args) <= 3:  # YOLOv8's SPPF row: activated cv1, as ultralytics restores it
-                for block in module if n > 1 else [module]:
-                    block.cv1.act = Conv.default_act
         else:
             module, c2 = _build_other(name, args, c_in, partition, head)
         module.i, module.f, module.type = i, f, name
