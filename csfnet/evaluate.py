@@ -174,7 +174,7 @@ def _evaluate(weights: Path, data: Path, out_dir: Path, p: dict[str, Any]) -> di
                 shutil.copyfile(src, out_dir / ("pr_curve.png" if "PR" in name else name))
     images = split_images(data, "val")
     model = YOLO(str(weights))
-    predictions, latency = predict(model, images, imgsz, conf, iou, device, head_args(weights, p["end_to_end"]))
+    predictions, latency = predict(model, images, imgsz, conf, iou, device, head_args(model.model, p["end_to_end"]))
     truths = [read_labels(p) for p in images]
     bands = band_metrics(truths, predictions, p["size_bands"], report_conf)
     per_sequence = sequence_recall(images, truths, predictions, report_conf)

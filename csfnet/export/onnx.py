@@ -36,7 +36,8 @@ def onnx_export(
     from csfnet.heads import head_args
 
     args = {"format": "onnx", "imgsz": imgsz, "opset": opset, "dynamic": True, "simplify": True, "device": "cpu"}
-    path = Path(YOLO(str(weights)).export(**args, **head_args(weights, end_to_end)))
+    yolo = YOLO(str(weights))
+    path = Path(yolo.export(**args, **head_args(yolo.model, end_to_end)))
     model = _declare_shapes(onnx.load(str(path)), imgsz, dynamic_size)
     meta = model.metadata_props.add()
     meta.key, meta.value = "dynamic_size", str(dynamic_size)

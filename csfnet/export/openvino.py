@@ -39,14 +39,15 @@ def openvino_export(
     from csfnet.heads import head_args
 
     args: dict[str, Any] = {"format": "openvino", "imgsz": imgsz, "dynamic": True, "device": "cpu"}
-    args.update(head_args(weights, end_to_end))
+    yolo = YOLO(str(weights))
+    args.update(head_args(yolo.model, end_to_end))
     if int8_data is not None:
         train = split_images(int8_data, "train")
         if not train:
             raise InputNotFoundError(f"{int8_data}: no training frames to calibrate INT8 with")
         # every frame counts (batch 1: ultralytics' calibration loader drops an incomplete last batch)
         args.update(quantize=8, data=str(int8_data), split="train", fraction=min(1.0, frames / len(train)), batch=1)
-    return Path(YOLO(str(weights)).export(**args))
+    return Path(yolo.export(**args))
 
 
 def install(src: Path, dst: Path) -> None:
