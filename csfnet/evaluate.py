@@ -157,8 +157,9 @@ def _tracking(weights: Path, raw: Path, out_dir: Path, tracker: str, imgsz: int,
     result = track_eval.evaluate_tracking(
         weights, raw, split="val", tracker=tracker, conf=d.conf, iou=d.iou, imgsz=imgsz,
         slice_size=d.slice or None, overlap=d.overlap,
+        tracker_overrides=d.track_args or None, persistence=d.persistence.rule(),
     )  # fmt: skip
-    (out_dir / "tracking.json").write_text(json.dumps(result, indent=2))
+    track_eval.write_report(result, out_dir)  # tracking.json, tracking.md: with and without track filtering
     return track_eval.flat_metrics(result)
 
 

@@ -232,6 +232,21 @@ class Export(Section):
     verify_frames: PositiveInt = 8
 
 
+class Persistence(Section):
+    """Track-level filtering after the tracker (:mod:`csfnet.detect.persistence`); ``csfnet eval --track`` measures
+    it whether enabled or not."""
+
+    enabled: bool = False  # csfnet detect filters its tracks (needs detect.track)
+    mode: Literal["suppress", "rescore"] = "suppress"  # what happens to a detection on a young track
+    min_hits: PositiveInt = 3  # frames a track must have been reported to count as persistent
+    window: PositiveInt = 10  # frames of a persistent track's mean confidence (1 = no boost)
+    young_factor: Fraction = 0.5  # rescore: a young track's confidence is multiplied by this
+
+    def rule(self) -> dict[str, Any]:
+        """Keyword arguments of :class:`csfnet.detect.persistence.PersistenceRule`."""
+        return self.model_dump(exclude={"enabled"})
+
+
 class Detect(Section):
     """``csfnet detect``: sliced inference and tracking on videos, images and streams."""
 
@@ -248,6 +263,21 @@ class Detect(Section):
     device: str = "cpu"
     save_video: bool = True
     single_target: bool = False  # also states.json: per frame the best track or "target absent" (Anti-UAV)
+    track_args: dict[str, bool | int | float | str] = {}  # replace the tracker config's: {track_buffer: 60}
+    persistence: Persistence = Persistence()
+
+    @field_validator("track_args")
+    @classmethod
+    def _tracker_keys(cls, value: dict[str, bool | int | float | str]) -> dict[str, bool | int | float | str]:
+        import ultralytics
+
+        known: set[str] = set()
+        for path in (Path(ultralytics.__file__).parent / "cfg" / "trackers").glob("*.yaml"):
+            known |= set(yaml.safe_load(path.read_text())) - {"tracker_type"}
+        for key in value:
+            if key not in known:
+                raise ValueError(f"{key!r} is not a tracker setting{_suggest(key, sorted(known))}")
+        return value
 
     @field_validator("slice")
     @classmethod
@@ -261,6 +291,8 @@ class Detect(Section):
         values = self.model_dump()
         values["slice_size"] = values.pop("slice") or None
         values["tracker"] = None if values.pop("track") == "none" else self.track
+        values["tracker_overrides"] = values.pop("track_args") or None
+        values["persistence"] = self.persistence.rule() if values.pop("persistence")["enabled"] else None
         return values
 
 

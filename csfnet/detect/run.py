@@ -68,6 +68,7 @@ def detect(
     merge_threshold: float = DEFAULTS.merge_threshold,
     tracker: str | None = None,
     tracker_overrides: dict[str, Any] | None = None,
+    persistence: dict[str, Any] | None = None,
     batch: int = DEFAULTS.batch,
     device: str = DEFAULTS.device,
     save_video: bool = DEFAULTS.save_video,
@@ -93,6 +94,8 @@ def detect(
         merge_threshold: Overlap (IoS) at which two detections are the same target.
         tracker: Object tracker, ``bytetrack``, ``botsort`` or None.
         tracker_overrides: Settings replacing the tracker config's.
+        persistence: Track-level filter of the tracks (:class:`csfnet.detect.persistence.PersistenceRule`
+            arguments, online: one-frame blips suppressed); needs ``tracker``. None: off.
         batch: Crops per runtime call.
         device: PyTorch device of a ``.pt`` model.
         save_video: Write the annotated video.
@@ -106,12 +109,14 @@ def detect(
     """
     if tracker is not None and tracker not in TRACKERS:
         raise SettingsError(f"unknown tracker {tracker!r}; choose one of {', '.join(TRACKERS)}")
+    if persistence is not None and tracker is None:
+        raise SettingsError("detect.persistence filters tracks: it needs a tracker (detect.track)")
     out = Path(out)
     slicing = SliceOptions(slice_size or None, overlap, full_frame, merge, merge_threshold)
     src = open_source(source)  # before the model: a bad source fails fast
     try:
         runtime = model if isinstance(model, Runtime) else load_runtime(model, imgsz, device)
-        object_tracker = Tracker(tracker, tracker_overrides) if tracker else None
+        object_tracker = Tracker(tracker, tracker_overrides, persistence) if tracker else None
         det_conf = min(conf, object_tracker.min_score) if object_tracker else conf
         predictor = Predictor(runtime, det_conf, iou, slicing, batch)
         with staging_dir(out) as tmp:

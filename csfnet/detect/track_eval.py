@@ -3,23 +3,35 @@
 Each sequence in MOT layout (``<root>/<split>/<sequence>/`` with a video or ``img1/`` and ``gt/gt.txt`` whose
 second column is the target ID; the synthetic benchmark writes them) is run through :func:`csfnet.detect.detect`
 with the tracker, the very code ``csfnet detect --track`` runs, and its MOT output is scored against the ground
-truth with TrackEval's HOTA, CLEAR (MOTA, ID switches) and Identity (IDF1).
+truth with TrackEval's HOTA, CLEAR (MOTA, ID switches) and Identity (IDF1), plus AP50 of the tracked detections
+(every frame an image, :mod:`csfnet.metrics`' AP). The same tracks are scored three ways, side by side: as the
+tracker gave them, through the online persistence filter (what ``csfnet detect`` writes with
+``detect.persistence.enabled``) and through its offline form (finished tracks judged whole), so the filter's effect
+is measured on identical tracker output.
 """
 
 from __future__ import annotations
 
-import json
 import tempfile
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from csfnet.data.formats import VIDEO_SUFFIXES
-from csfnet.detect.run import DEFAULTS, MOT, STATES, detect
+from csfnet.detect.persistence import PersistenceRule, filter_mot
+from csfnet.detect.run import DEFAULTS, MOT, detect
 from csfnet.detect.runtimes import Runtime, load_runtime
-from csfnet.detect.track_metrics import combined_tracking_metrics, state_accuracy, tracking_metrics
+from csfnet.detect.track_metrics import (
+    combined_tracking_metrics,
+    single_target_state,
+    state_accuracy,
+    tracking_metrics,
+)
 from csfnet.errors import DataError, InputNotFoundError
+from csfnet.files import write_json, write_text
+from csfnet.metrics import average_precision, match_images
 
 
 def mot_sequences(root: str | Path, split: str = "val") -> list[tuple[str, Path, Path]]:
@@ -39,6 +51,10 @@ def mot_sequences(root: str | Path, split: str = "val") -> list[tuple[str, Path,
     return out
 
 
+FILTERS = ("online", "offline")  # the persistence filter's forms, scored next to the unfiltered tracks
+COMPARED = ("AP50", "HOTA", "MOTA", "IDF1", "false_positives", "false_negatives", "id_switches")
+
+
 def evaluate_tracking(
     model: str | Path | Runtime,
     root: str | Path,
@@ -52,22 +68,27 @@ def evaluate_tracking(
     overlap: float = DEFAULTS.overlap,
     max_sequences: int | None = None,
     tracker_overrides: dict[str, Any] | None = None,
+    persistence: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Track every MOT sequence of ``root/split`` and score it.
+    """Track every MOT sequence of ``root/split`` and score it, without and with the persistence filter.
 
-    Returns ``{"tracker": ..., "sequences": n, "overall": metrics, "per_sequence": {name: metrics}}``; ``metrics``
-    are :func:`csfnet.detect.track_metrics.tracking_metrics`'s (HOTA, DetA, AssA, MOTA, MOTP, IDF1, id_switches,
-    ...). ``overall`` combines the sequences as TrackEval does. Sequences with a single target ID also get Anti-UAV's
-    state accuracy (``SA``, ``SA_penalised``, ``miss_rate``) of ``csfnet detect``'s single-target states; its overall
-    figure is the mean over those sequences, as the challenge averages them.
+    Returns ``{"tracker", "sequences", "overall": metrics, "per_sequence": {name: metrics}, "persistence": {"rule":
+    ..., "online": {"overall", "per_sequence"}, "offline": {...}}}``; ``metrics`` are
+    :func:`csfnet.detect.track_metrics.tracking_metrics`'s (HOTA, DetA, AssA, MOTA, MOTP, IDF1, id_switches, ...)
+    plus ``AP50`` and ``AP50_95`` of the tracked detections. ``overall`` combines the sequences as TrackEval does
+    (AP pools their frames). Sequences with a single target ID also get Anti-UAV's state accuracy (``SA``,
+    ``SA_penalised``, ``miss_rate``) of the single-target states (per frame the best-scoring track or "absent");
+    its overall figure is the mean over those sequences, as the challenge averages them. ``persistence``: the
+    filter's :class:`~csfnet.detect.persistence.PersistenceRule` arguments (default: its defaults).
     """
     runtime = model if isinstance(model, Runtime) else load_runtime(model, imgsz)
+    rule = PersistenceRule(**(persistence or {}))
     sequences = mot_sequences(root, split)[:max_sequences]
-    pairs, per_sequence = [], {}
+    scored: dict[str, list[tuple[str, np.ndarray, np.ndarray, int]]] = {"none": [], **{f: [] for f in FILTERS}}
     with tempfile.TemporaryDirectory(prefix="csfnet-track-") as tmp:
         for name, media, gt_file in sequences:
             out = Path(tmp) / name
-            detect(
+            result = detect(
                 runtime,
                 media,
                 out,
@@ -78,26 +99,78 @@ def evaluate_tracking(
                 tracker=tracker,
                 tracker_overrides=tracker_overrides,
                 save_video=False,
-                single_target=True,
                 progress=False,
             )
-            gt = _read_mot(gt_file)
-            tracks = _read_mot(out / MOT)
-            pairs.append((gt, tracks))
-            per_sequence[name] = tracking_metrics(gt, tracks)
-            if len(np.unique(gt[:, 1])) == 1:  # a single-target sequence: Anti-UAV's state accuracy too
-                predicted = [box or None for box in json.loads((out / STATES).read_text())["res"]]
-                per_sequence[name] |= state_accuracy(_truth_states(gt, len(predicted)), predicted)
-    overall = combined_tracking_metrics(pairs)
+            gt, tracks = _read_mot(gt_file), _read_mot(out / MOT, columns=7)
+            scored["none"].append((name, gt, tracks, result.frames))
+            for form in FILTERS:
+                scored[form].append((name, gt, filter_mot(tracks, rule, offline=form == "offline"), result.frames))
+    variants = {form: _score(sequences) for form, sequences in scored.items()}
+    return {
+        "tracker": tracker,
+        "sequences": len(sequences),
+        **variants["none"],
+        "persistence": {"rule": asdict(rule), **{form: variants[form] for form in FILTERS}},
+    }
+
+
+def _score(sequences: list[tuple[str, np.ndarray, np.ndarray, int]]) -> dict[str, Any]:
+    """``{"overall", "per_sequence"}`` of ``(name, gt, tracks, frames)`` sequences (MOT rows, tracks with conf)."""
+    per_sequence = {}
+    for name, gt, tracks, frames in sequences:
+        per_sequence[name] = tracking_metrics(gt, tracks[:, :6]) | _detection_ap([(gt, tracks)])
+        if len(np.unique(gt[:, 1])) == 1:  # a single-target sequence: Anti-UAV's state accuracy too
+            per_sequence[name] |= state_accuracy(_truth_states(gt, frames), _states(tracks, frames))
+    overall = combined_tracking_metrics([(gt, tracks[:, :6]) for _, gt, tracks, _ in sequences])
+    overall |= _detection_ap([(gt, tracks) for _, gt, tracks, _ in sequences])
     single = [m for m in per_sequence.values() if "SA" in m]
     if single:
         overall |= {k: float(np.mean([m[k] for m in single])) for k in ("SA", "SA_penalised", "miss_rate")}
-    return {"tracker": tracker, "sequences": len(sequences), "overall": overall, "per_sequence": per_sequence}
+    return {"overall": overall, "per_sequence": per_sequence}
+
+
+def _detection_ap(sequences: list[tuple[np.ndarray, np.ndarray]]) -> dict[str, float]:
+    """``AP50`` and ``AP50_95`` of tracked detections (MOT rows with conf) against ground truth, every frame an
+    image, the frames of all ``(gt, tracks)`` sequences pooled."""
+    truths, predictions = [], []
+    for gt, tracks in sequences:
+        for f in np.union1d(gt[:, 0], tracks[:, 0]):
+            g, t = gt[gt[:, 0] == f], tracks[tracks[:, 0] == f]
+            truths.append(_xyxy(g[:, 2:6]))
+            predictions.append((_xyxy(t[:, 2:6]), t[:, 6]))
+    ap = average_precision(match_images(truths, predictions))
+    return {"AP50": ap["map50"], "AP50_95": ap["map50_95"]}
 
 
 def flat_metrics(result: dict[str, Any]) -> dict[str, float]:
-    """``{"track/HOTA": ..., "track/MOTA": ..., "track/IDF1": ..., "track/id_switches": ...}`` for MLflow."""
-    return {f"track/{k}": float(v) for k, v in result["overall"].items()}
+    """``{"track/HOTA": ..., "track/MOTA": ..., "track/AP50": ..., "track/online/MOTA": ..., ...}`` for MLflow: the
+    unfiltered tracks' metrics and the persistence filter's under ``track/online/`` and ``track/offline/``."""
+    flat = {f"track/{k}": float(v) for k, v in result["overall"].items()}
+    for form in FILTERS:
+        flat |= {f"track/{form}/{k}": float(v) for k, v in result["persistence"][form]["overall"].items()}
+    return flat
+
+
+def comparison_table(result: dict[str, Any]) -> str:
+    """A Markdown table of :data:`COMPARED` metrics, one row per filter: none, online, offline."""
+    rows = {"none": result["overall"], **{form: result["persistence"][form]["overall"] for form in FILTERS}}
+    rule = ", ".join(f"{k}={v}" for k, v in result["persistence"]["rule"].items())
+    lines = [
+        f"Tracking ({result['tracker']}, {result['sequences']} sequences), persistence filter: {rule}",
+        "",
+        "| filter | " + " | ".join(COMPARED) + " |",
+        "|---" * (len(COMPARED) + 1) + "|",
+    ]
+    for form, metrics in rows.items():
+        cells = [f"{metrics[k]:.4f}" if isinstance(metrics[k], float) else str(metrics[k]) for k in COMPARED]
+        lines.append(f"| {form} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_report(result: dict[str, Any], out_dir: Path) -> None:
+    """``tracking.json`` (the whole result) and ``tracking.md`` (:func:`comparison_table`) in ``out_dir``."""
+    write_json(out_dir / "tracking.json", result)
+    write_text(out_dir / "tracking.md", comparison_table(result))
 
 
 def _truth_states(gt: np.ndarray, frames: int) -> list[list[float] | None]:
@@ -109,7 +182,18 @@ def _truth_states(gt: np.ndarray, frames: int) -> list[list[float] | None]:
     return boxes
 
 
-def _read_mot(path: Path) -> np.ndarray:
-    """``frame, id, x, y, w, h`` rows of a MOT file (empty when it has none)."""
+def _states(tracks: np.ndarray, frames: int) -> list[list[float] | None]:
+    """Per frame ``1..frames``, the single-target state of the tracks (MOT rows with conf): ``x, y, w, h`` of the
+    best-scoring one, or None (:func:`csfnet.detect.track_metrics.single_target_state`, as ``states.json``)."""
+    rows = np.column_stack([_xyxy(tracks[:, 2:6]), tracks[:, 6]]) if len(tracks) else np.zeros((0, 5))
+    return [single_target_state(rows[tracks[:, 0] == f]) for f in range(1, frames + 1)]
+
+
+def _xyxy(xywh: np.ndarray) -> np.ndarray:
+    return np.column_stack([xywh[:, :2], xywh[:, :2] + xywh[:, 2:4]]) if len(xywh) else np.zeros((0, 4))
+
+
+def _read_mot(path: Path, columns: int = 6) -> np.ndarray:
+    """The first ``columns`` of the rows of a MOT file, ``frame, id, x, y, w, h, conf`` (empty when it has none)."""
     text = path.read_text().strip()
-    return np.loadtxt(path, delimiter=",", ndmin=2)[:, :6] if text else np.zeros((0, 6))
+    return np.loadtxt(path, delimiter=",", ndmin=2)[:, :columns] if text else np.zeros((0, columns))

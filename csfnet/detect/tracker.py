@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from csfnet.detect.persistence import PersistenceFilter, PersistenceRule
 from csfnet.errors import SettingsError
 
 TRACKERS = ("bytetrack", "botsort")
@@ -37,15 +38,18 @@ class Tracker:
     Args:
         kind: ``bytetrack`` or ``botsort``.
         overrides: Settings that replace the shipped config's (e.g. ``{"track_buffer": 60}``).
+        persistence: :class:`~csfnet.detect.persistence.PersistenceRule` arguments: the tracks pass its online
+            filter (young tracks suppressed or rescored, persistent ones boosted); None: unfiltered.
     """
 
-    def __init__(self, kind: str, overrides: dict[str, Any] | None = None):
+    def __init__(self, kind: str, overrides: dict[str, Any] | None = None, persistence: dict[str, Any] | None = None):
         from ultralytics.trackers import BOTSORT, BYTETracker
 
         self.kind = kind
         self.cfg = tracker_config(kind, overrides)
         cls = BYTETracker if kind == "bytetrack" else BOTSORT
         self.tracker = cls(self.cfg)
+        self.persistence = PersistenceFilter(PersistenceRule(**persistence)) if persistence is not None else None
 
     @property
     def min_score(self) -> float:
@@ -57,6 +61,7 @@ class Tracker:
         from ultralytics.engine.results import Boxes
 
         tracks = self.tracker.update(Boxes(np.asarray(dets, np.float32).reshape(-1, 6), frame.shape[:2]), frame)
-        if not len(tracks):
-            return np.zeros((0, 7), np.float32)
-        return np.asarray(tracks, np.float32)[:, :7]
+        tracks = np.asarray(tracks, np.float32)[:, :7] if len(tracks) else np.zeros((0, 7), np.float32)
+        if self.persistence is not None:  # every frame, empty ones too: the filter counts frames
+            tracks = self.persistence.filter_rows(tracks, id_col=4, score_col=5)
+        return tracks
