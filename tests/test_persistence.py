@@ -143,3 +143,28 @@ def test_eval_track_reports_tracks_with_and_without_the_filter(tiny_weights, tin
     for metrics in (none, online, offline):
         assert 0 <= metrics["AP50"] <= 1 and 0 <= metrics["AP50_95"] <= metrics["AP50"] and metrics["MOTA"] <= 1
     print(table)
+
+
+@pytest.mark.slow
+def test_csfnet_detect_writes_what_eval_scores_as_online(tiny_weights, tiny_raw, tmp_path):
+    """`csfnet detect` with `detect.persistence.enabled` writes the unfiltered run's tracks passed through the online
+    filter, which is what `eval --track` scores as its online row."""
+    from csfnet.cli import main
+
+    video = next((tiny_raw / "val").rglob("*.mp4"))
+    low = "{track_high_thresh: 0.002, track_low_thresh: 0.001, new_track_thresh: 0.002}"
+    args = ["detect", "--model", str(tiny_weights), "--source", str(video), "--set", "detect.conf=0.001"]
+    for setting in ("detect.slice=0", "detect.save_video=false", "detect.track=bytetrack", f"detect.track_args={low}"):
+        args += ["--set", setting]
+    assert main([*args, "--out", str(tmp_path / "plain")]) == 0
+    on = ["--set", "detect.persistence.enabled=true", "--set", "detect.persistence.min_hits=2"]
+    assert main([*args, *on, "--out", str(tmp_path / "filtered")]) == 0
+    plain, filtered = (_mot(tmp_path / d / "mot.txt") for d in ("plain", "filtered"))
+    again = filter_mot(plain[:, :7], PersistenceRule(min_hits=2))
+    assert len(filtered) == len(again) and np.allclose(filtered[:, :7], again, atol=1e-3)
+    assert len(plain) > len(filtered)  # the one-epoch model's short tracks are dropped
+
+
+def _mot(path) -> np.ndarray:
+    text = path.read_text().strip()
+    return np.loadtxt(path, delimiter=",", ndmin=2) if text else np.zeros((0, 10))
