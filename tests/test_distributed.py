@@ -240,6 +240,33 @@ def test_two_nodes_tune_one_study_led_by_rank_0(tiny_data, tmp_path, two_nodes):
 
 
 @pytest.mark.slow
+def test_two_nodes_revalidate_the_winner_of_a_complete_study(tiny_data, tmp_path, two_nodes):
+    from optuna.distributions import IntDistribution
+
+    _led_params(tmp_path, study_name="decided", revalidate={"seeds": [0, 1], "epochs": 1, "resamples": 200})
+    (tmp_path / "runs" / "tune").mkdir(parents=True)
+    storage = f"sqlite:///{tmp_path / 'runs' / 'tune' / 'study.db'}"
+    study = optuna.create_study(storage=storage, study_name="decided", direction="maximize")  # as trials left it
+    bounds = zip(BOUNDS["min"], BOUNDS["max"])
+    space = {f"partition_p{i + 3}": IntDistribution(lo, hi, step=BOUNDS["step"]) for i, (lo, hi) in enumerate(bounds)}
+    for partition, value in (([64, 128, 256], 0.01), ([32, 64, 128], 0.02)):  # csfnet-n's own, and a winner
+        params = {f"partition_p{i + 3}": c for i, c in enumerate(partition)}
+        attrs = {"partition": partition, "gflops": 1.0}
+        study.add_trial(optuna.trial.create_trial(params=params, distributions=space, value=value, user_attrs=attrs))
+    clock = time.monotonic()
+    assert _wait(two_nodes("tune", "--data", tiny_data), 600) == [0, 0], _log(tmp_path)
+    print(f"torchrun re-validation, 4 runs: {time.monotonic() - clock:.1f} s")
+
+    assert sorted(p.name for p in (tmp_path / "node1").iterdir()) == ["node1.log"]  # rank 1 wrote nothing
+    decision = json.loads((tmp_path / "metrics" / "tune" / "best_partition.json").read_text())["decision"]
+    assert decision["outcome"] in ("adopted", "kept") and [len(v) for v in decision["per_seed"].values()] == [2, 2]
+    runs = sorted((tmp_path / "runs" / "tune" / "revalidate" / "decided").iterdir())
+    assert [r.name for r in runs] == [f"{p}-seed{s}" for p in ("p32-64-128", "p64-128-256") for s in (0, 1)]
+    assert all([e["epoch"] for e in _epochs(r)] == [1] for r in runs)  # both ranks trained each, rank 0 scored
+    assert len(_study(tmp_path / "runs" / "tune" / "study.db").trials) == 2  # no trial was added
+
+
+@pytest.mark.slow
 def test_two_nodes_compare_cells_written_once_by_rank_0(tiny_data, tmp_path, two_nodes):
     _led_params(tmp_path)
     clock = time.monotonic()
