@@ -100,7 +100,8 @@ def tune(
         work_dir: Trial run folders and the default SQLite study.
         model: Config to tune (``train.model``); a config without CSwitch/DFuse writes ``partition: null``.
         preset: Training preset the trials start from (``train.preset``).
-        device: Training device; one device per worker (several workers share a study instead of DDP).
+        device: Training device; one device per worker (several workers share a study instead of DDP), or under
+            ``torchrun`` each rank's own (see :func:`csfnet.distributed.device_setting`).
         worker: Index of this worker among those sharing the study; offsets the sampler seed.
         logger: Records the study as the ``tune`` stage, each trial as a nested run (default: nothing).
         settings: Validated settings (default: :func:`csfnet.settings.load_settings`).
