@@ -5,10 +5,10 @@ The launcher starts one process per rank on every node and exports ``RANK``, ``L
 imported but takes its world size from the devices in its ``device`` string; here the launcher's environment
 decides who a process is, and the device type decides the backend: NCCL on GPUs, gloo on CPU.
 
-Stages that run many trainings (tuning trials, comparison cells) are led by rank 0: it decides what to train next,
-:func:`tell` s the other ranks, which :func:`follow` until it :func:`end` s, and it alone writes and logs. An error
-on any rank ends that process; its peers fail at their next collective (at once when the process is gone, after
-:data:`TIMEOUT` when it hangs), so a launch never waits forever.
+Stages that run many trainings (tuning trials, comparison cells) are led by rank 0: it decides what to train next
+and tells the other ranks (:func:`tell`), which do as told (:func:`follow`) until it ends the stage (:func:`end`);
+it alone writes and logs. An error on any rank ends that process; its peers fail at their next collective (at once
+when the process is gone, after :data:`TIMEOUT` when it hangs), so a launch never waits forever.
 """
 
 from __future__ import annotations
