@@ -136,6 +136,8 @@ def follow(handlers: Mapping[str, Callable[[Any], Any]]) -> Any:
 
     Returns the value rank 0 passed to :func:`end`. A handler's error ends this process (its peers then fail).
     """
+    if not (dist.is_available() and dist.is_initialized()):
+        raise RuntimeError("only a rank of a started launch follows rank 0 (see start)")
     while True:
         kind, payload = from_main(None)
         if kind == END:

@@ -22,6 +22,7 @@ from optuna.trial import TrialState
 from ultralytics import YOLO
 from ultralytics.utils.torch_utils import unwrap_model
 
+from csfnet import distributed
 from csfnet.cli import main
 from csfnet.distributed import Launch, current_launch, device_setting
 from csfnet.errors import SettingsError
@@ -107,6 +108,14 @@ def test_launch_comes_from_the_launchers_environment():
     assert device_setting("cpu", launch) == "cpu"  # gloo; a GPU setting becomes the local rank's GPU
     with pytest.raises(SettingsError, match="RANK"):
         current_launch({"WORLD_SIZE": "2"})
+
+
+def test_a_single_process_leads_alone():
+    """Without a launch, telling and ending are no-ops (tune and compare call them anyway); following refuses."""
+    distributed.tell("train", {"run": {}})
+    assert distributed.end({"partition": [64]}) == {"partition": [64]}
+    with pytest.raises(RuntimeError, match="started launch"):
+        distributed.follow({})
 
 
 @pytest.mark.slow
