@@ -4,12 +4,18 @@ The launcher starts one process per rank on every node and exports ``RANK``, ``L
 ``LOCAL_WORLD_SIZE``, ``MASTER_ADDR`` and ``MASTER_PORT``. ultralytics reads ``RANK`` and ``LOCAL_RANK`` when it is
 imported but takes its world size from the devices in its ``device`` string; here the launcher's environment
 decides who a process is, and the device type decides the backend: NCCL on GPUs, gloo on CPU.
+
+Stages that run many trainings (tuning trials, comparison cells) are led by rank 0: it decides what to train next
+and tells the other ranks (:func:`tell`), which do as told (:func:`follow`) until it ends the stage (:func:`end`);
+it alone writes and logs. An error on any rank ends that process; its peers fail at their next collective (at once
+when the process is gone, after :data:`TIMEOUT` when it hangs), so a launch never waits forever.
 """
 
 from __future__ import annotations
 
 import atexit
 import os
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -106,6 +112,37 @@ def from_main(value: Any) -> Any:
     box = [value]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+END = "end"  # what rank 0 tells the other ranks when a led stage is done
+
+
+def tell(kind: str, payload: Any = None) -> None:
+    """On rank 0: tell the other ranks what to do next (``kind`` names a handler of their :func:`follow`).
+
+    Nothing happens without a process group.
+    """
+    from_main((kind, payload))
+
+
+def end(value: Any) -> Any:
+    """On rank 0: end the led stage; ``value`` becomes what :func:`follow` returns on the other ranks."""
+    tell(END, value)
+    return value
+
+
+def follow(handlers: Mapping[str, Callable[[Any], Any]]) -> Any:
+    """On ranks other than 0: run the handler of whatever rank 0 tells, in its order, until it ends the stage.
+
+    Returns the value rank 0 passed to :func:`end`. A handler's error ends this process (its peers then fail).
+    """
+    if not (dist.is_available() and dist.is_initialized()):
+        raise RuntimeError("only a rank of a started launch follows rank 0 (see start)")
+    while True:
+        kind, payload = from_main(None)
+        if kind == END:
+            return payload
+        handlers[kind](payload)
 
 
 def _leave() -> None:

@@ -3,6 +3,8 @@
 A study of short trials ranks partitions by one noisy run each, so its winner only replaces the incumbent (the
 config's own, width-scaled partition) when retraining both once per seed at the trial budget and scoring them on
 the same validation images gives a paired-bootstrap interval of the mAP50-95 gain that lies above zero.
+
+Under ``torchrun`` every rank trains each run together (:func:`train_together`); rank 0 alone scores it.
 """
 
 from __future__ import annotations
@@ -14,12 +16,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from csfnet import distributed
 from csfnet.compare.predictions import image_matches
 from csfnet.metrics import ImageMatches, average_precision, paired_bootstrap
 from csfnet.model import resolve_config
 from csfnet.settings import Revalidate, Settings
 
 METRIC = "map50_95"
+TRAIN = "train"  # what rank 0 tells the other ranks of a launch: train this run with me
 Score = Callable[[list[int], int], ImageMatches]  # (partition, seed) -> matched detections on the validation images
 
 
@@ -121,10 +125,33 @@ def cache_key(challenger: Sequence[int], incumbent: Sequence[int], settings: Rev
     return json.dumps([list(challenger), list(incumbent), settings.model_dump(), dict(budget)], sort_keys=True)
 
 
+def train_together(
+    every: Settings,
+    data: Path,
+    device: str | None,
+    run: Mapping[str, Any],
+    callbacks: Mapping[str, Any] | None = None,
+    epoch_decisions: bool = False,
+) -> Any:
+    """Train ``run`` (:func:`csfnet.train.train`'s ``model``, ``out`` and ``overrides``) on every rank of a launch.
+
+    Called on rank 0 (or a single process), which first tells the other ranks ``{"run": run, "epoch_decisions":
+    ...}`` under :data:`TRAIN`; their :func:`csfnet.distributed.follow` handler trains the same run. With
+    ``epoch_decisions`` rank 0's ``on_fit_epoch_end`` callback broadcasts after each epoch whether every rank stops
+    (tuning's pruning), so the other ranks must listen for it. ``out`` must be absolute: every rank takes rank 0's
+    folder. Returns the :class:`csfnet.train.TrainResult`.
+    """
+    from csfnet.train import train
+
+    distributed.tell(TRAIN, {"run": dict(run), "epoch_decisions": epoch_decisions})
+    return train(data, device=device, callbacks=callbacks, settings=every, **run)
+
+
 class TrainingScorer:
     """Trains a partition as the trials do (``csfnet.train.train``, one seed) and matches it on the validation split.
 
-    Run folders go to ``work_dir/<partition>-seed<seed>``; their weights are deleted once scored.
+    Run folders go to ``work_dir/<partition>-seed<seed>``; their weights are deleted once scored. Under ``torchrun``
+    it runs on rank 0, every rank trains (:func:`train_together`) and rank 0 alone scores.
     """
 
     def __init__(
@@ -142,19 +169,15 @@ class TrainingScorer:
 
     def __call__(self, partition: list[int], seed: int) -> ImageMatches:
         from csfnet.device import resolve_device
-        from csfnet.train import train
 
-        run_dir = self.work_dir / f"p{'-'.join(map(str, partition))}-seed{seed}"
+        run_dir = (self.work_dir / f"p{'-'.join(map(str, partition))}-seed{seed}").resolve()
         try:
-            result = train(
-                self.data,
-                model=resolve_config(self.model, nc=self.nc, partition=partition),
-                out=run_dir,
-                overrides={**self.budget, "seed": seed},
-                device=self.device,
-                settings=self.every,
-            )
+            config = resolve_config(self.model, nc=self.nc, partition=partition)
+            run = {"model": config, "out": str(run_dir), "overrides": {**self.budget, "seed": seed}}
+            result = train_together(self.every, self.data, self.device, run)
             device = resolve_device(self.device, self.every)
+            if distributed.current_launch().distributed:
+                device = distributed.device_setting(device)  # rank 0 scores on its own device
             e = self.every.eval
             return image_matches(result.best, self.data, int(self.budget["imgsz"]), e.conf, e.iou, device, "val")
         finally:

@@ -7,6 +7,11 @@ default, PostgreSQL for several workers); running again continues it: finished t
 worker are failed once their heartbeat goes stale and retried with the same parameters. The study's best
 partition replaces the config's own only once re-validation (:mod:`csfnet.revalidate`) shows it better beyond the
 noise.
+
+Under ``torchrun`` (one node or many) rank 0 drives the study: it asks Optuna for each trial, tells the other ranks
+to train it with it (:mod:`csfnet.distributed`), reports each epoch, decides pruning for all ranks, and alone writes
+the study, trial folders, the outcome and MLflow runs; the other ranks return rank 0's result. A trial that fails
+on any rank ends the launch (recorded as failed in the study; running again continues the study).
 """
 
 from __future__ import annotations
@@ -27,11 +32,13 @@ import optuna
 from optuna.storages import RDBStorage, RetryFailedTrialCallback, fail_stale_trials
 from optuna.trial import TrialState
 
+from csfnet import distributed
 from csfnet.checks import check_dataset
+from csfnet.device import resolve_device
 from csfnet.files import write_json
 from csfnet.lineage import data_hash
 from csfnet.model import model_summary, resolve_config, takes_partition
-from csfnet.revalidate import Decision, TrainingScorer, cache_key, decide
+from csfnet.revalidate import TRAIN, Decision, TrainingScorer, cache_key, decide, train_together
 from csfnet.runlog import NullLogger, StageLogger
 from csfnet.services import probe_database
 from csfnet.settings import Settings, Tune, load_settings
@@ -93,7 +100,8 @@ def tune(
         work_dir: Trial run folders and the default SQLite study.
         model: Config to tune (``train.model``); a config without CSwitch/DFuse writes ``partition: null``.
         preset: Training preset the trials start from (``train.preset``).
-        device: Training device; one device per worker (several workers share a study instead of DDP).
+        device: Training device; one device per worker (several workers share a study instead of DDP), or under
+            ``torchrun`` each rank's own (see :func:`csfnet.distributed.device_setting`).
         worker: Index of this worker among those sharing the study; offsets the sampler seed.
         logger: Records the study as the ``tune`` stage, each trial as a nested run (default: nothing).
         settings: Validated settings (default: :func:`csfnet.settings.load_settings`).
@@ -109,9 +117,29 @@ def tune(
     config = resolve_config(model, nc=nc)
     if not takes_partition(config):
         result = _empty_result(f"{model} has no CSwitch feeding DFuse: nothing to tune")
-        write_json(out, result.to_json())
+        if distributed.current_launch().is_main:
+            write_json(out, result.to_json())
         return result
+    if not distributed.start(resolve_device(_single_device(device), every)):
+        return _follow(every, data, _single_device(device))  # rank 0 leads: the other ranks train what it tells
+    result = _study_on_main(every, data, nc, config, out, work_dir, device, worker, logger, revalidate)
+    return distributed.end(result)
 
+
+def _study_on_main(
+    every: Settings,
+    data: Path,
+    nc: int,
+    config: dict[str, Any],
+    out: Path,
+    work_dir: Path,
+    device: str | None,
+    worker: int,
+    logger: StageLogger | None,
+    revalidate: bool,
+) -> TuneResult:
+    """:func:`tune`'s study, run by the only process or by rank 0 of a launch."""
+    settings, model = every.tune, every.train.model
     storage_url = settings.storage or os.environ.get(STORAGE_ENV)
     if storage_url:  # a shared database: unreachable fails now, naming it, before anything is written
         probe_database(storage_url, every.services.timeout, "Optuna storage")
@@ -127,7 +155,9 @@ def tune(
     params, tags = _run_params(settings, model, name), {"csfnet.data_hash": data_hash(data)}
     # fan-out workers (no re-validation) run side by side: one failing must not fail the parent
     with (logger or NullLogger()).stage("tune", params, tags, fail_parent=revalidate) as run:
-        _optimize(study, objective, settings, [TrialLogger(run, objective.budget)])
+        # under torchrun a failed trial ends the launch: its peers may be stuck mid-training in a collective
+        catch = () if distributed.current_launch().distributed else (Exception,)
+        _optimize(study, objective, settings, [TrialLogger(run, objective.budget)], catch)
         if not revalidate and not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
             # a fan-out worker whose trials are still running elsewhere (or were all pruned): the deciding step
             # reads the study once every worker is done
@@ -142,6 +172,40 @@ def tune(
             _log_study(run, study, result, out, settings)
             _log_decision(run, decision)
     return result
+
+
+def _follow(every: Settings, data: Path, device: str | None) -> TuneResult:
+    """A rank other than 0: train every run rank 0 tells (trials, re-validation) until it ends; its result."""
+
+    from csfnet.train import train
+
+    def train_told(told: dict[str, Any]) -> None:
+        listen = {"on_fit_epoch_end": _pruning_decision(None)} if told["epoch_decisions"] else None
+        with contextlib.suppress(optuna.TrialPruned):  # rank 0 pruned the trial for every rank
+            train(data, device=device, callbacks=listen, settings=every, **told["run"])
+
+    return distributed.follow({TRAIN: train_told})
+
+
+def _pruning_decision(trial: optuna.Trial | None, multi: bool = False) -> Callable[[Any], None]:
+    """An ``on_fit_epoch_end`` callback: rank 0 (``trial`` given) reports the epoch's mAP50-95 and decides whether
+    to prune; every rank of a launch receives the decision, so all stop at the same epoch."""
+    history: list[float] = []
+
+    def report(trainer: Any) -> None:
+        if trainer.epoch >= trainer.epochs:  # ultralytics' extra call with the best checkpoint's metrics
+            return
+        prune, value = False, float((trainer.metrics or {}).get(METRIC, 0.0))
+        if trial is not None and multi:  # Optuna cannot prune multi-objective trials nor keep their intermediates
+            history.append(value)
+            trial.set_user_attr(EPOCH_VALUES, history)
+        elif trial is not None:
+            trial.report(value, trainer.epoch + 1)
+            prune = trial.should_prune()
+        if distributed.from_main(prune):
+            raise optuna.TrialPruned(f"pruned after epoch {trainer.epoch + 1} at mAP50-95 {value:.4f}")
+
+    return report
 
 
 def _budget(settings: Tune) -> dict[str, Any]:
@@ -249,8 +313,17 @@ def _counted(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
     return [t for t in study.get_trials(deepcopy=False, states=COUNTED) if not t.user_attrs.get("surplus")]
 
 
-def _optimize(study: optuna.Study, objective: _Objective, settings: Tune, callbacks: Sequence[Callable]) -> None:
-    """Run trials one by one until the study holds ``settings.trials`` counted trials; ``callbacks`` see each end."""
+def _optimize(
+    study: optuna.Study,
+    objective: _Objective,
+    settings: Tune,
+    callbacks: Sequence[Callable],
+    catch: tuple[type[Exception], ...] = (Exception,),
+) -> None:
+    """Run trials one by one until the study holds ``settings.trials`` counted trials; ``callbacks`` see each end.
+
+    A trial raising one of ``catch`` is recorded as failed and the study goes on; any other error ends the study.
+    """
     while True:
         with _quiet_experimental():
             fail_stale_trials(study)  # trials of a killed worker: FAIL, then retried with the same parameters
@@ -261,7 +334,7 @@ def _optimize(study: optuna.Study, objective: _Objective, settings: Tune, callba
         failed = [t for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))]
         if len(failed) > settings.trials * (settings.max_retry + 1):
             raise RuntimeError(f"study {study.study_name}: {len(failed)} trials failed; last error: {_error(failed)}")
-        study.optimize(objective, n_trials=1, catch=(Exception,), callbacks=callbacks, gc_after_trial=True)
+        study.optimize(objective, n_trials=1, catch=catch, callbacks=callbacks, gc_after_trial=True)
 
 
 def _error(failed: Sequence[optuna.trial.FrozenTrial]) -> str:
@@ -327,38 +400,18 @@ class _Objective:
         return partition, config, overrides
 
     def _train(self, trial: optuna.Trial, config: dict[str, Any], run_dir: Path, overrides: dict[str, Any]) -> float:
-        from csfnet.train import train
-
-        multi, history = self.settings.objective == "pareto", []
-
-        def report(trainer: Any) -> None:
-            if trainer.epoch >= trainer.epochs:  # ultralytics' extra call with the best checkpoint's metrics
-                return
-            value = float((trainer.metrics or {}).get(METRIC, 0.0))
-            if multi:  # Optuna cannot prune multi-objective trials nor keep their intermediate values
-                history.append(value)
-                trial.set_user_attr(EPOCH_VALUES, history)
-                return
-            trial.report(value, trainer.epoch + 1)
-            if trial.should_prune():
-                raise optuna.TrialPruned(f"pruned after epoch {trainer.epoch + 1} at mAP50-95 {value:.4f}")
-
-        result = train(
-            self.data,
-            model=config,  # holds the trial's partition
-            out=run_dir,
-            overrides=overrides,
-            device=self.device,
-            callbacks={"on_fit_epoch_end": report},
-            settings=self.every,
-        )
+        """Train the trial (on every rank of a launch), pruned through Optuna after any epoch."""
+        report = _pruning_decision(trial, multi=self.settings.objective == "pareto")
+        run = {"model": config, "out": str(run_dir.resolve()), "overrides": overrides}  # every rank: rank 0's folder
+        result = train_together(self.every, self.data, self.device, run, {"on_fit_epoch_end": report}, True)
         value = float(result.metrics.get(METRIC, 0.0))
         return 0.0 if math.isnan(value) else value
 
 
 def _single_device(device: str | None) -> str | None:
-    """Trials need the Optuna callback in-process, so one device each; several GPUs run several workers."""
-    if device and "," in str(device):
+    """Trials need the Optuna callback in-process, so one device each; several GPUs run several workers, or one
+    launch whose ranks each train on their own device (``torchrun``: the setting passes unchanged)."""
+    if device and "," in str(device) and not distributed.current_launch().distributed:
         return str(device).split(",")[0]
     return device
 

@@ -4,6 +4,10 @@ A cell folder holds ``cell.json`` (metrics, size, latency, training time, what i
 (its detections on every validation image matched to the ground truth: the input of the paired bootstrap) and
 ``weights/best.pt``. ``cell.json`` is written last: a folder without it is unfinished and is trained again (resumed
 from its ``train/weights/last.pt`` when the settings are the same); one whose fingerprint matches is reused.
+
+Under ``torchrun`` every rank trains the cell together (into rank 0's folder, on storage all nodes share); rank 0
+alone decides whether it is finished, scores it, writes its files and logs its run, and every rank returns rank 0's
+``cell.json``.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from csfnet import distributed
 from csfnet.checks import check_dataset
 from csfnet.device import resolve_device
 from csfnet.files import write_json
@@ -88,9 +93,11 @@ def run_cell(
     every = cell_settings(config, seed, preset, settings)
     every = every.override({"train.device": device}, "options")
     info = check_dataset(data, ("train", "val"))
-    out = Path(out)
     fingerprint = _fingerprint(config, seed, every, data)
-    done = _finished(out, fingerprint)
+    if not distributed.start(resolve_device(None, every)):
+        return _follow(data, every)
+    out = Path(distributed.from_main(str(Path(out).resolve())))  # the other ranks train into this folder too
+    done = distributed.from_main(_finished(out, fingerprint))
     if done is not None:
         return done
     out.mkdir(parents=True, exist_ok=True)
@@ -109,7 +116,18 @@ def run_cell(
     params = {"config": config, "seed": seed, **every.train_args()}
     parent = comparison_parent(comparison) if comparison else None
     with logger.stage("compare-cell", params, tags, parent=parent, fail_parent=False) as run:
-        return _run(config, seed, data, out, every, len(info["names"]), fingerprint, run, comparison)
+        cell = _run(config, seed, data, out, every, len(info["names"]), fingerprint, run, comparison)
+    return distributed.from_main(cell)  # the other ranks wait until the cell is written
+
+
+def _follow(data: str | Path, every: Settings) -> dict[str, Any]:
+    """A rank other than 0: train the cell with rank 0 unless it is finished; rank 0's ``cell.json``."""
+    from csfnet.train import train
+
+    out = Path(distributed.from_main(None))
+    if distributed.from_main(None) is None:  # not finished: rank 0 trains it, and this rank with it
+        train(data, out=out / "train", settings=every)
+    return distributed.from_main(None)
 
 
 def _run(
@@ -127,6 +145,10 @@ def _run(
     from csfnet.train import epoch_logger, train
 
     device = resolve_device(None, every)
+    gpus = 0 if device == "cpu" else len(device.split(","))
+    launch = distributed.current_launch()
+    if launch.distributed and device != "cpu":  # rank 0 scores on its own GPU; the cell trained on every rank's
+        device, gpus = distributed.device_setting(device, launch), launch.world_size
     clock, cpu = time.perf_counter(), _cpu_seconds()
     callbacks = {"on_fit_epoch_end": epoch_logger(run)} if run.active else None
     result = train(data, out=out / "train", callbacks=callbacks, settings=every)  # logged as the cell's own run
@@ -134,7 +156,6 @@ def _run(
     imgsz = every.imgsz
     matches, bands, latency = _score(result.best, data, imgsz, device, every)
     summary = model_summary(config, imgsz=imgsz, nc=nc)
-    gpus = 0 if device == "cpu" else len(device.split(","))
     cell = {
         "config": config,
         "seed": seed,
@@ -155,6 +176,7 @@ def _run(
         "latency_ms_cpu": latency,
         "train_s": round(train_s, 1),
         "device": device,
+        "ranks": launch.world_size,  # processes that trained it (torchrun), each on its own device
         "gpu_hours": round(train_s * gpus / 3600, 4),
         "cpu_s": round(cpu_s, 1),
     }

@@ -1,4 +1,8 @@
-"""``csfnet compare``: every configuration x seed trained at equal budget on the same data, then the report."""
+"""``csfnet compare``: every configuration x seed trained at equal budget on the same data, then the report.
+
+Under ``torchrun`` every rank trains each cell in the same order (:func:`csfnet.compare.cell.run_cell`); rank 0
+alone writes the cells and the report and logs to MLflow, and every rank returns rank 0's report.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ from typing import Any
 
 from tqdm import tqdm
 
+from csfnet import distributed
 from csfnet.checks import check_dataset
 from csfnet.compare.cell import cell_settings, comparison_id, run_cell
 from csfnet.compare.report import report
@@ -44,9 +49,12 @@ def compare(
     c = settings.compare
     comparison = comparison_id(data_hash(data), cell_settings(c.configs[0], c.seeds[0], settings=settings))
     cells = [(config, seed) for config in c.configs for seed in c.seeds]
+    is_main = distributed.current_launch().is_main
     folders = []
-    for config, seed in tqdm(cells, desc="comparison cells", unit="cell"):
+    for config, seed in tqdm(cells, desc="comparison cells", unit="cell", disable=not is_main):
         folder = cell_dir(cells_dir, config, seed)
         run_cell(config, seed, data, folder, logger=logger, comparison=comparison, settings=settings)
         folders.append(folder)
-    return report(folders, out, logger=logger, comparison=comparison, settings=settings)
+    if not is_main:
+        return distributed.from_main(None)  # rank 0's report, once written
+    return distributed.from_main(report(folders, out, logger=logger, comparison=comparison, settings=settings))
