@@ -202,7 +202,7 @@ def _extract_sequences(
     if shard is not None:
         sequences = [seq for index, seq in enumerate(sequences) if index % shard[1] == shard[0]]
     previous = {key: found for root in reversed(previous_roots) for key, found in _read_manifest(root).items()}
-    with process_pool(worker_count(workers, len(sequences))) as pool, staging_dir(out) as tmp:
+    with process_pool(worker_count(workers, len(sequences)), __name__) as pool, staging_dir(out) as tmp:
         try:
             validate = pool.map(_plan, sequences, repeat(names), repeat(fix))
             plans = list(tqdm(validate, total=len(sequences), desc="validate", unit="seq"))
