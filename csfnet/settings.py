@@ -76,6 +76,21 @@ class Extract(Section):
         return value
 
 
+class Temporal(Section):
+    """Motion channels from earlier frames (issue 24): which ones, and how they are aligned to the current frame."""
+
+    offsets: list[PositiveInt] = []  # source-frame distances; [] = single-frame data and models
+    align: Literal["homography", "affine", "translation", "none"] = "homography"
+    align_size: Annotated[int, Field(ge=32)] = 320  # px: longest side at which the camera motion is estimated
+
+    @field_validator("offsets")
+    @classmethod
+    def _ascending(cls, value: list[int]) -> list[int]:
+        if any(b <= a for a, b in itertools.pairwise(value)):
+            raise ValueError(f"offsets must be unique and ascending, got {value}")
+        return value
+
+
 class Train(Section):
     """What to train and where."""
 
@@ -368,6 +383,7 @@ class Settings(Section):
     data: Data = Data()
     synth: Synth = Synth()
     extract: Extract = Extract()
+    temporal: Temporal = Temporal()
     train: Train = Train()
     presets: dict[str, dict[str, Any]] = Field(
         default_factory=lambda: {"quick": dict(QUICK), "bench": dict(BENCH), "paper": dict(PAPER)}

@@ -20,6 +20,7 @@ FLOORS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("leaves", (
         "csfnet", "csfnet._offline", "csfnet.errors", "csfnet.files", "csfnet.metrics", "csfnet.reports",
         "csfnet.nn", "csfnet.model", "csfnet.heads", "csfnet.runlog", "csfnet.trial_log",
+        "csfnet.temporal",  # motion channels: numpy/OpenCV only, used by data, training, detect and serving
     )),
     ("configuration", (
         "csfnet.settings", "csfnet.device", "csfnet.distributed", "csfnet.services", "csfnet.lineage",

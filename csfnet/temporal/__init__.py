@@ -1,0 +1,20 @@
+"""Temporal input (issue 24): causal motion channels from earlier frames, the same for extraction, detect and serving.
+
+:mod:`csfnet.temporal.motion` computes them (:func:`motion_map`, :class:`MotionBuffer`);
+:mod:`csfnet.temporal.dataset_files` stores, loads and checks them next to a dataset's images.
+"""
+
+from csfnet.temporal.dataset_files import check_dataset_motion, dataset_motion, load_motion, load_stacked, motion_path
+from csfnet.temporal.motion import MotionBuffer, MotionSpec, motion_map, stack
+
+__all__ = [
+    "MotionBuffer",
+    "MotionSpec",
+    "check_dataset_motion",
+    "dataset_motion",
+    "load_motion",
+    "load_stacked",
+    "motion_map",
+    "motion_path",
+    "stack",
+]
