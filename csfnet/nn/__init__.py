@@ -2,4 +2,4 @@
 
 from csfnet.nn.modules import Channels, CReToNeXt, CSwitch, DFuse, RepResBlock
 
-__all__ = ("Channels", "CReToNeXt", "CSwitch", "DFuse", "RepResBlock")
+__all__ = ("CReToNeXt", "CSwitch", "Channels", "DFuse", "RepResBlock")

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 from ultralytics.nn.modules import Conv, RepConv
 
-__all__ = ("Channels", "CReToNeXt", "CSwitch", "DFuse", "RepResBlock")
+__all__ = ("CReToNeXt", "CSwitch", "Channels", "DFuse", "RepResBlock")
 
 
 class Channels(nn.Module):
