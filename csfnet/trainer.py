@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+from copy import copy
 from typing import Any
 
 import numpy as np
@@ -17,6 +18,10 @@ from ultralytics.utils.torch_utils import get_torch_device_backend, init_seeds, 
 
 from csfnet import distributed
 from csfnet.model import build_model, is_csfnet, load_config
+from csfnet.stacked_data import build_dataset
+from csfnet.temporal import dataset_motion
+from csfnet.temporal.model_spec import set_model_motion
+from csfnet.validator import CSFNetValidator
 
 RESUME_STATE = "last_state.pt"  # beside last.pt: what ultralytics' half-precision checkpoint leaves out
 
@@ -175,11 +180,23 @@ class CSFNetTrainer(DetectionTrainer):
         else:
             model = DetectionModel(cfg, nc=nc, ch=ch, verbose=verbose and RANK == -1)
         model = self.set_model_names_for_load(model)
+        set_model_motion(model.yaml, dataset_motion(self.data))  # checkpoints carry the motion spec
         if weights is not None:
             loaded, total = transfer_weights(model, weights)
             LOGGER.info(f"Pretrained initialisation: loaded {loaded}/{total} tensors from the checkpoint")
             self.pretrained_tensors = loaded
         return model
+
+    def build_dataset(self, img_path: str, mode: str = "train", batch: int | None = None):
+        """ultralytics' dataset, or images stacked with their motion channels when data.yaml has ``motion``."""
+        stride = max(int(unwrap_model(self.model).stride.max()), 32)
+        return build_dataset(self.args, img_path, batch, self.data, mode=mode, rect=mode == "val", stride=stride)
+
+    def get_validator(self) -> CSFNetValidator:
+        """ultralytics' validator, reading motion datasets as training does."""
+        return CSFNetValidator(
+            self.test_loader, save_dir=self.save_dir, args=copy(self.args), _callbacks=self.callbacks
+        )
 
 
 def _loader_generator(trainer: DetectionTrainer) -> torch.Generator | None:
