@@ -4,14 +4,14 @@
 The test model is tests/detector_fixture's 27 k-parameter P2 detector built with ``3 + k`` input channels and trained
 on a small motion dataset until it detects: synthetic 160x128 videos (3-24 px targets at native scale), their frames
 extracted as csfnet does and each frame's motion channels computed by :class:`csfnet.temporal.MotionBuffer` over the
-decoded video and stored as the extraction layout prescribes (``motion/d<d>/<split>/<stem>.png``).
+decoded video and stored as the extraction layout prescribes (``motion/d<d>/<split>/<stem>.png``), trained by
+``csfnet train`` (which reads the stacked images and records the spec in the checkpoint).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
 from pathlib import Path
 
 import cv2
@@ -25,7 +25,8 @@ from csfnet.data.synth import SynthSpec, generate
 from csfnet.detect.predict import Predictor
 from csfnet.detect.runtimes import Runtime, TorchRuntime, load_runtime
 from csfnet.errors import CheckpointError, DataError
-from csfnet.temporal import MotionSpec, load_stacked, motion_map, motion_path, stack
+from csfnet.settings import load_settings
+from csfnet.temporal import MotionSpec, load_stacked, model_motion, motion_map, motion_path, stack
 
 SPEC = MotionSpec((1, 3), "homography", 96)
 SYNTH = SynthSpec(train_videos=8, val_videos=2, frames=16, width=96, height=64, seed=11)
@@ -54,29 +55,6 @@ def motion_dataset(raw: Path, root: Path, spec: MotionSpec) -> Path:
     return root / "data.yaml"
 
 
-def tiff_view(data: Path, out: Path) -> Path:
-    """The same dataset with each image stored stacked (one multi-page TIFF: B, G, R, motion ...), which ultralytics'
-    own loader reads as ``3 + k`` channels in that order, for training the test model with ultralytics' dataset."""
-    spec = MotionSpec.from_dict(yaml.safe_load(data.read_text())["motion"])
-    for image in sorted((data.parent / "images").rglob("*.jpg")):
-        rel = image.relative_to(data.parent / "images")
-        target = (out / "images" / rel).with_suffix(".tiff")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        stacked = load_stacked(image, spec)
-        cv2.imwritemulti(str(target), [np.ascontiguousarray(stacked[..., c]) for c in range(stacked.shape[2])])
-        label = data.parent / "labels" / rel.with_suffix(".txt")
-        (out / "labels" / rel.parent).mkdir(parents=True, exist_ok=True)
-        shutil.copy2(label, out / "labels" / rel.with_suffix(".txt"))
-    info = yaml.safe_load(data.read_text())
-    for split in ("train", "val"):  # file lists: csfnet's dataset check counts .jpg/.png files in split folders
-        files = sorted(str(p) for p in (out / "images" / split).glob("*.tiff"))
-        (out / f"{split}.txt").write_text("\n".join(files) + "\n")
-        info[split] = f"{split}.txt"
-    info.pop("motion")  # no motion files here: the channels are in the TIFFs
-    (out / "data.yaml").write_text(yaml.safe_dump(info, sort_keys=False))
-    return out / "data.yaml"
-
-
 @pytest.fixture(scope="module")
 def temporal(tmp_path_factory) -> tuple[Path, Path, Path]:
     """(best.pt of a trained temporal model carrying SPEC, its motion data.yaml, the raw videos)."""
@@ -87,23 +65,17 @@ def temporal(tmp_path_factory) -> tuple[Path, Path, Path]:
     root = tmp_path_factory.mktemp("temporal")
     raw = generate(root / "raw", SYNTH, workers=2)
     data = motion_dataset(raw, root / "dataset", SPEC)
-    view = tiff_view(data, root / "stacked")
-    config = root / "micro-t.yaml"
-    config.write_text(yaml.safe_dump(MODEL))
+    settings = load_settings().override({f"temporal.{k}": v for k, v in SPEC.to_dict().items()}, "test")
     old = Path.cwd()
     os.chdir(root)
     try:
-        result = train(view, model=str(config), out=root / "train", preset="quick", device="cpu",
-                       overrides={**TRAIN, "imgsz": IMGSZ, "epochs": 20, "fliplr": 0.0})  # fmt: skip
+        result = train(data, model={**MODEL, "name": "micro-t", "temporal": True}, out=root / "train", preset="quick",
+                       device="cpu", overrides={**TRAIN, "imgsz": IMGSZ, "epochs": 30, "batch": 4, "fliplr": 0.0},
+                       settings=settings)  # fmt: skip
     finally:
         os.chdir(old)
-    ckpt = torch.load(result.best, map_location="cpu", weights_only=False)
-    for key in ("model", "ema"):  # the trainer records the spec (tmodel); the test model is trained on a TIFF view
-        if ckpt.get(key) is not None:
-            ckpt[key].yaml["motion"] = SPEC.to_dict()
-    best = root / "temporal.pt"
-    torch.save(ckpt, best)
-    return best, data, raw
+    assert model_motion(result.best) == SPEC  # the trainer records the spec in the checkpoint
+    return result.best, data, raw
 
 
 def _untrained(path: Path, channels: int, motion: MotionSpec | None) -> Path:
@@ -177,7 +149,7 @@ def temporal_onnx(temporal, tmp_path_factory):
     weights, data, _ = temporal
     out = tmp_path_factory.mktemp("temporal-onnx") / "model.onnx"
     return export_onnx(weights, out, data, imgsz=IMGSZ, opset=17, dynamic_size=False, int8=True, calib_frames=32,
-                       verify_frames=8, batch=8, conf=CONF, iou=0.6)  # fmt: skip
+                       verify_frames=32, batch=8, conf=CONF, iou=0.6)  # fmt: skip
 
 
 @pytest.mark.slow
@@ -213,7 +185,7 @@ def test_openvino_export_keeps_channels_motion_and_detections(temporal, tmp_path
 
     weights, data, _ = temporal
     vino = export_openvino(weights, tmp_path / "model_openvino_model", data, imgsz=IMGSZ, int8=True, calib_frames=32,
-                           verify_frames=8, batch=8, conf=CONF)  # fmt: skip
+                           verify_frames=32, batch=8, conf=CONF)  # fmt: skip
     detections = vino.report["verification"]["checks"]["detections"]
     assert vino.report["passed"] and detections["pytorch"] == detections["openvino"] > 0
     assert vino.report["int8"]["runtime"] == "openvino-int8"

@@ -25,6 +25,7 @@ import numpy as np
 
 from csfnet.detect.temporal_input import check_model, describe, parse_spec
 from csfnet.errors import CheckpointError, InputNotFoundError, ServiceError
+from csfnet.temporal.model_spec import MOTION_KEY
 
 if TYPE_CHECKING:
     from csfnet.temporal import MotionSpec
@@ -108,7 +109,7 @@ class TorchRuntime(Runtime):
         cfg = getattr(model, "yaml", None) or {}
         first = next((m for m in model.modules() if isinstance(m, torch.nn.Conv2d)), None)
         self.channels = int(cfg.get("channels") or (first.in_channels if first is not None else 3))
-        self.motion = parse_spec(cfg.get("motion"), path)
+        self.motion = parse_spec(cfg.get(MOTION_KEY), path)
         check_model(self.channels, self.motion, path)
 
     def forward(self, x: np.ndarray) -> np.ndarray:

@@ -23,6 +23,7 @@ from csfnet.data.dataset import split_images
 from csfnet.detect.onnx_detector import preprocess
 from csfnet.detect.temporal_input import parse_spec, read_frame, spec_json
 from csfnet.errors import InputNotFoundError
+from csfnet.temporal.model_spec import MOTION_KEY
 
 
 def onnx_export(
@@ -41,7 +42,7 @@ def onnx_export(
     yolo = YOLO(str(weights))
     path = Path(yolo.export(**args, **head_args(yolo.model, end_to_end)))
     model = _declare_shapes(onnx.load(str(path)), imgsz, dynamic_size)
-    motion = spec_json(parse_spec(yolo.model.yaml.get("motion"), weights))
+    motion = spec_json(parse_spec(yolo.model.yaml.get(MOTION_KEY), weights))
     for key, value in {"dynamic_size": str(dynamic_size), "motion": motion}.items():
         if value is not None:
             meta = model.metadata_props.add()

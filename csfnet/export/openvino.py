@@ -23,6 +23,7 @@ from csfnet.data.dataset import split_images
 from csfnet.detect.temporal_input import parse_spec
 from csfnet.errors import InputNotFoundError, SettingsError
 from csfnet.files import replace_dir
+from csfnet.temporal.model_spec import MOTION_KEY
 
 SUFFIX = "_openvino_model"
 
@@ -47,9 +48,9 @@ def openvino_export(
     args: dict[str, Any] = {"format": "openvino", "imgsz": imgsz, "dynamic": True, "device": "cpu"}
     yolo = YOLO(str(weights))
     args.update(head_args(yolo.model, end_to_end))
-    spec = parse_spec(yolo.model.yaml.get("motion"), weights)
+    spec = parse_spec(yolo.model.yaml.get(MOTION_KEY), weights)
     if int8_data is None:
-        return _with_motion(Path(yolo.export(**args)), yolo.model.yaml.get("motion"))
+        return _with_motion(Path(yolo.export(**args)), yolo.model.yaml.get(MOTION_KEY))
     train = split_images(int8_data, "train")
     if not train:
         raise InputNotFoundError(f"{int8_data}: no training frames to calibrate INT8 with")
@@ -61,7 +62,7 @@ def openvino_export(
 
     calibration = train[:: max(1, len(train) // frames)][:frames]
     exporter = StackedCalibrationExporter(calibration, spec, overrides={**yolo.overrides, **args, "mode": "export"})
-    return _with_motion(Path(exporter(model=yolo.model)), yolo.model.yaml.get("motion"))
+    return _with_motion(Path(exporter(model=yolo.model)), yolo.model.yaml.get(MOTION_KEY))
 
 
 def _with_motion(folder: Path, motion: Any) -> Path:
