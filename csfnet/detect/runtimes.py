@@ -1,8 +1,9 @@
 """Inference back ends behind one interface: a batch of letterboxed images in, the raw detection head out.
 
 Every runtime takes ``(N, C, S, S)`` float32 in 0-1 (``S`` = :attr:`Runtime.imgsz`; ``C`` = :attr:`Runtime.channels`:
-RGB, then for a temporal model one motion channel per earlier frame of :attr:`Runtime.motion`, read from the model:
-``model.yaml`` of a ``.pt``, the input shape and ``motion`` metadata of an export) and returns the Detect head's
+3 colour channels, then for a temporal model one motion channel per earlier frame of :attr:`Runtime.motion`, both read
+from the model: ``model.yaml`` of a ``.pt``, the input shape and the ``motion`` metadata of an export; channel order
+as :func:`csfnet.detect.predict.channel_order` gives it) and returns the Detect head's
 output, so pre-processing, NMS and slicing are shared and the runtimes stay interchangeable. The output has one of
 ultralytics' two layouts (:attr:`Runtime.end2end` says which): ``(N, 4 + classes, anchors)`` (boxes xywh, for NMS)
 or, for a model run through its NMS-free one-to-one head (YOLO26), ``(N, max_det, 6)`` (x1, y1, x2, y2, score,
@@ -41,7 +42,7 @@ class Runtime:
     names: dict[int, str]
     batch: int | None = None
     end2end: bool = False  # output (N, max_det, 6) of an NMS-free head, else (N, 4 + classes, anchors)
-    channels: int = 3  # input channels: 3 (RGB) + one per motion offset
+    channels: int = 3  # input channels: 3 colour + one per motion offset
     motion: MotionSpec | None = None  # the earlier frames a temporal model needs; None: single-frame
 
     def forward(self, x: np.ndarray) -> np.ndarray:
@@ -190,7 +191,7 @@ class OpenVinoRuntime(Runtime):
         fixed = shape[2].get_length() if shape[2].is_static else None
         self.imgsz = int(fixed or imgsz or (meta.get("imgsz") or [640])[0])
         self.channels = shape[1].get_length() if shape[1].is_static else int(meta.get("channels", 3))
-        self.motion = parse_spec(meta.get("motion") or _rt_motion(model), path)
+        self.motion = parse_spec(meta.get("motion"), path)
         check_model(self.channels, self.motion, path)
         if shape[0].is_dynamic or not shape[2].is_static:  # any batch, image size pinned: faster plans
             model.reshape([-1, self.channels, self.imgsz, self.imgsz])
@@ -260,14 +261,6 @@ def _from_registry(uri: str, imgsz: int | None, providers: list[str] | None = No
         return runtime
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _rt_motion(model: Any) -> str | None:
-    """The ``motion`` JSON an OpenVINO model carries in its rt_info (``model_info/motion``), if any."""
-    try:
-        return str(model.get_rt_info(["model_info", "motion"]).astype(str))
-    except Exception:  # absent: a single-frame model
-        return None
 
 
 def _names(value: Any) -> dict[int, str]:
