@@ -207,19 +207,24 @@ def _loader_generator(trainer: DetectionTrainer) -> torch.Generator | None:
 def transfer_weights(model: torch.nn.Module, source: torch.nn.Module | dict[str, torch.Tensor]) -> tuple[int, int]:
     """Copy every shape-matching tensor of ``source`` into ``model``; return (tensors loaded, tensors in model).
 
-    Layers are matched by index inside the backbone (CSF-Net's shallow backbone is YOLOv8's, layer for layer) and by
-    position from the start of the head, so a YOLOv8 checkpoint also initialises the matching PAN/Detect layers.
+    When both have ultralytics-style configs, backbone layers are matched by their rows (module and arguments, in
+    order, wherever they sit: CSF-Net's shallow backbone is YOLOv8's layer for layer, one index later in the
+    temporal configs, whose layer 0 keeps the input addressable) and head layers by position from the start of the
+    head, so a YOLOv8 or single-frame CSF-Net checkpoint also initialises the matching layers of another config.
+    Otherwise layers are matched by index.
     """
     src_state = source.float().state_dict() if isinstance(source, torch.nn.Module) else source
     dst_state = model.state_dict()
-    offset = _head_offset(model, source)
+    layer_map = _layer_map(model, source)
     loaded = {}
     for key, tensor in src_state.items():
         parts = key.split(".")
         if len(parts) > 2 and parts[0] == "model" and parts[1].isdigit():
             index = int(parts[1])
-            if offset is not None and index >= offset[0]:
-                parts[1] = str(index - offset[0] + offset[1])
+            if layer_map is not None:
+                if index not in layer_map:
+                    continue
+                parts[1] = str(layer_map[index])
             target = ".".join(parts)
             if target in dst_state and dst_state[target].shape == tensor.shape:
                 loaded[target] = tensor
@@ -227,9 +232,20 @@ def transfer_weights(model: torch.nn.Module, source: torch.nn.Module | dict[str,
     return len(loaded), len(dst_state)
 
 
-def _head_offset(model: torch.nn.Module, source: Any) -> tuple[int, int] | None:
-    """(first head layer in source, first head layer in model) when both have ultralytics YAML configs."""
+def _layer_map(model: torch.nn.Module, source: Any) -> dict[int, int] | None:
+    """Source layer index -> model layer index when both have ultralytics YAML configs, else None."""
+    from difflib import SequenceMatcher
+
     src_yaml, dst_yaml = getattr(source, "yaml", None), getattr(model, "yaml", None)
     if not isinstance(src_yaml, dict) or not isinstance(dst_yaml, dict):
         return None
-    return len(src_yaml["backbone"]), len(dst_yaml["backbone"])
+
+    def rows(config: dict) -> list[str]:
+        return [f"{row[2]}{row[1:2]}{row[3:]}" for row in config["backbone"]]  # module, repeats, args; not `from`
+
+    src_rows, dst_rows = rows(src_yaml), rows(dst_yaml)
+    matcher = SequenceMatcher(None, src_rows, dst_rows, autojunk=False)
+    mapping = {b.a + i: b.b + i for b in matcher.get_matching_blocks() for i in range(b.size)}
+    head = min(len(src_yaml["head"]), len(dst_yaml["head"]))
+    mapping.update({len(src_rows) + i: len(dst_rows) + i for i in range(head)})
+    return mapping

@@ -23,6 +23,7 @@ from csfnet.model import build_model, load_config, model_summary, unknown_config
 from csfnet.settings import load_settings
 from csfnet.stacked_data import ColourHSV, StackedDataset
 from csfnet.temporal import MotionSpec, model_motion, motion_path
+from csfnet.trainer import transfer_weights
 
 from .conftest import TINY_TRAIN
 
@@ -92,6 +93,15 @@ def test_model_info_states_channels_and_names_are_known():
     assert "did you mean 'csfnet-t-n'" in unknown_config("csfnet-t-nn")
     both_s = load_config("csfnet-t-s-both")  # other scales and the ablation resolve too
     assert both_s["scale"] == "s" and both_s["temporal"] and Path(both_s["yaml_file"]).name == "csfnet-t-both.yaml"
+
+
+def test_single_frame_weights_initialise_the_temporal_model_but_its_stems():
+    single, temporal = build_model("csfnet-n", nc=1), build_model("csfnet-t-n", nc=1)
+    loaded, total = transfer_weights(temporal, single)
+    # every tensor but the shallow stem's convolution (3 + k inputs now) and the new colour-only fusion stem
+    assert loaded == total - 1 - len(temporal.model[FUSION_STEM].state_dict())
+    torch.testing.assert_close(temporal.state_dict()["model.5.m.0.cv1.conv.weight"],
+                               single.state_dict()["model.4.m.0.cv1.conv.weight"])  # fmt: skip
 
 
 def test_colour_hsv_jitters_colour_only():
@@ -172,3 +182,33 @@ def test_mismatches_are_one_line_errors_before_anything_is_written(motion_data, 
     proc = subprocess.run(cli, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert "temporal model" in proc.stderr and not (tmp_path / "cli").exists()
+
+
+def _tiny_temporal_settings(**values):
+    args = {f"args.{k}": v for k, v in TINY_TRAIN.items()}
+    return load_settings().override({"temporal.offsets": [1, 3], "train.device": "cpu", **args, **values}, "test")
+
+
+@pytest.mark.slow
+def test_partition_search_runs_on_the_temporal_model(motion_data, tmp_path):
+    import optuna
+
+    from csfnet.tune import tune
+
+    settings = _tiny_temporal_settings(**{"tune.trials": 1, "tune.epochs": 1, "tune.imgsz": 64})
+    result = tune(motion_data, tmp_path / "best.json", tmp_path / "runs", model="csfnet-t-n", device="cpu",
+                  settings=settings, revalidate=False)  # fmt: skip
+    study = optuna.load_study(study_name=result.study_name, storage=result.storage)
+    (trial,) = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+    config = load_config("csfnet-t-n", nc=1, partition=trial.user_attrs["partition"])
+    assert trial.user_attrs["gflops"] == model_summary(config, nc=1, ch=5)["gflops"]  # at the data's channels
+
+
+@pytest.mark.slow
+def test_comparison_cell_trains_and_scores_a_temporal_config(motion_data, tmp_path):
+    from csfnet.compare.cell import run_cell
+
+    settings = _tiny_temporal_settings(**{"compare.preset": "quick", "compare.latency_images": 2})
+    cell = run_cell("csfnet-t-n-both", 0, motion_data, tmp_path / "cell", settings=settings)
+    assert cell["params"] == model_summary("csfnet-t-n-both", imgsz=64, ch=5)["params"]
+    assert cell["latency_ms_cpu"] > 0 and cell["images"] == len(list((motion_data.parent / "images/val").iterdir()))
