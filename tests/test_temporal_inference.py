@@ -2,9 +2,8 @@
 ``csfnet detect`` on a video and the served pyfunc.
 
 The test model is tests/detector_fixture's 27 k-parameter P2 detector built with ``3 + k`` input channels and trained
-on a small motion dataset until it detects: synthetic 160x128 videos (3-24 px targets at native scale), their frames
-extracted as csfnet does and each frame's motion channels computed by :class:`csfnet.temporal.MotionBuffer` over the
-decoded video and stored as the extraction layout prescribes (``motion/d<d>/<split>/<stem>.png``), trained by
+until it detects on a small motion dataset: synthetic 96x64 videos (3-24 px targets at native scale) extracted by
+``csfnet data extract`` with motion offsets [1, 3] (each frame's motion channels stored as PNGs), trained by
 ``csfnet train`` (which reads the stacked images and records the spec in the checkpoint).
 """
 
@@ -26,33 +25,12 @@ from csfnet.detect.predict import Predictor
 from csfnet.detect.runtimes import Runtime, TorchRuntime, load_runtime
 from csfnet.errors import CheckpointError, DataError
 from csfnet.settings import load_settings
-from csfnet.temporal import MotionSpec, load_stacked, model_motion, motion_map, motion_path, stack
+from csfnet.temporal import MotionSpec, load_stacked, model_motion, motion_map, stack
 
 SPEC = MotionSpec((1, 3), "homography", 96)
 SYNTH = SynthSpec(train_videos=8, val_videos=2, frames=16, width=96, height=64, seed=11)
 IMGSZ = 96  # = the frame width: targets at native scale
 CONF = 0.1
-
-
-def motion_dataset(raw: Path, root: Path, spec: MotionSpec) -> Path:
-    """Extract ``raw`` to ``root`` and store every kept frame's motion channels (MotionBuffer over the decoded video,
-    every frame pushed) in the extraction layout; returns its data.yaml (``channels: 3 + k``, ``motion``)."""
-    extract(raw, root, workers=1)
-    for video in sorted(raw.glob("*/*/*.mp4")):
-        split, seq = video.parent.parent.name, video.parent.name
-        buffer = __import__("csfnet.temporal", fromlist=["MotionBuffer"]).MotionBuffer(spec)
-        for index, frame in enumerate(video_frames(video)):
-            motion = buffer.push(frame)
-            image = root / "images" / split / f"{seq}_{index:06d}.jpg"
-            if image.is_file():
-                for channel, d in enumerate(spec.offsets):
-                    path = motion_path(image, d)
-                    path.parent.mkdir(parents=True, exist_ok=True)
-                    cv2.imwrite(str(path), motion[..., channel])
-    data = yaml.safe_load((root / "data.yaml").read_text())
-    data.update(channels=3 + spec.channels, motion=spec.to_dict())
-    (root / "data.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
-    return root / "data.yaml"
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +42,8 @@ def temporal(tmp_path_factory) -> tuple[Path, Path, Path]:
 
     root = tmp_path_factory.mktemp("temporal")
     raw = generate(root / "raw", SYNTH, workers=2)
-    data = motion_dataset(raw, root / "dataset", SPEC)
+    extract(raw, root / "dataset", workers=1, motion=SPEC)  # motion channels stored as extraction writes them
+    data = root / "dataset" / "data.yaml"
     settings = load_settings().override({f"temporal.{k}": v for k, v in SPEC.to_dict().items()}, "test")
     old = Path.cwd()
     os.chdir(root)
