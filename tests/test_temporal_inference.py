@@ -127,7 +127,7 @@ def temporal_onnx(temporal, tmp_path_factory):
 
     weights, data, _ = temporal
     out = tmp_path_factory.mktemp("temporal-onnx") / "model.onnx"
-    return export_onnx(weights, out, data, imgsz=IMGSZ, opset=17, dynamic_size=False, int8=True, calib_frames=32,
+    return export_onnx(weights, out, data, imgsz=IMGSZ, opset=17, dynamic_size=False, int8=True, calib_frames=128,
                        verify_frames=32, batch=8, conf=CONF, iou=0.6)  # fmt: skip
 
 
@@ -159,11 +159,13 @@ def test_onnx_export_keeps_channels_motion_and_detections(temporal, temporal_onn
 
 @pytest.mark.slow
 def test_openvino_export_keeps_channels_motion_and_detections(temporal, tmp_path):
-    """OpenVINO FP32 and INT8 (NNCF calibrated on stacked training frames) of the temporal model, verified."""
+    """OpenVINO FP32 and INT8 (NNCF calibrated on stacked training frames) of the temporal model, verified. (With 32
+    calibration frames INT8 lost 4.3 mAP50 points on this 27 k-parameter model, failing the 3-point check; with all
+    128 training frames 0.4.)"""
     from csfnet.export import export_openvino
 
     weights, data, _ = temporal
-    vino = export_openvino(weights, tmp_path / "model_openvino_model", data, imgsz=IMGSZ, int8=True, calib_frames=32,
+    vino = export_openvino(weights, tmp_path / "model_openvino_model", data, imgsz=IMGSZ, int8=True, calib_frames=128,
                            verify_frames=32, batch=8, conf=CONF)  # fmt: skip
     detections = vino.report["verification"]["checks"]["detections"]
     assert vino.report["passed"] and detections["pytorch"] == detections["openvino"] > 0
