@@ -267,6 +267,19 @@ def test_served_model_takes_earlier_frames(temporal, temporal_onnx, tmp_path):
     alone = served.predict(pd.DataFrame({"image": [png(frames[5])]}), params={"conf": CONF})
     fallback = predictor([stack(frames[5], np.zeros((*frames[5].shape[:2], 2), np.uint8))])[0]
     assert len(alone) == len(fallback) and np.allclose(alone[["x1", "y1", "x2", "y2"]], fallback[:, :4], atol=0.01)
+    # the JSON body a KServe/MLflow server gets: the optional column passes the signature's enforcement
+    from mlflow.pyfunc import scoring_server
+
+    records = [{"image": png(frames[5]), "earlier": encode_earlier({1: png(frames[4]), 3: png(frames[2])})}]
+    body = json.dumps({"dataframe_records": records, "params": {"conf": CONF}})
+    answer = scoring_server.invocations(body, "application/json", served, served.metadata.get_input_schema())
+    own = predictor([stack(frames[5], motion_map(frames[5], [frames[4], frames[2]], SPEC))])[0]
+    assert answer.status == 200 and len(json.loads(answer.response)["predictions"]) == len(own)
+    records[0]["earlier"] = encode_earlier({2: png(frames[3])})
+    body = json.dumps({"dataframe_records": records})
+    with pytest.raises(MlflowException, match=r"got \[2\]") as refused:  # the server answers it as HTTP 400
+        scoring_server.invocations(body, "application/json", served, served.metadata.get_input_schema())
+    assert refused.value.get_http_status_code() == 400
     stale = pd.DataFrame({"image": [png(frames[5])], "earlier": [encode_earlier({2: png(frames[3])})]})
     with pytest.raises(MlflowException, match=r"offsets \[1, 3\].* got \[2\]"):
         served.predict(stale)
