@@ -152,3 +152,56 @@ def test_yolo_import_with_offsets_is_one_line_and_writes_nothing(tmp_path, motio
     err = capsys.readouterr().err.strip()
     assert code == 2 and "no frame order" in err and "\n" not in err, err
     assert not (tmp_path / "ds").exists()
+
+
+def test_frame_folders_get_motion_from_their_decoded_frames(tiny_raw, tmp_path):
+    """MOT ``img1/`` folders: JPEG frames are still copied byte for byte, and the motion of every kept frame is the
+    buffer over the decoded frame files (PNG frames are the video's own pixels, so the maps equal the video's)."""
+    from tests.test_data import _copy, _video_to_img1
+
+    raw = _copy(tiny_raw, tmp_path)
+    jpegs = _video_to_img1(raw / "train/uav_train_0000", ".jpg")
+    pngs = _video_to_img1(raw / "train/uav_train_0001", ".png")
+    out = tmp_path / "ds"
+    extract(raw, out, stride=2, workers=1, motion=SPEC)
+    video_maps = _source_maps(tiny_raw)
+    for frames, name in ((jpegs, "uav_train_0000"), (pngs, "uav_train_0001")):
+        buffer = MotionBuffer(SPEC)
+        maps = [buffer.push(cv2.imread(str(p))) for p in frames]
+        for index in range(0, len(frames), 2):
+            image = out / f"images/train/{name}_{index:06d}.jpg"
+            got = np.stack([cv2.imread(str(motion_path(image, d)), cv2.IMREAD_GRAYSCALE) for d in SPEC.offsets], 2)
+            assert np.array_equal(got, maps[index]), image.name
+            if name == "uav_train_0001":
+                assert np.array_equal(got, video_maps[name][index])
+            else:
+                assert image.read_bytes() == frames[index].read_bytes()
+    check_dataset_motion(out, SPEC)
+
+
+def test_noise_goes_into_the_source_frames_and_motion_is_recomputed(motion_data, tmp_path):
+    """The robustness sweep's noisy copy of a motion dataset: at sigma 0 it reproduces the extracted motion maps
+    exactly (same source frames, same function); at sigma 25 every channel sees the noise."""
+    from csfnet.data.noisy_motion import source_root
+    from csfnet.robustness import _noisy_dataset
+
+    raw = source_root(motion_data)
+    images = sorted((motion_data / "images/val").glob("*.jpg"))
+    names = {0: "uav"}
+    clean = yaml.safe_load(_noisy_dataset(images, names, tmp_path / "s0", 0, 0, SPEC, raw).read_text())
+    assert clean["channels"] == 5 and clean["motion"] == SPEC.to_dict()
+    for image in images:
+        copy = tmp_path / "s0/images/val" / f"{image.stem}.png"
+        assert np.array_equal(load_stacked(copy, SPEC)[..., 3:], load_stacked(image, SPEC)[..., 3:]), image.name
+    _noisy_dataset(images, names, tmp_path / "s25", 25, 0, SPEC, raw)
+    changed = [
+        not np.array_equal(load_stacked(tmp_path / "s25/images/val" / f"{i.stem}.png", SPEC), load_stacked(i, SPEC))
+        for i in images
+    ]
+    assert all(changed) and (tmp_path / "s25/labels/val").is_dir()
+    check_dataset_motion(tmp_path / "s25", SPEC)
+    moved = tmp_path / "moved"
+    moved.mkdir()
+    (moved / "report.json").write_text('{"source": "../nowhere"}')
+    with pytest.raises(DataError, match="source frames are not reachable"):
+        source_root(moved)

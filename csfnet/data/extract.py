@@ -202,7 +202,7 @@ def _extract_sequences(
     if shard is not None:
         sequences = [seq for index, seq in enumerate(sequences) if index % shard[1] == shard[0]]
     previous = {key: found for root in reversed(previous_roots) for key, found in _read_manifest(root).items()}
-    with process_pool(worker_count(workers, len(sequences))) as pool, staging_dir(out) as tmp:
+    with process_pool(worker_count(workers, len(sequences)), __name__) as pool, staging_dir(out) as tmp:
         try:
             validate = pool.map(_plan, sequences, repeat(names), repeat(fix))
             plans = list(tqdm(validate, total=len(sequences), desc="validate", unit="seq"))
@@ -216,6 +216,8 @@ def _extract_sequences(
             pool.shutdown(cancel_futures=True)  # fail now, not after every queued sequence has been decoded
             raise
         report = _report(plans, results, reused, stride, names, tiling, motion)
+        if motion is not None:  # where robustness finds the source frames to add noise to before motion (relative:
+            report["source"] = os.path.relpath(source.resolve(), out.resolve())  # clones keep the same dataset)
         _write_dataset_files(tmp, results, report, names, motion)
         replace_dir(tmp, out)
     return report
@@ -336,6 +338,13 @@ def _frames(
         return
     for index, frame in enumerate(video_frames(seq.video, 1 if every else stride)):
         yield (frame if index % stride == 0 else None), frame if every else None
+
+
+def source_frames(seq: SequenceSource) -> Iterator[np.ndarray]:
+    """Every frame of a sequence, decoded to BGR in order, as extraction feeds them to the motion buffer."""
+    for _, pixels in _frames(seq, 1, decode=True, every=True):
+        assert pixels is not None
+        yield pixels
 
 
 def video_frames(video: Path, stride: int = 1) -> Iterator[np.ndarray | None]:

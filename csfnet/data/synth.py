@@ -64,7 +64,7 @@ def generate(out: str | Path, spec: SynthSpec = SynthSpec(), workers: int | None
     out = Path(out)
     jobs = [("train", i) for i in range(spec.train_videos)] + [("val", i) for i in range(spec.val_videos)]
     with staging_dir(out) as tmp:
-        with process_pool(worker_count(workers, len(jobs))) as pool:
+        with process_pool(worker_count(workers, len(jobs)), __name__) as pool:
             futures = [pool.submit(_write_sequence, tmp, spec, split, i) for split, i in jobs]
             for future in tqdm(futures, desc="synth videos", unit="video"):
                 future.result()
