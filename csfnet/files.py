@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import json
+import multiprocessing
 import os
 import shutil
 import tempfile
 from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +79,17 @@ def write_json(path: str | Path, data: Any) -> None:
     """Write ``data`` as indented JSON, all or nothing (:func:`atomic_path`)."""
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(data, indent=2) + "\n")
+
+
+def process_pool(workers: int, preload: str = "") -> ProcessPoolExecutor:
+    """A pool of ``workers`` processes started from a clean forkserver, not forked from this process: a child forked
+    after OpenCV's thread pool ran here inherits its locked state and hangs in its first OpenCV call. ``preload``:
+    a module the forkserver imports when it first starts, so workers fork with it loaded (scripts that use the pool
+    need the ``if __name__ == "__main__":`` guard, as with spawn)."""
+    context = multiprocessing.get_context("forkserver")
+    if preload:
+        context.set_forkserver_preload([preload])  # no effect once this process's forkserver runs
+    return ProcessPoolExecutor(workers, mp_context=context)
 
 
 def worker_count(requested: int | None, jobs: int) -> int:

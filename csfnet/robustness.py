@@ -1,4 +1,8 @@
-"""Gaussian-noise robustness (paper Table 1): validation metrics as the noise level grows."""
+"""Gaussian-noise robustness (paper Table 1): validation metrics as the noise level grows.
+
+For a dataset with motion channels the noise goes into the source frames and the motion is recomputed from the
+noisy frames (:mod:`csfnet.data.noisy_motion`), as a noisy camera would give it; the source is the raw root that
+extraction recorded in ``report.json``."""
 
 from __future__ import annotations
 
@@ -22,6 +26,7 @@ from csfnet.files import replace_dir, staging_dir
 from csfnet.lineage import lineage_tags
 from csfnet.runlog import NullLogger, StageLogger
 from csfnet.settings import Settings, load_settings
+from csfnet.temporal import MotionSpec, dataset_motion
 
 METRICS = ("map50", "map50_95", "precision", "recall")
 
@@ -56,7 +61,13 @@ def noise_sweep(
     """
     settings = (settings or load_settings()).override({"robustness.sigmas": sigmas}, "options")
     weights, data, out_dir = check_checkpoint(weights), Path(data), Path(out_dir)
-    check_dataset(data)
+    info = check_dataset(data)
+    spec = dataset_motion(info)
+    raw = None
+    if spec is not None:  # before anything runs: a sweep that cannot recompute motion fails now
+        from csfnet.data.noisy_motion import source_root
+
+        raw = source_root(Path(info["path"]) if info.get("path") else data.parent)
     e, r = settings.eval, settings.robustness
     imgsz, device = imgsz or settings.imgsz, resolve_device(device, settings)
     params = {"sigmas": r.sigmas, "seed": r.seed, "imgsz": imgsz, "batch": e.batch, "conf": e.conf, "iou": e.iou}
@@ -72,7 +83,7 @@ def noise_sweep(
                 metrics = validate(weights, data, imgsz, e.batch, e.conf, e.iou, device, plots=False)
             else:
                 with staging_dir(out_dir) as tmp:  # beside out_dir: nothing is left inside it on failure
-                    noisy_data = _noisy_dataset(images, names, tmp, sigma, r.seed)
+                    noisy_data = _noisy_dataset(images, names, tmp, sigma, r.seed, spec, raw)
                     metrics = validate(weights, noisy_data, imgsz, e.batch, e.conf, e.iou, device, plots=False)
             rows.append({"sigma": float(sigma), **{k: round(metrics[k], 5) for k in METRICS}})
         with staging_dir(out_dir) as tmp:
@@ -84,19 +95,35 @@ def noise_sweep(
     return rows
 
 
-def _noisy_dataset(images: Sequence[Path], names: Any, root: Path, sigma: float, seed: int) -> Path:
-    """A one-split dataset of noisy PNG copies with the original labels linked beside them."""
-    rng = np.random.default_rng([seed, int(sigma * 1000)])
+def _noisy_dataset(
+    images: Sequence[Path],
+    names: Any,
+    root: Path,
+    sigma: float,
+    seed: int,
+    spec: MotionSpec | None = None,
+    raw: Path | None = None,
+) -> Path:
+    """A one-split dataset of noisy PNG copies with the original labels linked beside them; with motion (``spec``),
+    made from the noisy source frames of ``raw`` with their recomputed motion channels."""
     (root / "images" / "val").mkdir(parents=True)
     (root / "labels" / "val").mkdir(parents=True)
+    if spec is not None and raw is not None:
+        from csfnet.data.noisy_motion import write_noisy_images
+
+        write_noisy_images(images, root / "images" / "val", spec, sigma, seed, add_gaussian_noise, raw)
+    else:
+        rng = np.random.default_rng([seed, int(sigma * 1000)])
+        for image_path in images:
+            image = cv2.imread(str(image_path))
+            cv2.imwrite(str(root / "images" / "val" / f"{image_path.stem}.png"), add_gaussian_noise(image, sigma, rng))
     for image_path in images:
-        image = cv2.imread(str(image_path))
-        cv2.imwrite(str(root / "images" / "val" / f"{image_path.stem}.png"), add_gaussian_noise(image, sigma, rng))
         label = label_path(image_path)
         if label.is_file():
             os.symlink(label.resolve(), root / "labels" / "val" / label.name)
     data = root / "data.yaml"
-    data.write_text(yaml.safe_dump({"train": "images/val", "val": "images/val", "names": names}))
+    motion = {} if spec is None else {"channels": 3 + spec.channels, "motion": spec.to_dict()}
+    data.write_text(yaml.safe_dump({"train": "images/val", "val": "images/val", "names": names, **motion}))
     return data
 
 

@@ -29,24 +29,26 @@ def _view(scene: np.ndarray, dx: int, dy: int) -> np.ndarray:
 
 @pytest.mark.parametrize("align", ["homography", "affine", "translation"])
 def test_camera_translation_cancels_after_alignment(align):
-    """Bound: after alignment the map's mean is below 1.5 (of 255) and 99 % of pixels are <= 8 (2 grey levels),
-    while the unaligned difference of the same frames averages above 50."""
+    """Bound: after alignment the map's mean is below 1 (of 255) and 99 % of pixels are <= 4 (1 grey level), while
+    the unaligned difference of the same frames averages above 50 (measured: mean <= 0.09, p99 <= 4; none: 133)."""
     scene = _scene()
     earlier, current = _view(scene, 0, 0), _view(scene, 6, -4)
     aligned = motion_map(current, [earlier], MotionSpec((1,), align, 320))[..., 0]
     unaligned = motion_map(current, [earlier], MotionSpec((1,), "none", 320))[..., 0]
     assert aligned.shape == (H, W) and aligned.dtype == np.uint8
-    assert aligned.mean() < 1.5 and np.percentile(aligned, 99) <= 8, (aligned.mean(), np.percentile(aligned, 99))
+    assert aligned.mean() < 1 and np.percentile(aligned, 99) <= 4, (aligned.mean(), np.percentile(aligned, 99))
     assert unaligned.mean() > 50
     # the strip the earlier frame does not cover is zeroed, not differenced against the warp's black border
     assert aligned[:, -6:].max() == 0 and aligned[:4, :].max() == 0  # current shows 6 px right, 4 px up
 
 
-def test_estimated_at_a_smaller_size_still_cancels():
+@pytest.mark.parametrize("align_size", [64, 128])
+def test_estimated_at_a_smaller_size_still_cancels(align_size):
+    """Estimated on 64 or 128 px copies of 320 px frames and refined at full size: mean < 1, p99 <= 8."""
     scene = _scene(1)
     earlier, current = _view(scene, 0, 0), _view(scene, -9, 5)
-    aligned = motion_map(current, [earlier], MotionSpec((1,), "homography", 128))[..., 0]
-    assert aligned.mean() < 3 and np.percentile(aligned, 99) <= 16
+    aligned = motion_map(current, [earlier], MotionSpec((1,), "homography", align_size))[..., 0]
+    assert aligned.mean() < 1 and np.percentile(aligned, 99) <= 8, (aligned.mean(), np.percentile(aligned, 99))
 
 
 def _with_target(frame: np.ndarray, x: int, y: int) -> np.ndarray:

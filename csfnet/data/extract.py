@@ -9,6 +9,12 @@ with the same inputs and options are reused (hard-linked) instead of decoded aga
 content of the raw files and the options only (no file times, no count of reused sequences): two clones holding the
 same raw files get the same dataset and so the same DVC hash.
 
+With motion channels (``temporal.offsets`` set, see :mod:`csfnet.temporal`) every source frame is decoded, also
+those the stride drops (offsets count source frames), and pushed through one :class:`~csfnet.temporal.MotionBuffer`
+per sequence, exactly as ``csfnet detect`` does; each kept frame (or tile: the same crop of the full-frame map) gets
+``motion/d<d>/<split>/<stem>.png`` per offset, and ``data.yaml`` gains ``channels`` and ``motion``. The motion spec
+is part of every sequence's fingerprint, so other offsets re-extract. Without offsets the output is as before.
+
 At archive scale extraction fans out: ``shard=(k, n)`` extracts only the sequences whose index (in discovery order)
 is ``k`` modulo ``n``, and :func:`merge_shards` extracts the whole source reusing every shard's sequences, so the
 merged dataset equals a single extraction file for file while only the shards decode.
@@ -21,7 +27,6 @@ import json
 import os
 import shutil
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from itertools import repeat
 from pathlib import Path
@@ -45,12 +50,14 @@ from csfnet.data.formats import (
 )
 from csfnet.data.tiles import check_tiling, choose_negatives, clip_boxes, grid, tile_name
 from csfnet.errors import DataError
-from csfnet.files import replace_dir, staging_dir, worker_count
+from csfnet.files import process_pool, replace_dir, staging_dir, worker_count
 from csfnet.settings import Extract, Settings, load_settings
+from csfnet.temporal import MotionBuffer, MotionSpec, motion_path
 
 MANIFEST = "manifest.json"
 JPEG_QUALITY = 95
 OUTPUT_VERSION = 3  # bump when the files written for a sequence change, so re-runs do not reuse older output
+MOTION_VERSION = 1  # bump when csfnet.temporal.motion_map computes other maps, so motion datasets re-extract
 
 
 SCHEMA = Extract()  # the defaults below are the settings schema's (params.yaml's extract section), never restated
@@ -95,11 +102,12 @@ def extract_with_settings(
     reuse_from: Sequence[str | Path] = (),
 ) -> dict:
     """:func:`extract` with every option from the ``extract`` settings (``params.yaml``)."""
-    x = (settings or load_settings()).extract
+    settings = settings or load_settings()
+    x = settings.extract
     tiling = Tiling(x.tile, x.overlap, x.min_visible, x.negatives, tuple(x.tile_splits), x.seed)
     return extract(
         source, out, stride=x.stride, fmt=x.format, names=tuple(x.names), fix=x.fix, workers=workers, tiling=tiling,
-        report_dir=report_dir, shard=shard, reuse_from=reuse_from,
+        report_dir=report_dir, shard=shard, reuse_from=reuse_from, motion=MotionSpec.from_settings(settings),
     )  # fmt: skip
 
 
@@ -143,24 +151,33 @@ def extract(
     report_dir: str | Path | None = None,
     shard: tuple[int, int] | None = None,
     reuse_from: Sequence[str | Path] = (),
+    motion: MotionSpec | None = None,
 ) -> dict:
     """Validate ``source`` and write the YOLO dataset ``out``; return the extraction report.
 
     ``report_dir``: also write the ingestion report there (``ingest.json``, ``ingest.html``, see
     :mod:`csfnet.data.report`). ``shard``: ``(k, n)``, only the sequences whose index is ``k`` modulo ``n``.
     ``reuse_from``: earlier extractions (shards) whose unchanged sequences are linked, as ``out``'s own are.
+    ``motion``: also write the motion channels of every image (None: single-frame data).
     """
     source, out = Path(source), Path(out)
     if stride < 1:
         raise DataError(f"stride must be >= 1, got {stride}")
     check_tiling(tiling.tile, tiling.overlap, tiling.min_visible, tiling.negatives)
     if fmt in ("auto", "yolo") and detect_format(source) == "yolo":
+        if motion is not None:
+            raise DataError(
+                f"{source}: a YOLO dataset has no frame order, so it cannot get motion channels (temporal.offsets "
+                f"{list(motion.offsets)}); extract from the videos or set temporal.offsets: []"
+            )
         if shard is not None:
             raise DataError(f"{source}: a YOLO dataset is copied whole; shards apply to raw sequences")
         report = _import_yolo(source, out, names)
     else:
         previous = [out, *map(Path, reuse_from)]
-        report = _extract_sequences(source, out, stride, fmt, tuple(names), fix, workers, tiling, shard, previous)
+        report = _extract_sequences(
+            source, out, stride, fmt, tuple(names), fix, workers, tiling, shard, previous, motion
+        )
     if report_dir is not None:
         from csfnet.data.report import write_report
 
@@ -179,26 +196,29 @@ def _extract_sequences(
     tiling: Tiling,
     shard: tuple[int, int] | None,
     previous_roots: list[Path],
+    motion: MotionSpec | None = None,
 ) -> dict:
     sequences = discover(source, fmt)
     if shard is not None:
         sequences = [seq for index, seq in enumerate(sequences) if index % shard[1] == shard[0]]
     previous = {key: found for root in reversed(previous_roots) for key, found in _read_manifest(root).items()}
-    with ProcessPoolExecutor(worker_count(workers, len(sequences))) as pool, staging_dir(out) as tmp:
+    with process_pool(worker_count(workers, len(sequences)), __name__) as pool, staging_dir(out) as tmp:
         try:
             validate = pool.map(_plan, sequences, repeat(names), repeat(fix))
             plans = list(tqdm(validate, total=len(sequences), desc="validate", unit="seq"))
             sources = list(pool.map(_source_digest, sequences))
-            results, todo = _reuse_previous(plans, sources, previous, tmp, stride, fix, tiling)
+            results, todo = _reuse_previous(plans, sources, previous, tmp, stride, fix, tiling, motion)
             reused = len(results)
-            futures = [pool.submit(_extract_sequence, tmp, *job, stride, fix, tiling) for job in todo]
+            futures = [pool.submit(_extract_sequence, tmp, *job, stride, fix, tiling, motion) for job in todo]
             for future in tqdm(futures, desc="extract", unit="seq"):
                 results.append(future.result())
         except BaseException:
             pool.shutdown(cancel_futures=True)  # fail now, not after every queued sequence has been decoded
             raise
-        report = _report(plans, results, reused, stride, names, tiling)
-        _write_dataset_files(tmp, results, report, names)
+        report = _report(plans, results, reused, stride, names, tiling, motion)
+        if motion is not None:  # where robustness finds the source frames to add noise to before motion (relative:
+            report["source"] = os.path.relpath(source.resolve(), out.resolve())  # clones keep the same dataset)
+        _write_dataset_files(tmp, results, report, names, motion)
         replace_dir(tmp, out)
     return report
 
@@ -238,9 +258,13 @@ def _source_digest(seq: SequenceSource) -> str:
     return digest.hexdigest()
 
 
-def _fingerprint(seq: SequenceSource, source: str, stride: int, fix: bool, tiling: Tiling) -> str:
+def _fingerprint(
+    seq: SequenceSource, source: str, stride: int, fix: bool, tiling: Tiling, motion: MotionSpec | None = None
+) -> str:
     cut = asdict(tiling) if tiling.applies(seq.split) else None
     settings = [stride, fix, JPEG_QUALITY, OUTPUT_VERSION, cut]
+    if motion is not None:  # single-frame fingerprints stay as they were
+        settings.append({"motion": motion.to_dict(), "version": MOTION_VERSION})
     return hashlib.sha256(json.dumps([source, settings]).encode()).hexdigest()[:16]
 
 
@@ -252,14 +276,16 @@ def _reuse_previous(
     stride: int,
     fix: bool,
     tiling: Tiling,
+    motion: MotionSpec | None = None,
 ) -> tuple[list[SequenceResult], list[tuple]]:
     """Link unchanged sequences of previous extractions (``key -> (root, manifest record)``) into ``tmp``; return
     them and the jobs still to run."""
     reused, todo = [], []
+    offsets = motion.offsets if motion else ()
     for (seq, ann, size, _), source in zip(plans, sources):
-        fingerprint = _fingerprint(seq, source, stride, fix, tiling)
+        fingerprint = _fingerprint(seq, source, stride, fix, tiling, motion)
         root, done = previous.get(seq.key, (None, None))
-        if done and done["fingerprint"] == fingerprint and _link_previous(root, tmp, done):
+        if done and done["fingerprint"] == fingerprint and _link_previous(root, tmp, done, offsets):
             reused.append(SequenceResult(**done))
         else:
             todo.append((seq, ann, size, fingerprint))
@@ -273,12 +299,14 @@ def _read_manifest(out: Path) -> dict[str, tuple[Path, dict]]:
         return {}
 
 
-def _link_previous(out: Path, tmp: Path, done: dict) -> bool:
-    """Hard-link a previously extracted sequence into the staging folder; False if any file is gone."""
+def _link_previous(out: Path, tmp: Path, done: dict, offsets: Sequence[int] = ()) -> bool:
+    """Hard-link a previously extracted sequence (and its motion files of ``offsets``) into the staging folder;
+    False if any file is gone."""
     pairs = [(f, f.replace("images/", "labels/", 1).rsplit(".", 1)[0] + ".txt") for f in done["files"]]
-    if not all((out / img).is_file() and (out / lbl).is_file() for img, lbl in pairs):
+    motion = [motion_path(f, d).as_posix() for f in done["files"] for d in offsets]
+    if not all((out / rel).is_file() for rel in [*(p for pair in pairs for p in pair), *motion]):
         return False
-    for rel in (p for pair in pairs for p in pair):
+    for rel in [*(p for pair in pairs for p in pair), *motion]:
         (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
         try:
             os.link(out / rel, tmp / rel)
@@ -287,22 +315,36 @@ def _link_previous(out: Path, tmp: Path, done: dict) -> bool:
     return True
 
 
-def _frames(seq: SequenceSource, stride: int = 1, decode: bool = False) -> Iterator[np.ndarray | Path | None]:
-    """Yield a sequence's frames in order: BGR arrays, ``None`` for frames the stride drops, and for frame folders
-    the path of frames that are already JPEG files (copied byte for byte: re-encoding would add a second round of
-    compression artefacts to targets a few pixels wide) unless ``decode`` (tiles need the pixels)."""
+def _frames(
+    seq: SequenceSource, stride: int = 1, decode: bool = False, every: bool = False
+) -> Iterator[tuple[np.ndarray | Path | None, np.ndarray | None]]:
+    """Yield per source frame, in order, what to write and its pixels. What to write: a BGR array, ``None`` for
+    frames the stride drops, and for frame folders the path of frames that are already JPEG files (copied byte for
+    byte: re-encoding would add a second round of compression artefacts to targets a few pixels wide) unless
+    ``decode`` (tiles need the pixels). Pixels: with ``every`` (motion), every frame as BGR, else None."""
     if seq.frames_dir is not None:
         for index, path in enumerate(frame_files(seq)):
-            if index % stride:
-                yield None
+            kept = index % stride == 0
+            if not (kept or every):
+                yield None, None
                 continue
             is_jpeg = path.suffix.lower() in (".jpg", ".jpeg") and not decode
-            image = cv2.imread(str(path), cv2.IMREAD_REDUCED_GRAYSCALE_8 if is_jpeg else cv2.IMREAD_COLOR)
+            quick = is_jpeg and not every  # only checks that the file decodes
+            image = cv2.imread(str(path), cv2.IMREAD_REDUCED_GRAYSCALE_8 if quick else cv2.IMREAD_COLOR)
             if image is None:
                 raise DataError(f"sequence {seq.name}: cannot read frame image {path} (frame {index})")
-            yield path if is_jpeg else image
+            written = (path if is_jpeg else image) if kept else None
+            yield written, image if every else None
         return
-    yield from video_frames(seq.video, stride)
+    for index, frame in enumerate(video_frames(seq.video, 1 if every else stride)):
+        yield (frame if index % stride == 0 else None), frame if every else None
+
+
+def source_frames(seq: SequenceSource) -> Iterator[np.ndarray]:
+    """Every frame of a sequence, decoded to BGR in order, as extraction feeds them to the motion buffer."""
+    for _, pixels in _frames(seq, 1, decode=True, every=True):
+        assert pixels is not None
+        yield pixels
 
 
 def video_frames(video: Path, stride: int = 1) -> Iterator[np.ndarray | None]:
@@ -336,8 +378,10 @@ def _extract_sequence(
     stride: int,
     fix: bool,
     tiling: Tiling,
+    motion: MotionSpec | None = None,
 ) -> SequenceResult:
-    """Decode one sequence and write every ``stride``-th frame (or its tiles) with its labels (in a worker)."""
+    """Decode one sequence and write every ``stride``-th frame (or its tiles) with its labels and, with ``motion``,
+    its motion channels from a MotionBuffer fed every source frame (in a worker)."""
     cv2.setNumThreads(1)
     width, height, stated = size
     images, labels = root / "images" / seq.split, root / "labels" / seq.split
@@ -354,7 +398,9 @@ def _extract_sequence(
             ann.boxes, planned, tiles, tiling.negatives, tiling.seed, seq.key, tiling.min_visible
         )
 
-    def write(stem: str, image: np.ndarray | Path, boxes: list[Box], w: int, h: int) -> None:
+    buffer = MotionBuffer(motion) if motion is not None else None
+
+    def write(stem: str, image: np.ndarray | Path, boxes: list[Box], w: int, h: int, maps: np.ndarray | None) -> None:
         nonlocal n_boxes
         if isinstance(image, Path):
             shutil.copyfile(image, images / f"{stem}.jpg")
@@ -363,19 +409,27 @@ def _extract_sequence(
         (labels / f"{stem}.txt").write_text("".join(_yolo_line(b, w, h) for b in boxes))
         files.append(f"images/{seq.split}/{stem}.jpg")
         n_boxes += len(boxes)
+        for i, d in enumerate(motion.offsets if maps is not None else ()):
+            path = root / motion_path(files[-1], d)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if not cv2.imwrite(str(path), np.ascontiguousarray(maps[..., i])):
+                raise OSError(f"cannot write {path}")
 
-    for index, frame in enumerate(_frames(seq, stride, decode=cut)):
+    for index, (frame, pixels) in enumerate(_frames(seq, stride, decode=cut, every=buffer is not None)):
         decoded = index + 1
         if limit is not None and index >= limit:
             if not fix:
                 continue  # reported as a length mismatch below
             fixes.skipped_frames += 1
             continue
+        maps = None
+        if buffer is not None:  # every source frame goes through the buffer, in order, as in csfnet detect
+            maps = buffer.push(pixels) if frame is not None else buffer.remember(pixels)
         if frame is None:
             continue
         boxes = ann.boxes.get(index, [])
         if not cut:
-            write(tile_name(seq.name, index), frame, boxes, width, height)
+            write(tile_name(seq.name, index), frame, boxes, width, height, maps)
             continue
         for t in tiles:
             kept, dropped, clipped = clip_boxes(boxes, t, tiling.min_visible)
@@ -384,7 +438,8 @@ def _extract_sequence(
             if not kept and (index, t.x, t.y) not in keep_negatives:
                 continue
             counts["positives" if kept else "negatives"] += 1
-            write(tile_name(seq.name, index, t), frame[t.y : t.y + t.h, t.x : t.x + t.w], kept, t.w, t.h)
+            crop = None if maps is None else maps[t.y : t.y + t.h, t.x : t.x + t.w]
+            write(tile_name(seq.name, index, t), frame[t.y : t.y + t.h, t.x : t.x + t.w], kept, t.w, t.h, crop)
     _check_length(seq, ann, decoded, stated, fix, fixes)
     return SequenceResult(
         seq.key, fingerprint, files, len(files), n_boxes, asdict(fixes), decoded, counts if cut else {}
@@ -434,6 +489,7 @@ def _report(
     stride: int,
     names: tuple[str, ...],
     tiling: Tiling,
+    motion: MotionSpec | None = None,
 ) -> dict:
     """Counts per split (images, boxes, negatives as before) and per sequence: resolution, fps, codec, frames,
     annotated frames, objects, source object size percentiles, repairs, tiles."""
@@ -472,7 +528,7 @@ def _report(
         counts, _ = np.histogram(np.minimum(sizes_by_split[name], HISTOGRAM_EDGES[-1] - 1e-6), HISTOGRAM_EDGES)
         split["size_histogram"] = {"edges": HISTOGRAM_EDGES, "counts": counts.tolist()}  # last bin: 64 px and more
         split["tiled"] = tiling.applies(name)
-    return {
+    report = {
         "splits": splits,
         "fixes": asdict(fixes),
         "reused_sequences": reused,
@@ -481,14 +537,19 @@ def _report(
         "tiling": asdict(tiling),
         "sequences": sequences,
     }
+    return report if motion is None else report | {"motion": motion.to_dict()}
 
 
-def _write_dataset_files(root: Path, results: list[SequenceResult], report: dict, names: tuple[str, ...]) -> None:
+def _write_dataset_files(
+    root: Path, results: list[SequenceResult], report: dict, names: tuple[str, ...], motion: MotionSpec | None = None
+) -> None:
     for split, counts in report["splits"].items():
         labels = root / "labels" / split
         counts["negatives"] = sum(1 for p in labels.glob("*.txt") if p.stat().st_size == 0)
     data = {split: f"images/{split}" for split in report["splits"]}  # paths relative to this file's folder
     data["names"] = dict(enumerate(names))
+    if motion is not None:  # ultralytics builds the model with ch = channels
+        data |= {"channels": 3 + motion.channels, "motion": motion.to_dict()}
     (root / "data.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
     run_only = ("reused_sequences",)  # how this run got there, not what the dataset holds
     (root / "report.json").write_text(json.dumps({k: v for k, v in report.items() if k not in run_only}, indent=2))

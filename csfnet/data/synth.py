@@ -13,7 +13,6 @@ import json
 import math
 import shutil
 from collections.abc import Iterator
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,7 +20,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from csfnet.files import replace_dir, staging_dir, worker_count
+from csfnet.files import process_pool, replace_dir, staging_dir, worker_count
 
 SCENES = ("sky", "urban", "night")
 SHAPES = ("quad", "fixed-wing")
@@ -65,7 +64,7 @@ def generate(out: str | Path, spec: SynthSpec = SynthSpec(), workers: int | None
     out = Path(out)
     jobs = [("train", i) for i in range(spec.train_videos)] + [("val", i) for i in range(spec.val_videos)]
     with staging_dir(out) as tmp:
-        with ProcessPoolExecutor(worker_count(workers, len(jobs))) as pool:
+        with process_pool(worker_count(workers, len(jobs)), __name__) as pool:
             futures = [pool.submit(_write_sequence, tmp, spec, split, i) for split, i in jobs]
             for future in tqdm(futures, desc="synth videos", unit="video"):
                 future.result()

@@ -10,16 +10,22 @@ Method, per earlier frame (``spec.offsets[i]`` source frames back):
    ``spec.align_size``: Shi-Tomasi corners of the earlier frame are tracked into the current one with pyramidal
    Lucas-Kanade, and ``spec.align`` fits ``homography`` (``cv2.findHomography``, RANSAC), ``affine`` (rotation,
    uniform scale and shift, ``cv2.estimateAffinePartial2D``, RANSAC) or ``translation`` (the median track, tracks
-   within 1 px of it are inliers); ``none`` takes the identity. The transform is scaled back to full size.
+   within 1 px of it are inliers); ``none`` takes the identity. Where the tracks cannot fit the model (smooth sky
+   with too few corners, noise), a global shift is estimated from the intensities instead: phase correlation
+   initialises ECC (``cv2.findTransformECC``, translation), accepted when its correlation is at least
+   :data:`MIN_ECC_CORRELATION`. The transform is scaled back to full size.
+   The inlier tracks are then re-tracked on the full-size (blurred) frames from where that transform puts them and
+   the model is refitted there (the estimation size bounds the cost, not the accuracy).
 3. The earlier frame is warped onto the current one (``cv2.warpPerspective``, bilinear) and the absolute difference
    taken; pixels the warp left without content (plus a 2 px margin) are 0.
 4. Normalisation to uint8: ``min(|diff| * GAIN, 255)`` with :data:`GAIN` = 4 (a difference of 64 grey levels or
    more saturates; a static, well-aligned scene stays near 0).
 
 Fallback, never a crash: a channel is all zeros when its earlier frame is missing (the first frames of a stream),
-has another size (a cut or a new stream), or the alignment fails (fewer than :data:`MIN_INLIERS` inlier tracks, or
-fewer than :data:`MIN_INLIER_SHARE` of the tracks, or an implausible transform: not finite, flipped, scaling the
-frame area by more than 2x, or moving it by more than half its size).
+has another size (a cut or a new stream), or the alignment fails (the tracks fit no model, with fewer than
+:data:`MIN_INLIERS` inliers or fewer than :data:`MIN_INLIER_SHARE` of the tracks, and the intensity-based shift does
+not converge or correlates less than :data:`MIN_ECC_CORRELATION`; or the transform is implausible: not finite,
+flipped, scaling the frame area by more than 2x, or moving it by more than half its size).
 """
 
 from __future__ import annotations
@@ -38,10 +44,14 @@ ALIGN_METHODS = ("homography", "affine", "translation", "none")
 GAIN = 4  # |difference| in grey levels -> map value (saturates at 64 levels)
 BLUR = (3, 3)  # Gaussian kernel applied to both grayscale frames before differencing
 MARGIN = 2  # px of the warped frame's border also zeroed (bilinear interpolation mixes in the outside there)
-MAX_CORNERS = 400
+MAX_CORNERS = 200
 MIN_INLIERS = 8
 MIN_INLIER_SHARE = 0.3
 RANSAC_THRESHOLD = 1.0  # px at the estimation size
+RANSAC_ITERATIONS = 500  # finds a model held by 30 % of the tracks with 98 % probability (homography)
+LK_CRITERIA = (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 30, 0.01)
+MIN_ECC_CORRELATION = 0.75  # of the intensity-based shift (ECC's enhanced correlation coefficient, 1 = identical)
+MIN_PHASE_RESPONSE = 0.1  # phase correlation peaks weaker than this do not initialise ECC (it starts at no shift)
 
 
 @dataclass(frozen=True)
@@ -120,41 +130,60 @@ def _motion(current: _Prepared, earlier: Sequence[_Prepared | None], spec: Motio
     for i, prev in enumerate(earlier):
         if prev is None or prev.gray.shape != current.gray.shape:
             continue
-        transform = estimate_transform(prev.small, current.small, spec.align, (w, h))
+        transform = _transform(prev, current, spec.align)
         if transform is not None:
             out[..., i] = _aligned_difference(prev.gray, current.gray, transform)
     return out
 
 
-def estimate_transform(
-    earlier: np.ndarray, current: np.ndarray, align: str, full_size: tuple[int, int]
-) -> np.ndarray | None:
-    """3x3 matrix mapping full-size pixel coordinates of the earlier frame onto the current one, estimated on the
-    grayscale (resized) ``earlier`` and ``current``; None when the alignment fails."""
+def _transform(earlier: _Prepared, current: _Prepared, align: str) -> np.ndarray | None:
+    """3x3 matrix mapping full-size pixel coordinates of ``earlier`` onto ``current``; None when alignment fails.
+
+    Estimated at the small size, then the inlier tracks are re-tracked on the blurred full-size frames from where
+    that transform puts them and the model is refitted (so the estimation size bounds the cost, not the
+    accuracy)."""
     if align == "none":
         return np.eye(3)
-    small = _estimate(earlier, current, align)
-    if small is None:
-        return None
-    sh, sw = current.shape
-    w, h = full_size
+    (sh, sw), (h, w) = current.small.shape, current.gray.shape
     sx, sy = sw / w, sh / h
     to_small = np.array([[sx, 0, 0.5 * sx - 0.5], [0, sy, 0.5 * sy - 0.5], [0, 0, 1]])  # pixel-centre convention
+    fitted = _fit(*_track(earlier.small, current.small), align)
+    small = fitted[0] if fitted else _estimate_shift(earlier.small, current.small)
+    if small is None:
+        return None
     full = np.linalg.inv(to_small) @ small @ to_small
     full /= full[2, 2]
+    if fitted:
+        inliers = fitted[1]
+        p0 = cv2.perspectiveTransform(inliers.reshape(-1, 1, 2).astype(np.float64), np.linalg.inv(to_small))
+        guess = cv2.perspectiveTransform(p0, full)
+        p0, guess = p0.astype(np.float32), guess.astype(np.float32)
+        p1, status, _ = cv2.calcOpticalFlowPyrLK(
+            earlier.gray, current.gray, p0, guess, winSize=(15, 15), maxLevel=1, criteria=LK_CRITERIA,
+            flags=cv2.OPTFLOW_USE_INITIAL_FLOW,
+        )  # fmt: skip
+        ok = status.ravel() == 1
+        refined = _fit(p0.reshape(-1, 2)[ok], p1.reshape(-1, 2)[ok], align)
+        if refined is not None and _plausible(refined[0], w, h):
+            return refined[0]
     return full if _plausible(full, w, h) else None
 
 
-def _estimate(earlier: np.ndarray, current: np.ndarray, align: str) -> np.ndarray | None:
+def _track(earlier: np.ndarray, current: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Shi-Tomasi corners of ``earlier`` and where pyramidal Lucas-Kanade finds them in ``current`` (N x 2 each)."""
     corners = cv2.goodFeaturesToTrack(earlier, MAX_CORNERS, 0.01, 5, blockSize=5)
     if corners is None or len(corners) < MIN_INLIERS:
-        return None
+        return np.zeros((0, 2), np.float32), np.zeros((0, 2), np.float32)
     tracked, status, _ = cv2.calcOpticalFlowPyrLK(
-        earlier, current, corners, None, winSize=(21, 21), maxLevel=3,
-        criteria=(cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 30, 0.01),
-    )  # fmt: skip
+        earlier, current, corners, None, winSize=(21, 21), maxLevel=3, criteria=LK_CRITERIA
+    )
     ok = status.ravel() == 1
-    p0, p1 = corners.reshape(-1, 2)[ok], tracked.reshape(-1, 2)[ok]
+    return corners.reshape(-1, 2)[ok], tracked.reshape(-1, 2)[ok]
+
+
+def _fit(p0: np.ndarray, p1: np.ndarray, align: str) -> tuple[np.ndarray, np.ndarray] | None:
+    """The ``align`` model mapping ``p0`` to ``p1`` (3x3) and its inlier points of ``p0``; None when fewer than
+    MIN_INLIERS or MIN_INLIER_SHARE of the tracks agree."""
     if len(p0) < MIN_INLIERS:
         return None
     if align == "translation":
@@ -164,17 +193,39 @@ def _estimate(earlier: np.ndarray, current: np.ndarray, align: str) -> np.ndarra
         matrix = np.array([[1, 0, shift[0]], [0, 1, shift[1]], [0, 0, 1]], float)
     elif align == "affine":
         affine, inliers = cv2.estimateAffinePartial2D(
-            p0, p1, method=cv2.RANSAC, ransacReprojThreshold=RANSAC_THRESHOLD, maxIters=2000, confidence=0.995
-        )
+            p0, p1, method=cv2.RANSAC, ransacReprojThreshold=RANSAC_THRESHOLD, maxIters=RANSAC_ITERATIONS,
+            confidence=0.995,
+        )  # fmt: skip
         matrix = None if affine is None else np.vstack([affine, [0, 0, 1]])
     else:
-        matrix, inliers = cv2.findHomography(p0, p1, cv2.RANSAC, RANSAC_THRESHOLD, maxIters=2000, confidence=0.995)
+        matrix, inliers = cv2.findHomography(
+            p0, p1, cv2.RANSAC, RANSAC_THRESHOLD, maxIters=RANSAC_ITERATIONS, confidence=0.995
+        )
     if matrix is None or inliers is None:
         return None
-    count = int(np.count_nonzero(inliers))
+    mask = np.asarray(inliers).ravel().astype(bool)
+    count = int(mask.sum())
     if count < MIN_INLIERS or count < MIN_INLIER_SHARE * len(p0):
         return None
-    return matrix.astype(float)
+    return matrix.astype(float), p0[mask]
+
+
+def _estimate_shift(earlier: np.ndarray, current: np.ndarray) -> np.ndarray | None:
+    """Global translation from the intensities (for frames whose corners cannot be tracked), or None."""
+    a, b = earlier.astype(np.float32), current.astype(np.float32)
+    if min(a.shape) < 8 or a.std() < 1e-3 or b.std() < 1e-3:
+        return None  # flat: no intensity structure to align on
+    window = cv2.createHanningWindow(a.shape[::-1], cv2.CV_32F)
+    (dx, dy), response = cv2.phaseCorrelate(a, b, window)
+    start = np.float32([[1, 0, -dx], [0, 1, -dy]]) if response >= MIN_PHASE_RESPONSE else np.eye(2, 3, dtype=np.float32)
+    criteria = (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 50, 1e-4)
+    try:  # warp maps current -> earlier coordinates (current is the template)
+        correlation, warp = cv2.findTransformECC(b, a, start, cv2.MOTION_TRANSLATION, criteria, None, 3)
+    except cv2.error:  # did not converge
+        return None
+    if not np.isfinite(correlation) or correlation < MIN_ECC_CORRELATION:
+        return None
+    return np.array([[1, 0, -warp[0, 2]], [0, 1, -warp[1, 2]], [0, 0, 1]], float)
 
 
 def _plausible(matrix: np.ndarray, w: int, h: int) -> bool:
@@ -220,6 +271,11 @@ class MotionBuffer:
         motion = _motion(current, earlier, self.spec)
         self._frames.append(current)
         return motion
+
+    def remember(self, frame: np.ndarray) -> None:
+        """Hold ``frame`` as an earlier frame without computing its own motion (a frame a stride drops: its map is
+        never used, the frames after it still need it)."""
+        self._frames.append(_prepare(frame, self.spec))
 
     def reset(self) -> None:
         """Forget the frames pushed so far (a new stream or a cut)."""
