@@ -22,7 +22,7 @@ from csfnet.errors import DataError
 from csfnet.model import build_model, load_config, model_summary, unknown_config
 from csfnet.settings import load_settings
 from csfnet.stacked_data import ColourHSV, StackedDataset
-from csfnet.temporal import MotionSpec, model_motion, motion_path
+from csfnet.temporal import MotionSpec, load_stacked, model_motion, motion_path
 from csfnet.trainer import transfer_weights
 
 from .conftest import TINY_TRAIN
@@ -135,6 +135,17 @@ def test_augmentations_move_all_channels_together_and_keep_channel_order(motion_
         assert torch.equal(img[3], img[0]) and torch.equal(img[4], img[2])
     val = StackedDataset(img_path=str(motion_data.parent / "images/val"), imgsz=64, augment=False, hyp=hyp, data=data)
     assert torch.equal(val[0]["img"][3], val[0]["img"][0])
+
+
+def test_disk_cache_holds_the_stacked_image(tiny_data, tmp_path):
+    data_yaml = temporal_dataset(tiny_data, tmp_path / "dataset")
+    folder = data_yaml.parent / "images/val"
+    dataset = StackedDataset(img_path=str(folder), imgsz=64, augment=False, hyp=get_cfg(), cache="disk",
+                             data=yaml.safe_load(data_yaml.read_text()))  # fmt: skip
+    image = sorted(folder.glob("*.jpg"))[0]
+    cached = np.load(image.with_suffix(".npy"))
+    assert cached.shape[2] == 5 and np.array_equal(cached, load_stacked(image, SPEC))
+    assert dataset[0]["img"].shape[0] == 5
 
 
 @pytest.mark.slow
