@@ -53,9 +53,12 @@ def cmd_model_info(args: argparse.Namespace, settings: Settings) -> int:
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
-    print(f"{'config':<22}{'layers':>8}{'params':>14}{'GFLOPs':>10}   (nc={args.nc}, imgsz={args.imgsz})")
+    print(f"{'config':<22}{'ch':>4}{'layers':>8}{'params':>14}{'GFLOPs':>10}   (nc={args.nc}, imgsz={args.imgsz})")
     for r in rows:
-        print(f"{r['name']:<22}{r['layers']:>8}{r['params']:>14,}{r['gflops']:>10.2f}")
+        print(f"{r['name']:<22}{r['channels']:>4}{r['layers']:>8}{r['params']:>14,}{r['gflops']:>10.2f}")
+    if any(r["channels"] > 3 for r in rows):
+        print("ch > 3: a temporal config, colour + its default motion channels; training builds it with data.yaml's")
+        print("channels (3 + len(temporal.offsets))")
     return 0
 
 

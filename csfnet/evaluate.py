@@ -33,6 +33,9 @@ from csfnet.lineage import lineage_tags
 from csfnet.metrics import band_metrics, match
 from csfnet.runlog import NullLogger, StageLogger
 from csfnet.settings import Settings, load_settings
+from csfnet.temporal import load_stacked, model_motion
+from csfnet.temporal.model_spec import check_model_data_motion
+from csfnet.validator import CSFNetValidator
 
 
 def validate(
@@ -54,12 +57,17 @@ def validate(
     ultralytics writes its plots and labels to ``save_dir``; without one, to a temporary folder removed afterwards
     (never to ``runs/detect/val*`` in the working directory). ``rect=False`` letterboxes every image to a square,
     as fixed-size exported models need. ``end_to_end``: an NMS-free head runs through its one-to-one branch
-    (:func:`csfnet.heads.head_args`; an exported model brings its own choice in its metadata).
+    (:func:`csfnet.heads.head_args`; an exported model brings its own choice in its metadata). A temporal model
+    reads the images stacked with their motion channels (:class:`csfnet.validator.CSFNetValidator`); a ``.pt``
+    whose motion channels differ from the dataset's is a DataError before anything runs.
     """
     disable_ultralytics_integrations()
+    if str(weights).endswith(".pt"):
+        check_model_data_motion(weights, data, str(weights))
     with contextlib.ExitStack() as stack:
         target = Path(save_dir) if save_dir else Path(stack.enter_context(tempfile.TemporaryDirectory())) / "val"
         metrics = YOLO(str(weights), task="detect").val(
+            validator=CSFNetValidator,
             data=str(data),
             imgsz=imgsz,
             batch=batch,
@@ -118,6 +126,8 @@ def evaluate(
     settings = (settings or load_settings()).override({f"eval.{k}": v for k, v in overrides.items()}, "options")
     weights, data, out_dir = check_checkpoint(weights), Path(data), Path(out_dir)
     check_dataset(data)
+    if weights.suffix == ".pt":  # before the stage starts: a mismatch records nothing
+        check_model_data_motion(weights, data, str(weights))
     s = settings.eval
     params = {**s.model_dump(), "imgsz": imgsz or settings.imgsz, "device": resolve_device(device, settings)}
     extra = {"slice": slice_size, "tracker": tracker}
@@ -203,10 +213,13 @@ def predict(
     head: dict[str, Any] | None = None,
 ) -> tuple[list[tuple[np.ndarray, np.ndarray]], float]:
     """(boxes xyxy, scores) per image and the mean end-to-end latency per image in milliseconds; ``head``: the
-    :func:`csfnet.heads.head_args` of the model."""
+    :func:`csfnet.heads.head_args` of the model. A temporal model gets each image stacked with its motion channels
+    (the files of the offsets it was trained with), read as part of the latency."""
+    motion = model_motion(model.model)
     results, start = [], time.perf_counter()
     for chunk in range(0, len(images), 16):
-        batch = [str(p) for p in images[chunk : chunk + 16]]
+        paths = images[chunk : chunk + 16]
+        batch = [load_stacked(p, motion) for p in paths] if motion else [str(p) for p in paths]
         for r in model.predict(batch, imgsz=imgsz, conf=conf, iou=iou, device=device, verbose=False, **(head or {})):
             results.append((r.boxes.xyxy.cpu().numpy(), r.boxes.conf.cpu().numpy()))
     latency = (time.perf_counter() - start) * 1000 / max(len(images), 1)

@@ -28,12 +28,16 @@ CSFNET_CONFIGS = (
     "csfnet-no-cretonext",
     "csfnet26-n",  # the same idea on YOLO26's blocks and NMS-free head
     "csfnet26-n-p2",
+    "csfnet-t-n",  # temporal: colour + motion channels in, motion to the shallow backbone only (issue 24)
+    "csfnet-t-n-both",  # its ablation: motion to both backbones
 )
 # ultralytics detectors shown by default; any scale of yolov8/yolo11/yolo12/yolo26 (and -p2/-p6 where ultralytics
 # ships it) is accepted too. -p2: the P2-head tiny-object variant; yolo26: NMS-free (end-to-end) head.
 BASELINES = ("yolov8n", "yolov8n-p2", "yolov8s", "yolo11n", "yolo26n", "yolo26n-p2")
 ALL_CONFIGS = CSFNET_CONFIGS + BASELINES
-_NAME = re.compile(r"^(?P<base>csfnet(?:26)?(?:-no-[a-z]+)?)(?:-(?P<scale>[nsm]))?(?P<level>-p2)?$")
+# csfnet[26][-t][-no-X][-scale][-p2|-both] -> file <base><variant>.yaml at that scale (csfnet-t-n-both: csfnet-t-both)
+_NAME = re.compile(r"^(?P<base>csfnet(?:26)?(?:-t)?(?:-no-[a-z]+)?)(?:-(?P<scale>[nsm]))?(?P<variant>-p2|-both)?$")
+DEFAULT_MOTION_CHANNELS = 2  # k of a temporal config whose YAML does not say, when no dataset gives it
 _ULTRALYTICS_NAME = re.compile(r"^(?P<family>yolov8|yolo11|yolo12|yolo26)(?P<scale>[nsmlx])(?P<variant>-p[26])?$")
 
 
@@ -42,7 +46,7 @@ def _csfnet_file(name: str) -> tuple[Path, str] | None:
     match = _NAME.match(name)
     if not match:
         return None
-    path = CONFIG_DIR / f"{match['base']}{match['level'] or ''}.yaml"
+    path = CONFIG_DIR / f"{match['base']}{match['variant'] or ''}.yaml"
     return (path, match["scale"] or "n") if path.is_file() else None
 
 
@@ -81,6 +85,26 @@ def is_csfnet(name: str | Path | dict) -> bool:
     if _csfnet_file(str(name)):
         return True
     return str(name).endswith((".yaml", ".yml")) and Path(name).is_file() and _read(name).get("builder") == "csfnet"
+
+
+def is_temporal(config: dict[str, Any] | str | Path) -> bool:
+    """Whether a config (resolved dict, CSF-Net name or YAML) takes colour + motion channels (``temporal: true``)."""
+    if not isinstance(config, dict):
+        if not is_csfnet(config):
+            return False
+        config = load_config(config)
+    return bool(config.get("temporal", False))
+
+
+def input_channels(config: dict[str, Any] | str | Path, motion_channels: int | None = None) -> int:
+    """Input channels a config is built with: 3 + k for a temporal one (k = ``motion_channels``, else the config's
+    ``motion_channels``), else 3."""
+    if not is_temporal(config):
+        return 3
+    if motion_channels is None:
+        cfg = config if isinstance(config, dict) else load_config(config)
+        motion_channels = int(cfg.get("motion_channels", DEFAULT_MOTION_CHANNELS))
+    return 3 + int(motion_channels)
 
 
 def _read(path: str | Path) -> dict[str, Any]:
@@ -129,16 +153,21 @@ class CSFNetModel(DetectionModel):
 
     Args:
         cfg: Config name, YAML path or an already loaded config dict.
-        ch: Input channels.
+        ch: Input channels (default: :func:`input_channels` of the config: 3, or 3 + k for a temporal one).
         nc: Number of classes (overrides the config).
         verbose: Print the model summary.
     """
 
-    def __init__(self, cfg: str | Path | dict = "csfnet-n", ch: int = 3, nc: int | None = None, verbose: bool = True):
+    def __init__(
+        self, cfg: str | Path | dict = "csfnet-n", ch: int | None = None, nc: int | None = None, verbose: bool = True
+    ):
         torch.nn.Module.__init__(self)
         self.yaml = deepcopy(cfg) if isinstance(cfg, dict) else load_config(cfg)
         if nc is not None:
             self.yaml["nc"] = int(nc)
+        ch = input_channels(self.yaml) if ch is None else int(ch)
+        if is_temporal(self.yaml) and ch < 4:
+            raise ValueError(f"{self.yaml.get('name', 'this config')} takes colour + motion (>= 4 channels), got {ch}")
         self.yaml["channels"] = ch
         self.model, self.save = build_layers(self.yaml, ch)
         self.names = {i: str(i) for i in range(self.yaml["nc"])}
@@ -187,22 +216,29 @@ def takes_partition(config: dict[str, Any] | str) -> bool:
 
 
 def build_model(
-    name: str | Path | dict, nc: int = 1, partition: Sequence[int] | None = None, ch: int = 3, verbose: bool = False
+    name: str | Path | dict,
+    nc: int = 1,
+    partition: Sequence[int] | None = None,
+    ch: int | None = None,
+    verbose: bool = False,
 ) -> DetectionModel:
-    """Build any supported config (CSF-Net variants or an ultralytics detector) with ``nc`` classes."""
+    """Build any supported config (CSF-Net variants or an ultralytics detector) with ``nc`` classes and ``ch`` input
+    channels (default: :func:`input_channels`, 3 + k for a temporal config)."""
     cfg = name if isinstance(name, dict) else resolve_config(name, nc=nc, partition=partition)
     if is_csfnet(cfg):
         return CSFNetModel(cfg, ch=ch, nc=nc, verbose=verbose)
     if isinstance(cfg, str):
         cfg = {**yaml_model_load(cfg), "nc": nc}  # set nc up front: no "Overriding nc" message on stdout
-    return DetectionModel(cfg, ch=ch, nc=nc, verbose=verbose)
+    return DetectionModel(cfg, ch=3 if ch is None else ch, nc=nc, verbose=verbose)
 
 
-def model_summary(name: str | dict[str, Any], imgsz: int = 640, nc: int = 1) -> dict[str, Any]:
-    """Layers, parameters and GFLOPs of a config (name or resolved dict), counted the way ultralytics counts them."""
-    model = build_model(name, nc=nc)
+def model_summary(name: str | dict[str, Any], imgsz: int = 640, nc: int = 1, ch: int | None = None) -> dict[str, Any]:
+    """Layers, parameters and GFLOPs of a config (name or resolved dict), counted the way ultralytics counts them,
+    with its input ``channels`` (default: :func:`input_channels`; a temporal config's own motion_channels)."""
+    model = build_model(name, nc=nc, ch=ch)
     return {
         "name": name.get("name", "config") if isinstance(name, dict) else name,
+        "channels": int(model.yaml["channels"]),
         "layers": len(list(model.modules())),
         "params": sum(p.numel() for p in model.parameters()),
         "gflops": round(get_flops(model, imgsz), 2),

@@ -24,6 +24,7 @@ from mlflow.entities.model_registry import ModelVersion
 from csfnet.checks import check_checkpoint, require_file
 from csfnet.data.dataset import split_images
 from csfnet.detect.onnx_detector import COLUMNS, OnnxDetector
+from csfnet.detect.serving import EARLIER
 from csfnet.detect.serving import PARAMS as SERVING_PARAMS
 from csfnet.errors import VerificationError
 from csfnet.files import write_json
@@ -63,6 +64,7 @@ def log_detector(onnx: str | Path, example_image: str | Path) -> mlflow.models.m
     import cv2
     import pandas as pd
     from mlflow.models import infer_signature
+    from mlflow.types.schema import ColSpec, Schema
 
     import csfnet
 
@@ -72,6 +74,8 @@ def log_detector(onnx: str | Path, example_image: str | Path) -> mlflow.models.m
     if output.empty:  # the signature needs the column types even when the example frame has no box
         output = pd.DataFrame([[0, 0.0, 0.0, 1.0, 1.0, 0.5, 0, "uav"]], columns=COLUMNS)
     signature = infer_signature(example, output, params=SERVING_PARAMS)  # MLflow drops undeclared params
+    # earlier frames (temporal models), declared for every model: MLflow would drop the column silently otherwise
+    signature.inputs = Schema([*signature.inputs.inputs, ColSpec("string", EARLIER, required=False)])
     return mlflow.pyfunc.log_model(
         name="model",
         python_model=str(Path(csfnet.__file__).parent / "mlflow_model.py"),

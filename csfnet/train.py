@@ -19,9 +19,10 @@ from csfnet.device import resolve_device
 from csfnet.errors import DataError
 from csfnet.heads import head_args
 from csfnet.lineage import data_hash, dvc_hash
-from csfnet.model import resolve_config
+from csfnet.model import is_temporal, resolve_config
 from csfnet.runlog import NullLogger, StageLogger
 from csfnet.settings import Settings, load_settings
+from csfnet.temporal import MotionSpec, check_dataset_motion, dataset_motion
 from csfnet.trainer import CSFNetTrainer
 
 RAW_DATA = "data/raw"  # the ingest stage's output: the version of the data a model was trained on
@@ -104,6 +105,7 @@ def train(
     else:
         model_name = settings.train.model
         config = resolve_config(model_name, nc=len(info["names"]), partition=partition_list)
+    check_motion_match(model_name, config, data, info, MotionSpec.from_settings(settings))
 
     args = settings.train_args()
     args.update(
@@ -159,6 +161,26 @@ def train(
             _log_data_stats(run, data, int(args.get("imgsz", 640)), result.run_dir / "data_stats")
             _log_dataset(run, data, settings.data.source)
     return result
+
+
+def check_motion_match(
+    model_name: str, config: dict[str, Any] | str, data: Path, info: dict[str, Any], expected: MotionSpec | None
+) -> None:
+    """DataError naming the mismatch, before anything is written: a temporal model on a dataset without motion
+    channels, a single-frame model on one with them, or a dataset whose motion is stale for the ``temporal``
+    settings (other offsets or alignment, missing motion files)."""
+    found = dataset_motion(info)
+    if is_temporal(config) and found is None:
+        raise DataError(
+            f"{model_name} is a temporal model (colour + motion) but dataset {data} has no motion channels; set "
+            "temporal.offsets and re-extract it, or train a single-frame model"
+        )
+    if not is_temporal(config) and found is not None:
+        raise DataError(
+            f"{model_name} is a single-frame model but dataset {data} has motion channels (offsets "
+            f"{list(found.offsets)}); train a temporal model (csfnet-t-n) or re-extract with temporal.offsets: []"
+        )
+    check_dataset_motion(data, expected)
 
 
 def _text(value: str | Path | None) -> str | None:

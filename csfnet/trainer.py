@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+from copy import copy
 from typing import Any
 
 import numpy as np
@@ -17,6 +18,10 @@ from ultralytics.utils.torch_utils import get_torch_device_backend, init_seeds, 
 
 from csfnet import distributed
 from csfnet.model import build_model, is_csfnet, load_config
+from csfnet.stacked_data import build_dataset
+from csfnet.temporal import dataset_motion
+from csfnet.temporal.model_spec import set_model_motion
+from csfnet.validator import CSFNetValidator
 
 RESUME_STATE = "last_state.pt"  # beside last.pt: what ultralytics' half-precision checkpoint leaves out
 
@@ -175,11 +180,23 @@ class CSFNetTrainer(DetectionTrainer):
         else:
             model = DetectionModel(cfg, nc=nc, ch=ch, verbose=verbose and RANK == -1)
         model = self.set_model_names_for_load(model)
+        set_model_motion(model.yaml, dataset_motion(self.data))  # checkpoints carry the motion spec
         if weights is not None:
             loaded, total = transfer_weights(model, weights)
             LOGGER.info(f"Pretrained initialisation: loaded {loaded}/{total} tensors from the checkpoint")
             self.pretrained_tensors = loaded
         return model
+
+    def build_dataset(self, img_path: str, mode: str = "train", batch: int | None = None):
+        """ultralytics' dataset, or images stacked with their motion channels when data.yaml has ``motion``."""
+        stride = max(int(unwrap_model(self.model).stride.max()), 32)
+        return build_dataset(self.args, img_path, batch, self.data, mode=mode, rect=mode == "val", stride=stride)
+
+    def get_validator(self) -> CSFNetValidator:
+        """ultralytics' validator, reading motion datasets as training does."""
+        return CSFNetValidator(
+            self.test_loader, save_dir=self.save_dir, args=copy(self.args), _callbacks=self.callbacks
+        )
 
 
 def _loader_generator(trainer: DetectionTrainer) -> torch.Generator | None:
@@ -190,19 +207,24 @@ def _loader_generator(trainer: DetectionTrainer) -> torch.Generator | None:
 def transfer_weights(model: torch.nn.Module, source: torch.nn.Module | dict[str, torch.Tensor]) -> tuple[int, int]:
     """Copy every shape-matching tensor of ``source`` into ``model``; return (tensors loaded, tensors in model).
 
-    Layers are matched by index inside the backbone (CSF-Net's shallow backbone is YOLOv8's, layer for layer) and by
-    position from the start of the head, so a YOLOv8 checkpoint also initialises the matching PAN/Detect layers.
+    When both have ultralytics-style configs, backbone layers are matched by their rows (module and arguments, in
+    order, wherever they sit: CSF-Net's shallow backbone is YOLOv8's layer for layer, one index later in the
+    temporal configs, whose layer 0 keeps the input addressable) and head layers by position from the start of the
+    head, so a YOLOv8 or single-frame CSF-Net checkpoint also initialises the matching layers of another config.
+    Otherwise layers are matched by index.
     """
     src_state = source.float().state_dict() if isinstance(source, torch.nn.Module) else source
     dst_state = model.state_dict()
-    offset = _head_offset(model, source)
+    layer_map = _layer_map(model, source)
     loaded = {}
     for key, tensor in src_state.items():
         parts = key.split(".")
         if len(parts) > 2 and parts[0] == "model" and parts[1].isdigit():
             index = int(parts[1])
-            if offset is not None and index >= offset[0]:
-                parts[1] = str(index - offset[0] + offset[1])
+            if layer_map is not None:
+                if index not in layer_map:
+                    continue
+                parts[1] = str(layer_map[index])
             target = ".".join(parts)
             if target in dst_state and dst_state[target].shape == tensor.shape:
                 loaded[target] = tensor
@@ -210,9 +232,20 @@ def transfer_weights(model: torch.nn.Module, source: torch.nn.Module | dict[str,
     return len(loaded), len(dst_state)
 
 
-def _head_offset(model: torch.nn.Module, source: Any) -> tuple[int, int] | None:
-    """(first head layer in source, first head layer in model) when both have ultralytics YAML configs."""
+def _layer_map(model: torch.nn.Module, source: Any) -> dict[int, int] | None:
+    """Source layer index -> model layer index when both have ultralytics YAML configs, else None."""
+    from difflib import SequenceMatcher
+
     src_yaml, dst_yaml = getattr(source, "yaml", None), getattr(model, "yaml", None)
     if not isinstance(src_yaml, dict) or not isinstance(dst_yaml, dict):
         return None
-    return len(src_yaml["backbone"]), len(dst_yaml["backbone"])
+
+    def rows(config: dict) -> list[str]:
+        return [f"{row[2]}{row[1:2]}{row[3:]}" for row in config["backbone"]]  # module, repeats, args; not `from`
+
+    src_rows, dst_rows = rows(src_yaml), rows(dst_yaml)
+    matcher = SequenceMatcher(None, src_rows, dst_rows, autojunk=False)
+    mapping = {b.a + i: b.b + i for b in matcher.get_matching_blocks() for i in range(b.size)}
+    head = min(len(src_yaml["head"]), len(dst_yaml["head"]))
+    mapping.update({len(src_rows) + i: len(dst_rows) + i for i in range(head)})
+    return mapping

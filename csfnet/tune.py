@@ -42,6 +42,8 @@ from csfnet.revalidate import TRAIN, Decision, TrainingScorer, cache_key, decide
 from csfnet.runlog import NullLogger, StageLogger
 from csfnet.services import probe_database
 from csfnet.settings import Settings, Tune, load_settings
+from csfnet.temporal import MotionSpec, dataset_motion
+from csfnet.train import check_motion_match
 from csfnet.trial_log import EPOCH_VALUES, TrialLogger
 
 METRIC = "metrics/mAP50-95(B)"
@@ -112,9 +114,11 @@ def tune(
     every = (settings or load_settings()).override({"train.model": model, "train.preset": preset}, "options")
     every = every.override({f"tune.{k}": v for k, v in overrides.items()}, "options")
     settings, model, preset = every.tune, every.train.model, every.train.preset
-    nc = len(check_dataset(data, ("train", "val"))["names"])
+    info = check_dataset(data, ("train", "val"))
+    nc = len(info["names"])
     data, out, work_dir = Path(data).resolve(), Path(out), Path(work_dir)
     config = resolve_config(model, nc=nc)
+    check_motion_match(model, config, data, info, MotionSpec.from_settings(every))  # before anything is written
     if not takes_partition(config):
         result = _empty_result(f"{model} has no CSwitch feeding DFuse: nothing to tune")
         if distributed.current_launch().is_main:
@@ -366,7 +370,8 @@ class _Objective:
             study.stop()
             raise optuna.TrialPruned("study already complete")
         partition, config, overrides = self._suggest(trial)
-        gflops = model_summary(config, nc=self.nc)["gflops"]
+        motion = dataset_motion(self.data)  # a temporal model's GFLOPs at the data's channels
+        gflops = model_summary(config, nc=self.nc, ch=3 + (motion.channels if motion else 0))["gflops"]
         trial.set_user_attr("worker", self.worker)
         trial.set_user_attr("partition", partition)
         trial.set_user_attr("gflops", gflops)

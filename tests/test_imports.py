@@ -26,7 +26,7 @@ FLOORS: tuple[tuple[str, tuple[str, ...]], ...] = (
         "csfnet.settings", "csfnet.device", "csfnet.distributed", "csfnet.services", "csfnet.lineage",
         "csfnet.mlflow_tracking", "csfnet.mlflow_logger",
     )),
-    ("data", ("csfnet.data", "csfnet.checks", "csfnet.trainer")),
+    ("data", ("csfnet.data", "csfnet.checks", "csfnet.trainer", "csfnet.stacked_data", "csfnet.validator")),
     ("stages", (
         "csfnet.train", "csfnet.tune", "csfnet.revalidate", "csfnet.evaluate", "csfnet.robustness", "csfnet.detect",
         "csfnet.export", "csfnet.registry", "csfnet.mlflow_model", "csfnet.compare",

@@ -21,7 +21,7 @@ def test_every_config_builds_and_runs_at_two_sizes(name):
     assert [int(s) for s in model.stride] == ([4, 8, 16, 32] if name.endswith("-p2") else [8, 16, 32])
     for size in (64, 96):
         with torch.no_grad():
-            out = model(torch.zeros(1, 3, size, size))
+            out = model(torch.zeros(1, model.yaml["channels"], size, size))  # temporal configs: colour + motion
         anchors = sum((size // int(s)) ** 2 for s in model.stride)  # 8, 16, 32 (and 4 with a P2 head)
         assert out[0].shape == (1, 4 + 2, anchors)
 

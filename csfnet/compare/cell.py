@@ -142,6 +142,7 @@ def _run(
     comparison: str | None,
 ) -> dict[str, Any]:
     from csfnet.model import model_summary
+    from csfnet.temporal import dataset_motion
     from csfnet.train import epoch_logger, train
 
     device = resolve_device(None, every)
@@ -155,7 +156,8 @@ def _run(
     train_s, cpu_s = time.perf_counter() - clock, _cpu_seconds() - cpu
     imgsz = every.imgsz
     matches, bands, latency = _score(result.best, data, imgsz, device, every)
-    summary = model_summary(config, imgsz=imgsz, nc=nc)
+    motion = dataset_motion(data)  # a temporal config's size at the data's channels
+    summary = model_summary(config, imgsz=imgsz, nc=nc, ch=3 + (motion.channels if motion else 0))
     cell = {
         "config": config,
         "seed": seed,
@@ -205,13 +207,18 @@ def _score(
 
 
 def cpu_latency(weights: Path, images: list[Path], imgsz: int) -> float:
-    """Median end-to-end milliseconds per image (pre-processing, inference, NMS) on the CPU at batch 1."""
+    """Median end-to-end milliseconds per image (pre-processing, inference, NMS) on the CPU at batch 1; a temporal
+    model gets the image stacked with its motion channels."""
     from ultralytics import YOLO
 
+    from csfnet.temporal import load_stacked, model_motion
+
     model = YOLO(str(weights))
+    motion = model_motion(model.model)
     times = []
     for i, image in enumerate(images[:2] + images):  # two warm-up runs
-        r = model.predict(str(image), imgsz=imgsz, device="cpu", verbose=False)[0]
+        source = load_stacked(image, motion) if motion else str(image)
+        r = model.predict(source, imgsz=imgsz, device="cpu", verbose=False)[0]
         if i >= min(2, len(images)):
             times.append(sum(r.speed.values()))
     return round(statistics.median(times), 2) if times else 0.0

@@ -7,7 +7,7 @@ The MLflow model serves it.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -29,12 +29,15 @@ def session(path: str | Path, providers: Sequence[str] | None = None):
 
 
 def preprocess(images: Sequence[np.ndarray], imgsz: int) -> np.ndarray:
-    """BGR images as the exported graph takes them: letterboxed to a square (ultralytics' LetterBox), RGB, NCHW
+    """BGR images (or stacked temporal inputs) as the exported graph takes them: letterboxed to a square
+    (ultralytics' LetterBox), in the model's channel order (:func:`csfnet.detect.predict.channel_order`), NCHW
     float32 in 0-1."""
     from ultralytics.data.augment import LetterBox
 
+    from csfnet.detect.predict import channel_order
+
     letterbox = LetterBox((imgsz, imgsz), auto=False)
-    x = np.stack([letterbox(image=im)[..., ::-1].transpose(2, 0, 1) for im in images])
+    x = np.stack([channel_order(letterbox(image=im)).transpose(2, 0, 1) for im in images])
     return np.ascontiguousarray(x, dtype=np.float32) / 255.0
 
 
@@ -57,12 +60,26 @@ class OnnxDetector:
         self.input = self.runtime.input
 
     def __call__(
-        self, images: Sequence[np.ndarray], conf: float = 0.25, iou: float = 0.6, slicing: SliceOptions | None = None
+        self,
+        images: Sequence[np.ndarray],
+        conf: float = 0.25,
+        iou: float = 0.6,
+        slicing: SliceOptions | None = None,
+        earlier: Sequence[Mapping[int, np.ndarray | None] | None] | None = None,
     ) -> list[np.ndarray]:
-        """Detections per image as ``(n, 6)`` arrays ``x1, y1, x2, y2, score, class`` in source pixels."""
-        from csfnet.detect.predict import Predictor
+        """Detections per image as ``(n, 6)`` arrays ``x1, y1, x2, y2, score, class`` in source pixels.
 
-        return Predictor(self.runtime, conf, iou, slicing)(list(images))
+        ``earlier[i]`` maps a source-frame distance ``d`` to the BGR frame ``d`` frames before ``images[i]``: a
+        temporal model computes its motion channels from them (``csfnet.temporal.motion_map``, as ``csfnet detect``
+        does), an offset of its spec with no frame gets the documented fallback (an all-zero channel, as at the start
+        of a stream). Raises DataError for earlier frames given to a single-frame model, or at distances the model
+        does not use."""
+        from csfnet.detect.predict import Predictor
+        from csfnet.detect.temporal_input import stacked_input
+
+        given = list(earlier) if earlier is not None else [None] * len(images)
+        stacked = [stacked_input(im, e, self.runtime.motion) for im, e in zip(images, given)]
+        return Predictor(self.runtime, conf, iou, slicing)(stacked)
 
     def to_rows(self, detections: Sequence[np.ndarray]) -> list[list]:
         """Flat table rows (see ``COLUMNS``), one per box."""

@@ -18,6 +18,7 @@ import numpy as np
 
 from csfnet.detect.runtimes import Runtime
 from csfnet.detect.slicing import MERGE_MODES, merge, windows
+from csfnet.detect.temporal_input import check_frame
 from csfnet.errors import SettingsError
 
 
@@ -44,6 +45,10 @@ class SliceOptions:
 
 class Predictor:
     """Detections per frame as ``(n, 6)`` float32 arrays ``x1, y1, x2, y2, score, class`` in frame pixels.
+
+    A frame is ``H x W x C``: BGR for a single-frame model, BGR + motion channels (``csfnet.temporal.stack``) for a
+    temporal one (``C`` must be the runtime's :attr:`~csfnet.detect.runtimes.Runtime.channels`); slices cut every
+    channel with the same grid.
 
     Args:
         runtime: The loaded model.
@@ -89,6 +94,8 @@ class Predictor:
 
         if not len(frames):
             return []
+        for frame in frames:
+            check_frame(frame, self.runtime.channels, self.runtime.motion)
         crops = [(f, *c) for f, frame in enumerate(frames) for c in self.crops(frame)]
         x = self.preprocess([c[3] for c in crops])
         raw = torch.from_numpy(self.runtime(x, self.batch))
@@ -110,15 +117,23 @@ class Predictor:
         return out
 
     def preprocess(self, images: Sequence[np.ndarray]) -> np.ndarray:
-        """``(N, 3, S, S)`` float32 RGB 0-1; crops already ``S`` x ``S`` go in as they are, others are letterboxed.
-        (One numpy pass per crop; measured faster than OpenCV's blobFromImages and torch here.)"""
+        """``(N, C, S, S)`` float32 0-1 in the channel order the model was trained on (:func:`channel_order`); crops
+        already ``S`` x ``S`` go in as they are, others are letterboxed (every channel padded alike, as in
+        training). (One numpy pass per crop; measured faster than OpenCV's blobFromImages and torch here.)"""
         s = self.runtime.imgsz
         ready = [im if im.shape[:2] == (s, s) else self.letterbox(image=im) for im in images]
-        x = np.empty((len(ready), 3, s, s), np.float32)
+        x = np.empty((len(ready), ready[0].shape[2] if ready else 3, s, s), np.float32)
         for i, im in enumerate(ready):
-            np.divide(im[..., ::-1].transpose(2, 0, 1), 255.0, out=x[i], casting="unsafe")
+            np.divide(channel_order(im).transpose(2, 0, 1), 255.0, out=x[i], casting="unsafe")
         return x
 
     def slices_per_frame(self, height: int, width: int) -> int:
         """How many crops one ``height`` x ``width`` frame becomes."""
-        return len(self.crops(np.empty((height, width, 3), np.uint8)))
+        return len(self.crops(np.empty((height, width, 1), np.uint8)))
+
+
+def channel_order(image: np.ndarray) -> np.ndarray:
+    """``image`` in the channel order ultralytics feeds its models, in training and prediction alike: a 3-channel
+    BGR image as RGB, a stacked temporal input (BGR + motion channels) as it is (ultralytics' ``Format`` and
+    ``BasePredictor`` flip 3-channel images only). A view, no copy."""
+    return image[..., ::-1] if image.shape[2] == 3 else image

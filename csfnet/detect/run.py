@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import asdict, dataclass
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -12,9 +14,10 @@ from tqdm import tqdm
 
 from csfnet.detect.predict import Predictor, SliceOptions
 from csfnet.detect.runtimes import Runtime, load_runtime
-from csfnet.detect.sources import open_source
+from csfnet.detect.sources import Source, open_source
+from csfnet.detect.temporal_input import FrameStacker, describe
 from csfnet.detect.tracker import TRACKERS, Tracker
-from csfnet.errors import SettingsError
+from csfnet.errors import DataError, SettingsError
 from csfnet.files import replace_dir, staging_dir, write_json
 from csfnet.settings import Detect
 
@@ -81,7 +84,11 @@ def detect(
     Args:
         model: A ``.pt``, ``.onnx`` (FP32 or INT8), an OpenVINO folder, a registry URI (``models:/name@alias``) or an
             already loaded runtime.
-        source: A video file, an image file, a folder or glob of images, or a stream URL.
+        source: A video file, an image file, a folder or glob of images, or a stream URL. A temporal model (one
+            with motion offsets) computes its motion channels from the frames before, in one ring buffer for the
+            stream that every decoded frame passes through; it takes a video, a stream, or images forming a frame
+            sequence (:func:`check_temporal_source`), whose first frames get the documented fallback (all-zero
+            motion channels where the earlier frame does not exist yet).
         out: Output folder: ``annotated.mp4``, ``mot.txt``, ``detections.jsonl``, ``summary.json``; it appears only
             when the run completes (replacing an earlier one).
         conf: Confidence threshold of the reported detections.
@@ -116,6 +123,7 @@ def detect(
     src = open_source(source)  # before the model: a bad source fails fast
     try:
         runtime = model if isinstance(model, Runtime) else load_runtime(model, imgsz, device)
+        check_temporal_source(runtime, src)
         object_tracker = Tracker(tracker, tracker_overrides, persistence) if tracker else None
         det_conf = min(conf, object_tracker.min_score) if object_tracker else conf
         predictor = Predictor(runtime, det_conf, iou, slicing, batch)
@@ -143,6 +151,28 @@ def detect(
     return result
 
 
+def check_temporal_source(runtime: Runtime, src: Source) -> None:
+    """DataError unless a temporal model's source has earlier frames: a video, a stream, or images whose names end
+    in consecutive frame numbers (``000001.jpg``, ``frame_0002.png`` ...: a sequence such as MOT's ``img1/``, read in
+    that order). A single image, or a folder of unnumbered or gapped stills, has no defined earlier frames."""
+    if runtime.motion is None or src.kind != "images":
+        return
+    numbers = [_frame_number(name) for name in src.names]
+    steps = {b - a for a, b in pairwise(numbers)} if None not in numbers else set()
+    if len(numbers) < 2 or steps != {1}:
+        what = "one image" if len(numbers) < 2 else "images that are not consecutively numbered frames"
+        raise DataError(
+            f"source {src.spec}: a {describe(runtime.motion)} model needs earlier frames, but the source is {what}; "
+            "give a video, a stream or a numbered frame sequence"
+        )
+
+
+def _frame_number(name: str) -> int | None:
+    """The number a file stem ends in (``img1/000042.jpg`` -> 42), None when it ends in no digit."""
+    match = re.search(r"(\d+)$", Path(name).stem)
+    return int(match.group(1)) if match else None
+
+
 def _run(
     src,
     predictor: Predictor,
@@ -157,6 +187,7 @@ def _run(
     from csfnet.detect.writers import AnnotatedVideo, JsonLinesWriter, MotWriter, StatesWriter
 
     names = predictor.runtime.names
+    stacker = FrameStacker(predictor.runtime.motion)  # one motion ring buffer: this run reads one stream
     video = AnnotatedVideo(tmp / VIDEO, src.fps, src.width, src.height, names) if save_video else None
     mot, jsonl = MotWriter(tmp / MOT), JsonLinesWriter(tmp / JSONL, names)
     states = StatesWriter(tmp / STATES) if single_target else None
@@ -169,7 +200,7 @@ def _run(
         for frame in src:
             if max_frames is not None and frames >= max_frames:
                 break
-            dets = predictor([frame])[0]
+            dets = predictor([stacker(frame)])[0]
             if tracker is not None:
                 tracks = tracker.update(dets, frame)
                 # x1, y1, x2, y2, id, score, cls -> x1, y1, x2, y2, score, cls, id

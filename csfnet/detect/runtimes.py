@@ -1,6 +1,9 @@
 """Inference back ends behind one interface: a batch of letterboxed images in, the raw detection head out.
 
-Every runtime takes ``(N, 3, S, S)`` float32 RGB in 0-1 (``S`` = :attr:`Runtime.imgsz`) and returns the Detect head's
+Every runtime takes ``(N, C, S, S)`` float32 in 0-1 (``S`` = :attr:`Runtime.imgsz`; ``C`` = :attr:`Runtime.channels`:
+3 colour channels, then for a temporal model one motion channel per earlier frame of :attr:`Runtime.motion`, both read
+from the model: ``model.yaml`` of a ``.pt``, the input shape and the ``motion`` metadata of an export; channel order
+as :func:`csfnet.detect.predict.channel_order` gives it) and returns the Detect head's
 output, so pre-processing, NMS and slicing are shared and the runtimes stay interchangeable. The output has one of
 ultralytics' two layouts (:attr:`Runtime.end2end` says which): ``(N, 4 + classes, anchors)`` (boxes xywh, for NMS)
 or, for a model run through its NMS-free one-to-one head (YOLO26), ``(N, max_det, 6)`` (x1, y1, x2, y2, score,
@@ -17,11 +20,16 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from csfnet.detect.temporal_input import check_model, describe, parse_spec
 from csfnet.errors import CheckpointError, InputNotFoundError, ServiceError
+from csfnet.temporal.model_spec import MOTION_KEY
+
+if TYPE_CHECKING:
+    from csfnet.temporal import MotionSpec
 
 REGISTRY_SCHEMES = ("models:/", "runs:/")
 
@@ -34,9 +42,11 @@ class Runtime:
     names: dict[int, str]
     batch: int | None = None
     end2end: bool = False  # output (N, max_det, 6) of an NMS-free head, else (N, 4 + classes, anchors)
+    channels: int = 3  # input channels: 3 colour + one per motion offset
+    motion: MotionSpec | None = None  # the earlier frames a temporal model needs; None: single-frame
 
     def forward(self, x: np.ndarray) -> np.ndarray:
-        """Raw head output of ``x`` ``(N, 3, imgsz, imgsz)`` in the layout :attr:`end2end` names."""
+        """Raw head output of ``x`` ``(N, channels, imgsz, imgsz)`` in the layout :attr:`end2end` names."""
         raise NotImplementedError
 
     def __call__(self, x: np.ndarray, batch: int = 8) -> np.ndarray:
@@ -55,11 +65,12 @@ class Runtime:
         return np.zeros((0, 0, 6) if self.end2end else (0, 4 + len(self.names), 0), np.float32)
 
     def describe(self) -> str:
-        return f"{self.kind} (imgsz {self.imgsz})"
+        motion = "" if self.motion is None else f", {describe(self.motion)}"
+        return f"{self.kind} (imgsz {self.imgsz}{motion})"
 
     def latency_ms(self, batch: int = 1, repeats: int = 10) -> float:
         """Median :meth:`forward` time of one batch of random input, after one warm-up call."""
-        x = np.random.default_rng(0).random((batch, 3, self.imgsz, self.imgsz), dtype=np.float32)
+        x = np.random.default_rng(0).random((batch, self.channels, self.imgsz, self.imgsz), dtype=np.float32)
         self.forward(x)
         times = []
         for _ in range(repeats):
@@ -96,6 +107,11 @@ class TorchRuntime(Runtime):
         train_imgsz = (ckpt.get("train_args") or {}).get("imgsz", 640)
         self.imgsz = int(imgsz or (train_imgsz[0] if isinstance(train_imgsz, (list, tuple)) else train_imgsz))
         self.names = {int(k): str(v) for k, v in dict(getattr(model, "names", {0: "object"})).items()}
+        cfg = getattr(model, "yaml", None) or {}
+        first = next((m for m in model.modules() if isinstance(m, torch.nn.Conv2d)), None)
+        self.channels = int(cfg.get("channels") or (first.in_channels if first is not None else 3))
+        self.motion = parse_spec(cfg.get(MOTION_KEY), path)
+        check_model(self.channels, self.motion, path)
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         import torch
@@ -139,6 +155,9 @@ class OnnxRuntime(Runtime):
         fixed = shape[2] if isinstance(shape[2], int) else None
         self.imgsz = int(fixed or imgsz or ast.literal_eval(meta.get("imgsz", "[640, 640]"))[0])
         self.batch = shape[0] if isinstance(shape[0], int) else None
+        self.channels = shape[1] if isinstance(shape[1], int) else int(meta.get("channels", 3))
+        self.motion = parse_spec(meta.get("motion"), path)
+        check_model(self.channels, self.motion, path)
         self.kind = "onnxruntime-int8" if _is_quantised(path) else "onnxruntime"
 
     def forward(self, x: np.ndarray) -> np.ndarray:
@@ -171,8 +190,11 @@ class OpenVinoRuntime(Runtime):
         shape = model.inputs[0].get_partial_shape()
         fixed = shape[2].get_length() if shape[2].is_static else None
         self.imgsz = int(fixed or imgsz or (meta.get("imgsz") or [640])[0])
+        self.channels = shape[1].get_length() if shape[1].is_static else int(meta.get("channels", 3))
+        self.motion = parse_spec(meta.get("motion"), path)
+        check_model(self.channels, self.motion, path)
         if shape[0].is_dynamic or not shape[2].is_static:  # any batch, image size pinned: faster plans
-            model.reshape([-1, 3, self.imgsz, self.imgsz])
+            model.reshape([-1, self.channels, self.imgsz, self.imgsz])
         self.batch = None if model.inputs[0].get_partial_shape()[0].is_dynamic else shape[0].get_length()
         out = model.outputs[0].get_partial_shape()
         self.end2end = _is_end2end(meta.get("end2end"), [d.get_length() if d.is_static else None for d in out])

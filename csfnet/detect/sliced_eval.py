@@ -8,11 +8,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import cv2
-
 from csfnet.data.dataset import read_labels, split_images
 from csfnet.detect.predict import Predictor, SliceOptions
 from csfnet.detect.runtimes import Runtime, load_runtime
+from csfnet.detect.temporal_input import read_frame
 from csfnet.errors import DataError
 from csfnet.metrics import band_metrics
 from csfnet.settings import Detect, Eval
@@ -42,7 +41,8 @@ def sliced_vs_full(
 
     Returns ``{"full": bands, "sliced": bands, "slice": ..., "images": n, "objects": n, "ms_per_image": {"full",
     "sliced"}, "crops_per_image": k}`` where ``bands`` maps each band name to ``{"px", "objects", "ap50",
-    "recall"}``. Use :func:`flat_metrics` for MLflow.
+    "recall"}``. Use :func:`flat_metrics` for MLflow. A temporal model sees each image stacked with its stored
+    motion channels (:func:`csfnet.temporal.load_stacked`), sliced with the same grid.
     """
     runtime = model if isinstance(model, Runtime) else load_runtime(model, imgsz)
     images = split_images(data, split)[:max_images]
@@ -59,7 +59,7 @@ def sliced_vs_full(
         predictor = Predictor(runtime, conf, iou, slicing, batch)
         predictions, seconds = [], 0.0
         for path in images:
-            frame = cv2.imread(str(path))
+            frame = read_frame(path, runtime.motion)
             start = time.perf_counter()
             dets = predictor([frame])[0]
             seconds += time.perf_counter() - start
@@ -67,7 +67,7 @@ def sliced_vs_full(
         out[name] = band_metrics(truths, predictions, size_bands, report_conf)
         out["ms_per_image"][name] = round(1000 * seconds / len(images), 2)
         if name == "sliced":
-            first = cv2.imread(str(images[0]))
+            first = read_frame(images[0], None)
             out["crops_per_image"] = predictor.slices_per_frame(*first.shape[:2])
     return out
 

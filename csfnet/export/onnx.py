@@ -14,7 +14,6 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-import cv2
 import numpy as np
 import onnx
 from onnx.tools.update_model_dims import update_inputs_outputs_dims
@@ -22,7 +21,9 @@ from tqdm import tqdm
 
 from csfnet.data.dataset import split_images
 from csfnet.detect.onnx_detector import preprocess
+from csfnet.detect.temporal_input import parse_spec, read_frame, spec_json
 from csfnet.errors import InputNotFoundError
+from csfnet.temporal.model_spec import MOTION_KEY
 
 
 def onnx_export(
@@ -30,7 +31,9 @@ def onnx_export(
 ) -> Path:
     """ONNX next to ``weights`` through ultralytics' exporter: dynamic batch, image size pinned unless
     ``dynamic_size``; an NMS-free head exported through its one-to-one branch when ``end_to_end``
-    (:func:`csfnet.heads.head_args`; ultralytics records the choice as the ``end2end`` metadata)."""
+    (:func:`csfnet.heads.head_args`; ultralytics records the choice as the ``end2end`` metadata). A temporal model
+    (``model.yaml["motion"]``) is exported with its ``3 + k`` input channels and its spec as the ``motion``
+    metadata entry (JSON), which the runtimes read."""
     from ultralytics import YOLO
 
     from csfnet.heads import head_args
@@ -39,8 +42,11 @@ def onnx_export(
     yolo = YOLO(str(weights))
     path = Path(yolo.export(**args, **head_args(yolo.model, end_to_end)))
     model = _declare_shapes(onnx.load(str(path)), imgsz, dynamic_size)
-    meta = model.metadata_props.add()
-    meta.key, meta.value = "dynamic_size", str(dynamic_size)
+    motion = spec_json(parse_spec(yolo.model.yaml.get(MOTION_KEY), weights))
+    for key, value in {"dynamic_size": str(dynamic_size), "motion": motion}.items():
+        if value is not None:
+            meta = model.metadata_props.add()
+            meta.key, meta.value = key, value
     onnx.checker.check_model(model)
     target = path.with_name(f"{path.stem}-final.onnx")
     onnx.save(model, str(target))
@@ -49,7 +55,8 @@ def onnx_export(
 
 
 def quantize_int8(fp32: Path, out: Path, calib_data: Path, imgsz: int, frames: int = 100) -> Path:
-    """Static INT8 quantisation with onnxruntime, calibrated on ``frames`` evenly spaced training frames."""
+    """Static INT8 quantisation with onnxruntime, calibrated on ``frames`` evenly spaced training frames (for a
+    temporal model stacked with their stored motion channels, :func:`csfnet.temporal.load_stacked`)."""
     from onnxruntime.quantization import (
         CalibrationDataReader,
         CalibrationMethod,
@@ -63,6 +70,9 @@ def quantize_int8(fp32: Path, out: Path, calib_data: Path, imgsz: int, frames: i
     if not images:
         raise InputNotFoundError(f"{calib_data}: no training frames to calibrate INT8 with")
     images = images[:: max(1, len(images) // frames)][:frames]
+    spec = parse_spec(
+        {p.key: p.value for p in onnx.load(str(fp32), load_external_data=False).metadata_props}.get("motion")
+    )
 
     class Frames(CalibrationDataReader):
         def __init__(self) -> None:
@@ -70,7 +80,7 @@ def quantize_int8(fp32: Path, out: Path, calib_data: Path, imgsz: int, frames: i
 
         def get_next(self) -> dict[str, np.ndarray] | None:
             path = next(self.batches, None)
-            return None if path is None else {"images": preprocess([cv2.imread(path)], imgsz)}
+            return None if path is None else {"images": preprocess([read_frame(path, spec)], imgsz)}
 
     prepared = out.with_name(f"{out.stem}-prepared.onnx")
     quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
@@ -111,12 +121,12 @@ def _declare_shapes(model: onnx.ModelProto, imgsz: int, dynamic_size: bool) -> o
     import onnxruntime as ort
 
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    name = session.get_inputs()[0].name
-    shape = session.run(None, {name: np.zeros((1, 3, imgsz, imgsz), np.float32)})[0].shape
+    name, channels = session.get_inputs()[0].name, session.get_inputs()[0].shape[1]
+    shape = session.run(None, {name: np.zeros((1, channels, imgsz, imgsz), np.float32)})[0].shape
     end2end = {p.key: p.value for p in model.metadata_props}.get("end2end") == "True"
     if dynamic_size:  # top-k keeps min(max_det, anchors) boxes, so both layouts vary with the image size
-        inputs, outputs = ["batch", 3, "height", "width"], ["batch", "detections", 6] if end2end else None
+        inputs, outputs = ["batch", channels, "height", "width"], ["batch", "detections", 6] if end2end else None
         outputs = outputs or ["batch", shape[1], "anchors"]
     else:
-        inputs, outputs = ["batch", 3, imgsz, imgsz], ["batch", *shape[1:]]
+        inputs, outputs = ["batch", channels, imgsz, imgsz], ["batch", *shape[1:]]
     return update_inputs_outputs_dims(model, {name: inputs}, {model.graph.output[0].name: outputs})

@@ -5,6 +5,11 @@ OpenVINO is the CPU runtime ultralytics recommends. INT8 is NNCF post-training q
 mixed preset, the Detect head's decoding kept in floating point) calibrated on evenly spaced *training* frames, as
 the ONNX INT8 model is. A model is a folder (``model.xml``, ``model.bin``, ``metadata.yaml``) whose name ends in
 ``_openvino_model``, how ultralytics recognises it.
+
+A temporal model (``model.yaml["motion"]``) is exported with its ``3 + k`` input channels and its spec as ``motion``
+in ``metadata.yaml`` (the runtime reads it). Its INT8 calibration frames are the training images stacked with their
+stored motion channels (:func:`csfnet.temporal.load_stacked`), fed by
+:class:`csfnet.export.stacked_calibration.StackedCalibrationExporter` (ultralytics' own loader reads 3-channel files).
 """
 
 from __future__ import annotations
@@ -15,8 +20,10 @@ from typing import Any
 import yaml
 
 from csfnet.data.dataset import split_images
+from csfnet.detect.temporal_input import parse_spec
 from csfnet.errors import InputNotFoundError, SettingsError
 from csfnet.files import replace_dir
+from csfnet.temporal.model_spec import MOTION_KEY
 
 SUFFIX = "_openvino_model"
 
@@ -41,13 +48,31 @@ def openvino_export(
     args: dict[str, Any] = {"format": "openvino", "imgsz": imgsz, "dynamic": True, "device": "cpu"}
     yolo = YOLO(str(weights))
     args.update(head_args(yolo.model, end_to_end))
-    if int8_data is not None:
-        train = split_images(int8_data, "train")
-        if not train:
-            raise InputNotFoundError(f"{int8_data}: no training frames to calibrate INT8 with")
-        # every frame counts (batch 1: ultralytics' calibration loader drops an incomplete last batch)
-        args.update(quantize=8, data=str(int8_data), split="train", fraction=min(1.0, frames / len(train)), batch=1)
-    return Path(yolo.export(**args))
+    spec = parse_spec(yolo.model.yaml.get(MOTION_KEY), weights)
+    if int8_data is None:
+        return _with_motion(Path(yolo.export(**args)), yolo.model.yaml.get(MOTION_KEY))
+    train = split_images(int8_data, "train")
+    if not train:
+        raise InputNotFoundError(f"{int8_data}: no training frames to calibrate INT8 with")
+    # every frame counts (batch 1: ultralytics' calibration loader drops an incomplete last batch)
+    args.update(quantize=8, data=str(int8_data), split="train", fraction=min(1.0, frames / len(train)), batch=1)
+    if spec is None:
+        return Path(yolo.export(**args))
+    from csfnet.export.stacked_calibration import StackedCalibrationExporter
+
+    calibration = train[:: max(1, len(train) // frames)][:frames]
+    exporter = StackedCalibrationExporter(calibration, spec, overrides={**yolo.overrides, **args, "mode": "export"})
+    return _with_motion(Path(exporter(model=yolo.model)), yolo.model.yaml.get(MOTION_KEY))
+
+
+def _with_motion(folder: Path, motion: Any) -> Path:
+    """Record a temporal model's motion spec in the folder's ``metadata.yaml`` (nothing for a single-frame one)."""
+    if motion:
+        meta_file = folder / "metadata.yaml"
+        meta = yaml.safe_load(meta_file.read_text()) or {}
+        meta["motion"] = dict(motion)
+        meta_file.write_text(yaml.safe_dump(meta, sort_keys=False))
+    return folder
 
 
 def install(src: Path, dst: Path) -> None:

@@ -13,11 +13,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import cv2
 import numpy as np
 
 from csfnet.data.dataset import read_labels, split_images
-from csfnet.errors import InputNotFoundError
+from csfnet.detect.temporal_input import describe, read_frame
+from csfnet.errors import DataError, InputNotFoundError
 
 if TYPE_CHECKING:
     from csfnet.detect.runtimes import Runtime
@@ -49,11 +49,16 @@ def verify(
     from csfnet.detect.predict import Predictor  # imports of torch and ultralytics: kept out of the CLI's import
     from csfnet.detect.runtimes import TorchRuntime, load_runtime
 
-    images = [cv2.imread(str(p)) for p in split_images(data, "val")[:frames]]
-    if not images:
-        raise InputNotFoundError(f"{data}: the validation split has no images to verify with")
     reference = TorchRuntime(weights, imgsz, end_to_end=end_to_end)
     exported = load_runtime(model, imgsz, providers=CPU)
+    check_data_motion(reference, data)
+    if (exported.channels, exported.motion) != (reference.channels, reference.motion):
+        raise DataError(
+            f"{model}: exported as {describe(exported.motion)}, but {weights} is {describe(reference.motion)}"
+        )
+    images = [read_frame(p, reference.motion) for p in split_images(data, "val")[:frames]]
+    if not images:
+        raise InputNotFoundError(f"{data}: the validation split has no images to verify with")
     x = Predictor(reference).preprocess(images)
     reference_raw, exported_raw = reference(x, batch), exported(x, batch)
     raw_diff = _raw_difference(reference_raw, exported_raw, reference.end2end)
@@ -113,13 +118,22 @@ def split_map(
     from csfnet.detect.predict import Predictor
     from csfnet.metrics import average_precision, match_images
 
+    check_data_motion(runtime, data)
     images = split_images(data, "val")
     predictor = Predictor(runtime, conf, iou, batch=batch)
     predictions = []
     for start in range(0, len(images), batch):
-        frames = [cv2.imread(str(p)) for p in images[start : start + batch]]
+        frames = [read_frame(p, runtime.motion) for p in images[start : start + batch]]
         predictions += [(d[:, :4], d[:, 4]) for d in predictor(frames)]
     return average_precision(match_images([read_labels(p)[0] for p in images], predictions))
+
+
+def check_data_motion(runtime: Runtime, data: str | Path) -> None:
+    """DataError unless ``data`` holds the motion channels ``runtime``'s model takes (none for a single-frame model;
+    for a temporal one its offsets, alignment and files: :func:`csfnet.temporal.check_dataset_motion`)."""
+    from csfnet.temporal import check_dataset_motion
+
+    check_dataset_motion(Path(data), runtime.motion)
 
 
 def _raw_difference(reference: np.ndarray, exported: np.ndarray, end2end: bool) -> float:

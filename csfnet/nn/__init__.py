@@ -1,5 +1,5 @@
 """CSF-Net layers and the builder that assembles them from YAML configs."""
 
-from csfnet.nn.modules import CReToNeXt, CSwitch, DFuse, RepResBlock
+from csfnet.nn.modules import Channels, CReToNeXt, CSwitch, DFuse, RepResBlock
 
-__all__ = ("CReToNeXt", "CSwitch", "DFuse", "RepResBlock")
+__all__ = ("CReToNeXt", "CSwitch", "Channels", "DFuse", "RepResBlock")

@@ -15,7 +15,7 @@ from torch import nn
 from ultralytics.nn.modules import C2PSA, SPPF, C2f, C3k2, CBFuse, Concat, Conv, Detect
 from ultralytics.utils.ops import make_divisible
 
-from csfnet.nn.modules import CReToNeXt, CSwitch, DFuse
+from csfnet.nn.modules import Channels, CReToNeXt, CSwitch, DFuse
 
 # Modules whose first argument is an output channel count scaled by the width multiple.
 _SCALED = {"Conv": Conv, "C2f": C2f, "C3k2": C3k2, "C2PSA": C2PSA, "SPPF": SPPF, "CReToNeXt": CReToNeXt}
@@ -25,6 +25,7 @@ _OTHER = {
     "Concat": Concat,
     "Detect": Detect,
     "CSwitch": CSwitch,
+    "Channels": Channels,
     "DFuse": DFuse,
     "CBFuse": CBFuse,
     "nn.Upsample": nn.Upsample,
@@ -114,6 +115,9 @@ def _build_other(
     if name == "Detect":
         with _detect_head_layout(head["legacy"]):
             return Detect(args[0], head["reg_max"], head["end2end"], list(c_in)), None
+    if name == "Channels":  # part of a stacked input, e.g. the colour of colour + motion
+        module = Channels(*args)
+        return module, module.out_channels(c_in)
     if name == "CSwitch":
         branches = [partition[s] for s in args[0]]
         return CSwitch(c_in, branches), branches

@@ -13,7 +13,32 @@ import torch.nn.functional as F
 from torch import nn
 from ultralytics.nn.modules import Conv, RepConv
 
-__all__ = ("CReToNeXt", "CSwitch", "DFuse", "RepResBlock")
+__all__ = ("CReToNeXt", "CSwitch", "Channels", "DFuse", "RepResBlock")
+
+
+class Channels(nn.Module):
+    """Channel selection ``x[:, start:stop]``: routes part of a stacked input (e.g. the colour of colour + motion)
+    to one branch of a model.
+
+    Args:
+        start: First channel kept.
+        stop: One past the last channel kept; None keeps every channel from ``start`` on.
+    """
+
+    def __init__(self, start: int = 0, stop: int | None = None):
+        super().__init__()
+        if start < 0 or (stop is not None and stop <= start):
+            raise ValueError(f"Channels needs 0 <= start < stop, got start={start}, stop={stop}")
+        self.start, self.stop = int(start), None if stop is None else int(stop)
+
+    def out_channels(self, c1: int) -> int:
+        """Channels kept from a ``c1``-channel input; ValueError if the input has too few."""
+        if self.start >= c1 or (self.stop is not None and self.stop > c1):
+            raise ValueError(f"Channels({self.start}, {self.stop}) needs more than the {c1} input channels")
+        return len(range(c1)[self.start : self.stop])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x[:, self.start : self.stop]
 
 
 class CSwitch(nn.Module):
