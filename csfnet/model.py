@@ -166,8 +166,12 @@ class CSFNetModel(DetectionModel):
         if nc is not None:
             self.yaml["nc"] = int(nc)
         ch = input_channels(self.yaml) if ch is None else int(ch)
-        if is_temporal(self.yaml) and ch < 4:
-            raise ValueError(f"{self.yaml.get('name', 'this config')} takes colour + motion (>= 4 channels), got {ch}")
+        if is_temporal(self.yaml):
+            if ch < 4:
+                raise ValueError(
+                    f"{self.yaml.get('name', 'this config')} takes colour + motion (>= 4 channels), got {ch}"
+                )
+            self.yaml["motion_channels"] = ch - 3  # the config rebuilds as built
         self.yaml["channels"] = ch
         self.model, self.save = build_layers(self.yaml, ch)
         self.names = {i: str(i) for i in range(self.yaml["nc"])}

@@ -75,6 +75,7 @@ def test_temporal_configs_build_for_any_k_and_route_motion(k):
     for name, fusion_channels in (("csfnet-t-n", 3), ("csfnet-t-n-both", 3 + k)):
         model = build_model(name, nc=2, ch=3 + k).eval()
         assert model.yaml["channels"] == 3 + k and model.model[1].conv.in_channels == 3 + k  # shallow: all
+        assert build_model(model.yaml).yaml["channels"] == 3 + k  # its config rebuilds it as built
         assert model.model[FUSION_STEM].conv.in_channels == fusion_channels
         with torch.no_grad():
             out, out_still = model(x)[0], model(still)[0]
