@@ -29,6 +29,8 @@ def _isolated_tracking(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CSFNET_PARAMS", str(tmp_path / "params.yaml"))
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr("mlflow.tracking.fluent._active_experiment_id", None)  # no experiment of an earlier test
+    # nor its mlflow.set_tracking_uri(...): that would outrank this test's MLFLOW_TRACKING_URI
+    monkeypatch.setattr("mlflow.tracking._tracking_service.utils._tracking_uri", None)
     import s3fs
 
     s3fs.S3FileSystem.clear_instance_cache()  # its cache key omits AWS_ENDPOINT_URL: each test's moto server is new
