@@ -7,7 +7,8 @@ order in which the work is handed out.
   test_pipeline's whole `dvc repro`, are set up once), and the units go out in collection order, so the long modules
   (``WEIGHTS``, seconds measured on 2 busy cores) are moved to the front and the short ones fill the gaps at the
   end. Without xdist the order is left as collected. (``--dist loadgroup`` would allow finer units, but
-  pytest-xdist 3.8 cannot group under pytest 9: it renames ``item._nodeid``, which pytest 9 no longer reads.)
+  pytest-xdist 3.8 cannot group under pytest 9: it renames ``item._nodeid``, which pytest 9 no longer reads;
+  pytest-xdist issue 1386.)
 """
 
 from __future__ import annotations
