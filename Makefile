@@ -1,6 +1,9 @@
 # Two commands: `make run` (set up .venv, run the pipeline) and `make test` (set up .venv, run all tests: CI);
 # `make test-fast` skips the tests marked slow (training, whole pipelines, servers) for the edit-test loop.
+# Both run the tests on TEST_WORKERS pytest-xdist processes, one test module each at a time (tests/parallel.py).
 PYTHON ?= python3
+TEST_WORKERS ?= 2
+PARALLEL := -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
@@ -22,12 +25,12 @@ run: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/pytest
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/pytest $(PARALLEL)
 
 test-fast: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/pytest -m "not slow" -x
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/pytest $(PARALLEL) -m "not slow" -x
 
 lint: $(STAMP)
 	$(BIN)/ruff check --fix .

@@ -13,6 +13,8 @@ import csfnet  # noqa: F401  (sets the offline environment before ultralytics is
 from csfnet.data.extract import extract
 from csfnet.data.synth import SynthSpec, generate
 
+from .parallel import heaviest_first, shared, worker
+
 REPO = Path(__file__).resolve().parents[1]
 ARTIFACTS = REPO / "test-artifacts"  # screenshots and other outputs worth keeping after a run
 TINY = SynthSpec(train_videos=2, val_videos=1, frames=8, width=96, height=64, seed=3)
@@ -27,21 +29,30 @@ def _isolated_tracking(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CSFNET_PARAMS", str(tmp_path / "params.yaml"))
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr("mlflow.tracking.fluent._active_experiment_id", None)  # no experiment of an earlier test
+    # nor its mlflow.set_tracking_uri(...): that would outrank this test's MLFLOW_TRACKING_URI
+    monkeypatch.setattr("mlflow.tracking._tracking_service.utils._tracking_uri", None)
     import s3fs
 
     s3fs.S3FileSystem.clear_instance_cache()  # its cache key omits AWS_ENDPOINT_URL: each test's moto server is new
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if worker() is not None:  # each worker collects; all must hand the controller the same order
+        heaviest_first(items)
+
+
 @pytest.fixture(scope="session")
 def tiny_raw(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return generate(tmp_path_factory.mktemp("raw") / "raw", TINY, workers=2)
+    return shared(tmp_path_factory, "raw", lambda root: generate(root / "raw", TINY, workers=2))
 
 
 @pytest.fixture(scope="session")
 def tiny_data(tiny_raw: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("dataset") / "dataset"
-    extract(tiny_raw, out, workers=2)
-    return out / "data.yaml"
+    def build(root: Path) -> Path:
+        extract(tiny_raw, root / "dataset", workers=2)
+        return root / "dataset" / "data.yaml"
+
+    return shared(tmp_path_factory, "dataset", build)
 
 
 @pytest.fixture(scope="session")
@@ -49,14 +60,18 @@ def tiny_weights(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> P
     """best.pt of CSF-Net-n trained for one epoch at imgsz 64 through ultralytics' trainer."""
     from csfnet.train import train
 
-    run = tmp_path_factory.mktemp("run") / "train"
-    old = Path.cwd()
-    os.chdir(run.parent)
-    try:
-        result = train(tiny_data, model="csfnet-n", out=run, preset="quick", overrides=TINY_TRAIN, device="cpu")
-    finally:
-        os.chdir(old)
-    return result.best
+    def build(root: Path) -> Path:
+        old = Path.cwd()
+        os.chdir(root)
+        try:
+            result = train(
+                tiny_data, model="csfnet-n", out=root / "train", preset="quick", overrides=TINY_TRAIN, device="cpu"
+            )
+        finally:
+            os.chdir(old)
+        return result.best
+
+    return shared(tmp_path_factory, "run", build)
 
 
 TINY_TRAIN = {"epochs": 1, "imgsz": 64, "batch": 4, "workers": 0, "plots": False, "mosaic": 0.0}
