@@ -224,3 +224,16 @@ def test_comparison_cell_trains_and_scores_a_temporal_config(motion_data, tmp_pa
     cell = run_cell("csfnet-t-n-both", 0, motion_data, tmp_path / "cell", settings=settings)
     assert cell["params"] == model_summary("csfnet-t-n-both", imgsz=64, ch=5)["params"]
     assert cell["latency_ms_cpu"] > 0 and cell["images"] == len(list((motion_data.parent / "images/val").iterdir()))
+
+
+@pytest.mark.slow
+def test_a_single_frame_cell_meets_temporal_ones_on_the_colour_frames_of_the_same_split(motion_data, tmp_path):
+    from csfnet.compare.cell import run_cell
+
+    settings = _tiny_temporal_settings(**{"compare.preset": "quick", "compare.latency_images": 2})
+    cell = run_cell("yolov8n", 0, motion_data, tmp_path / "cell", settings=settings)
+    assert cell["params"] == model_summary("yolov8n", imgsz=64)["params"]  # built for 3 channels
+    assert cell["images"] == len(list((motion_data.parent / "images/val").iterdir()))
+    view = yaml.safe_load((tmp_path / "cell/colour/data.yaml").read_text())
+    assert "motion" not in view and "channels" not in view and Path(view["path"]) == motion_data.parent.resolve()
+    assert model_motion(torch.load(tmp_path / "cell/weights/best.pt", weights_only=False)["model"]) is None

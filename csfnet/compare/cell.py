@@ -93,9 +93,12 @@ def run_cell(
     every = cell_settings(config, seed, preset, settings)
     every = every.override({"train.device": device}, "options")
     info = check_dataset(data, ("train", "val"))
+    colour_only = _single_frame_on_motion(config, data)
+    if colour_only:  # a single-frame configuration meets temporal ones on the colour frames of the same split
+        every = every.override({"temporal.offsets": []}, "comparison")
     fingerprint = _fingerprint(config, seed, every, data)
     if not distributed.start(resolve_device(None, every)):
-        return _follow(data, every)
+        return _follow(data, every, colour_only)
     out = Path(distributed.from_main(str(Path(out).resolve())))  # the other ranks train into this folder too
     done = distributed.from_main(_finished(out, fingerprint))
     if done is not None:
@@ -116,17 +119,33 @@ def run_cell(
     params = {"config": config, "seed": seed, **every.train_args()}
     parent = comparison_parent(comparison) if comparison else None
     with logger.stage("compare-cell", params, tags, parent=parent, fail_parent=False) as run:
-        cell = _run(config, seed, data, out, every, len(info["names"]), fingerprint, run, comparison)
+        model_data = _model_data(data, out, colour_only)
+        cell = _run(config, seed, data, model_data, out, every, len(info["names"]), fingerprint, run, comparison)
     return distributed.from_main(cell)  # the other ranks wait until the cell is written
 
 
-def _follow(data: str | Path, every: Settings) -> dict[str, Any]:
+def _single_frame_on_motion(config: str, data: str | Path) -> bool:
+    from csfnet.model import is_temporal
+    from csfnet.temporal import dataset_motion
+
+    return dataset_motion(data) is not None and not is_temporal(config)
+
+
+def _model_data(data: str | Path, out: Path, colour_only: bool) -> str | Path:
+    """The data.yaml the cell's model trains and is scored on: ``data``, or its colour view (same images, no motion
+    channels) for a single-frame configuration on motion data."""
+    from csfnet.temporal import colour_view
+
+    return colour_view(data, out / "colour" / "data.yaml") if colour_only else data
+
+
+def _follow(data: str | Path, every: Settings, colour_only: bool) -> dict[str, Any]:
     """A rank other than 0: train the cell with rank 0 unless it is finished; rank 0's ``cell.json``."""
     from csfnet.train import train
 
     out = Path(distributed.from_main(None))
     if distributed.from_main(None) is None:  # not finished: rank 0 trains it, and this rank with it
-        train(data, out=out / "train", settings=every)
+        train(_model_data(data, out, colour_only), out=out / "train", settings=every)
     return distributed.from_main(None)
 
 
@@ -134,6 +153,7 @@ def _run(
     config: str,
     seed: int,
     data: str | Path,
+    model_data: str | Path,
     out: Path,
     every: Settings,
     nc: int,
@@ -152,11 +172,11 @@ def _run(
         device, gpus = distributed.device_setting(device, launch), launch.world_size
     clock, cpu = time.perf_counter(), _cpu_seconds()
     callbacks = {"on_fit_epoch_end": epoch_logger(run)} if run.active else None
-    result = train(data, out=out / "train", callbacks=callbacks, settings=every)  # logged as the cell's own run
+    result = train(model_data, out=out / "train", callbacks=callbacks, settings=every)  # the cell's own run
     train_s, cpu_s = time.perf_counter() - clock, _cpu_seconds() - cpu
     imgsz = every.imgsz
-    matches, bands, latency = _score(result.best, data, imgsz, device, every)
-    motion = dataset_motion(data)  # a temporal config's size at the data's channels
+    matches, bands, latency = _score(result.best, model_data, imgsz, device, every)
+    motion = dataset_motion(model_data)  # a temporal config's size at the data's channels
     summary = model_summary(config, imgsz=imgsz, nc=nc, ch=3 + (motion.channels if motion else 0))
     cell = {
         "config": config,

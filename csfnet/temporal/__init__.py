@@ -5,7 +5,14 @@
 :mod:`csfnet.temporal.model_spec` reads the spec a trained model carries (:func:`model_motion`).
 """
 
-from csfnet.temporal.dataset_files import check_dataset_motion, dataset_motion, load_motion, load_stacked, motion_path
+from csfnet.temporal.dataset_files import (
+    check_dataset_motion,
+    colour_view,
+    dataset_motion,
+    load_motion,
+    load_stacked,
+    motion_path,
+)
 from csfnet.temporal.model_spec import model_motion
 from csfnet.temporal.motion import MotionBuffer, MotionSpec, motion_map, stack
 
@@ -13,6 +20,7 @@ __all__ = [
     "MotionBuffer",
     "MotionSpec",
     "check_dataset_motion",
+    "colour_view",
     "dataset_motion",
     "load_motion",
     "load_stacked",

@@ -16,6 +16,7 @@ import numpy as np
 import yaml
 
 from csfnet.errors import DataError, InputNotFoundError
+from csfnet.files import write_text
 from csfnet.temporal.motion import MotionSpec, stack
 
 MOTION_DIR = "motion"
@@ -80,6 +81,19 @@ def dataset_motion(data: str | Path | Mapping[str, Any]) -> MotionSpec | None:
         return MotionSpec.from_dict(motion)
     except DataError as e:
         raise DataError(f"{path or 'data.yaml'}: {e}") from None
+
+
+def colour_view(data: str | Path | Mapping[str, Any], out: str | Path) -> Path:
+    """Write ``out``: a data.yaml naming the same images as ``data`` (folder or data.yaml) without its motion channels,
+    so a single-frame model trains and is scored on the colour frames of a motion dataset (one split for temporal and
+    single-frame models in a comparison); return ``out``."""
+    values, path = _data_yaml(data)
+    base = path.parent if path is not None else Path(data if not isinstance(data, Mapping) else ".")
+    root = base / values["path"] if values.get("path") else base
+    view = {k: v for k, v in values.items() if k not in ("motion", "channels")}
+    view["path"] = str(root.resolve())
+    write_text(out, yaml.safe_dump(view, sort_keys=False))
+    return Path(out)
 
 
 def _describe(spec: MotionSpec | None) -> str:
