@@ -125,8 +125,10 @@ def _follow(data: str | Path, every: Settings) -> dict[str, Any]:
     from csfnet.train import train
 
     out = Path(distributed.from_main(None))
-    if distributed.from_main(None) is None:  # not finished: rank 0 trains it, and this rank with it
-        train(data, out=out / "train", settings=every)
+    done = distributed.from_main(None)
+    if done is not None:  # finished earlier: rank 0 returns it without another broadcast
+        return done
+    train(data, out=out / "train", settings=every)  # rank 0 trains it, and this rank with it
     return distributed.from_main(None)
 
 
