@@ -268,7 +268,13 @@ def cmd_detect(args: argparse.Namespace, settings: Settings) -> int:
     from csfnet.detect import detect
 
     result = detect(
-        args.model, args.source, args.out, max_frames=args.max_frames, progress=True, **settings.detect.options()
+        args.model,
+        args.source,
+        args.out,
+        max_frames=args.max_frames,
+        progress=True,
+        end_to_end=settings.eval.end_to_end,
+        **settings.detect.options(),
     )
     print(result.summary())
     return 0

@@ -153,7 +153,7 @@ def _sliced(weights: Path, data: Path, out_dir: Path, size: int, p: dict, settin
     result = sliced_eval.sliced_vs_full(
         weights, data, slice_size=size, overlap=d.overlap, full_frame=d.full_frame, merge=d.merge,
         merge_threshold=d.merge_threshold, conf=p["conf"], iou=p["iou"], imgsz=p["imgsz"],
-        report_conf=p["report_conf"], size_bands=p["size_bands"], batch=d.batch,
+        report_conf=p["report_conf"], size_bands=p["size_bands"], batch=d.batch, end_to_end=p["end_to_end"],
     )  # fmt: skip
     (out_dir / "slicing.json").write_text(json.dumps(result, indent=2))
     return sliced_eval.flat_metrics(result)
@@ -167,7 +167,7 @@ def _tracking(weights: Path, raw: Path, out_dir: Path, tracker: str, imgsz: int,
     result = track_eval.evaluate_tracking(
         weights, raw, split="val", tracker=tracker, conf=d.conf, iou=d.iou, imgsz=imgsz,
         slice_size=d.slice or None, overlap=d.overlap,
-        tracker_overrides=d.track_args or None, persistence=d.persistence.rule(),
+        tracker_overrides=d.track_args or None, persistence=d.persistence.rule(), end_to_end=settings.eval.end_to_end,
     )  # fmt: skip
     track_eval.write_report(result, out_dir)  # tracking.json, tracking.md: with and without track filtering
     return track_eval.flat_metrics(result)

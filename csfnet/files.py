@@ -85,7 +85,9 @@ def process_pool(workers: int, preload: str = "") -> ProcessPoolExecutor:
     """A pool of ``workers`` processes started from a clean forkserver, not forked from this process: a child forked
     after OpenCV's thread pool ran here inherits its locked state and hangs in its first OpenCV call. ``preload``:
     a module the forkserver imports when it first starts, so workers fork with it loaded (scripts that use the pool
-    need the ``if __name__ == "__main__":`` guard, as with spawn)."""
+    need the ``if __name__ == "__main__":`` guard, as with spawn; a script piped on stdin, ``python - <<EOF``, cannot
+    start workers at all: CPython's workers re-run ``<stdin>`` as a file and the pool breaks. ``python -c``,
+    ``python -m`` and console scripts work)."""
     context = multiprocessing.get_context("forkserver")
     if preload:
         context.set_forkserver_preload([preload])  # no effect once this process's forkserver runs

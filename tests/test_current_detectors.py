@@ -4,6 +4,7 @@ served and run through its one-to-one branch (``eval.end_to_end``), and every ru
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -189,3 +190,33 @@ def test_pytorch_onnx_and_openvino_agree_on_real_detections(e2e_detector, tmp_pa
     for other in found[1:]:
         for a, b in zip(found[0], other):
             assert len(a) == len(b) and np.allclose(a, b, atol=0.01)  # boxes, scores and classes
+
+
+def test_pt_detect_honours_end_to_end_false(tmp_path):
+    """Issue 23: `csfnet detect` on a `.pt` with an NMS-free head and `eval.end_to_end: false` runs its one-to-many
+    branch through NMS (as evaluation and the exports do), and with the default its one-to-one branch, no NMS."""
+    from csfnet.cli import main
+
+    weights = _checkpoint("csfnet26-n", tmp_path / "model.pt")
+    frame = np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)
+    cv2.imwrite(str(tmp_path / "frame.png"), frame)
+    one_to_many = load_runtime(weights, end_to_end=False)
+    anchors = sum((64 // s) ** 2 for s in (8, 16, 32))
+    assert not one_to_many.end2end and one_to_many(np.zeros((1, 3, 64, 64), np.float32)).shape == (1, 5, anchors)
+    assert load_runtime(weights).end2end
+
+    conf, iou = 0.0001, 0.6  # an untrained model scores every anchor low: many overlapping candidates
+    predictor = Predictor(one_to_many, conf, iou)
+    kept = predictor([frame])[0]
+    raw = one_to_many(predictor.preprocess([frame]))
+    candidates = int((raw[0, 4:].max(0) > conf).sum())
+    assert 0 < len(kept) < candidates  # NMS dropped overlapping candidates of the one-to-many head
+
+    args = ["detect", "--model", str(weights), "--source", str(tmp_path / "frame.png"), "--set", f"detect.conf={conf}"]
+    args += ["--set", f"detect.iou={iou}", "--set", "detect.slice=0", "--set", "detect.save_video=false"]
+    found = {}
+    for end_to_end in ("true", "false"):
+        out = tmp_path / end_to_end
+        assert main([*args, "--set", f"eval.end_to_end={end_to_end}", "--out", str(out)]) == 0
+        found[end_to_end] = json.loads((out / "summary.json").read_text())["detections"]
+    assert found["false"] == len(kept) and found["true"] > len(kept)  # the one-to-one head's top-k, not NMS'd

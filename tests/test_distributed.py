@@ -292,6 +292,10 @@ def test_two_nodes_compare_cells_written_once_by_rank_0(tiny_data, tmp_path, two
     stages = sorted(str(r.data.tags.get("csfnet.stage")) for r in _runs(tmp_path))
     assert stages == ["None", "compare-cell", "compare-cell", "compare-report"]  # the parent, cells, report: once
 
+    written = {c.name: (c / "cell.json").stat().st_mtime_ns for c in cells}
+    assert _wait(two_nodes("compare", "--data", tiny_data, "--no-mlflow"), 300) == [0, 0], _log(tmp_path)
+    assert {c.name: (c / "cell.json").stat().st_mtime_ns for c in cells} == written  # finished cells: reused
+
     clock = time.monotonic()
     assert main(["compare", "--data", str(tiny_data), "--cells-dir", "one", "--out", "one-report", "--no-mlflow"]) == 0
     print(f"one process compare, 2 cells: {time.monotonic() - clock:.1f} s")

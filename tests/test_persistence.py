@@ -119,6 +119,8 @@ def test_settings_default_to_today_and_reach_detect(tmp_path):
     with pytest.raises(SettingsError, match="needs a tracker"):
         detect("model.pt", "video.mp4", tmp_path / "out", persistence={"min_hits": 3})
     assert not (tmp_path / "out").exists()
+    with pytest.raises(SettingsError, match="min_hits >= 1"):  # the Python API: a one-line user error too
+        PersistenceRule(min_hits=0)
 
 
 @pytest.mark.slow

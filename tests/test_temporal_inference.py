@@ -108,6 +108,18 @@ def test_runtimes_read_channels_and_motion_and_refuse_mismatches(tmp_path):
         TorchRuntime(_untrained(tmp_path / "stale.pt", 5, MotionSpec((2,), "homography", 96)))
 
 
+def test_onnx_detector_refuses_earlier_frames_that_do_not_pair_with_the_images(tmp_path):
+    """One ``earlier`` entry per image, else a one-line error (zip would silently drop the unpaired images)."""
+    from csfnet.detect.onnx_detector import OnnxDetector
+    from csfnet.export import onnx_export
+
+    detector = OnnxDetector(onnx_export(_untrained(tmp_path / "s.pt", 3, None), 64), ["CPUExecutionProvider"])
+    frame = np.full((64, 96, 3), 90, np.uint8)
+    assert len(detector([frame, frame], conf=0.0, earlier=[{}, None])) == 2
+    with pytest.raises(DataError, match="2 images but 1 entries of earlier frames"):
+        detector([frame, frame], earlier=[{}])
+
+
 def test_motion_input_is_letterboxed_in_training_order(tmp_path):
     """Colour channels of a 3-channel frame are flipped to RGB, a stacked frame goes in as ultralytics' training
     loader gives it (BGR + motion, no flip for C != 3); every channel is letterboxed alike."""

@@ -144,8 +144,10 @@ def _follow(data: str | Path, every: Settings, colour_only: bool) -> dict[str, A
     from csfnet.train import train
 
     out = Path(distributed.from_main(None))
-    if distributed.from_main(None) is None:  # not finished: rank 0 trains it, and this rank with it
-        train(_model_data(data, out, colour_only), out=out / "train", settings=every)
+    done = distributed.from_main(None)
+    if done is not None:  # finished earlier: rank 0 returns it without another broadcast
+        return done
+    train(_model_data(data, out, colour_only), out=out / "train", settings=every)  # rank 0 trains it, and this rank
     return distributed.from_main(None)
 
 

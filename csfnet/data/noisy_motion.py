@@ -54,16 +54,17 @@ def write_noisy_images(
     """Write ``<out_images>/<stem>.png`` and its motion PNGs (``motion_path`` of it) for every image in ``images``
     (of the dataset extracted from ``raw``), with ``add_noise(frame, sigma, rng)`` applied to every source frame."""
     wanted: dict[str, dict[int, list[tuple[Path, int, int]]]] = {}
-    for image in images:
+    for image in images:  # extraction writes images/<split>/<sequence>_<frame>...: names repeat across splits
         name = parse_tile_name(image.stem)
-        wanted.setdefault(name.sequence, {}).setdefault(name.frame, []).append((image, name.x, name.y))
+        key = f"{image.parent.name}/{name.sequence}"  # SequenceSource.key
+        wanted.setdefault(key, {}).setdefault(name.frame, []).append((image, name.x, name.y))
     out_images.mkdir(parents=True, exist_ok=True)
     done = set()
     for seq in discover(raw):
-        sequence = seq.name
+        sequence = seq.key
         if sequence not in wanted:
             continue
-        rng = np.random.default_rng([seed, int(sigma * 1000), zlib.crc32(sequence.encode())])
+        rng = np.random.default_rng([seed, int(sigma * 1000), zlib.crc32(seq.name.encode())])
         buffer = MotionBuffer(spec)
         last = max(wanted[sequence])
         for index, frame in enumerate(source_frames(seq)):

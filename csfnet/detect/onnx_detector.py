@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from csfnet.errors import DataError
+
 if TYPE_CHECKING:
     from csfnet.detect.predict import SliceOptions
 
@@ -73,11 +75,13 @@ class OnnxDetector:
         temporal model computes its motion channels from them (``csfnet.temporal.motion_map``, as ``csfnet detect``
         does), an offset of its spec with no frame gets the documented fallback (an all-zero channel, as at the start
         of a stream). Raises DataError for earlier frames given to a single-frame model, or at distances the model
-        does not use."""
+        does not use, or an ``earlier`` whose length is not the number of images."""
         from csfnet.detect.predict import Predictor
         from csfnet.detect.temporal_input import stacked_input
 
         given = list(earlier) if earlier is not None else [None] * len(images)
+        if len(given) != len(images):  # zip would silently drop the images without an entry
+            raise DataError(f"{len(images)} images but {len(given)} entries of earlier frames: give one per image")
         stacked = [stacked_input(im, e, self.runtime.motion) for im, e in zip(images, given)]
         return Predictor(self.runtime, conf, iou, slicing)(stacked)
 

@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from csfnet.errors import SettingsError
+
 MODES = ("suppress", "rescore")
 FORGET_FRAMES = 1000  # a track unseen this long is forgotten (trackers drop lost tracks far sooner)
 
@@ -40,9 +42,9 @@ class PersistenceRule:
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
-            raise ValueError(f"persistence mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+            raise SettingsError(f"persistence mode must be one of {', '.join(MODES)}, got {self.mode!r}")
         if self.min_hits < 1 or self.window < 1 or not 0 <= self.young_factor <= 1:
-            raise ValueError(f"need min_hits >= 1, window >= 1, 0 <= young_factor <= 1: {self}")
+            raise SettingsError(f"need min_hits >= 1, window >= 1, 0 <= young_factor <= 1: {self}")
 
     def score(self, conf: float, hits: int, recent: Sequence[float]) -> float | None:
         """The new confidence of a detection on a track of ``hits`` reported frames whose ``recent`` confidences

@@ -19,9 +19,10 @@ from csfnet.detect.temporal_input import FrameStacker, describe
 from csfnet.detect.tracker import TRACKERS, Tracker
 from csfnet.errors import DataError, SettingsError
 from csfnet.files import replace_dir, staging_dir, write_json
-from csfnet.settings import Detect
+from csfnet.settings import Detect, Eval
 
 DEFAULTS = Detect()  # the defaults of the detect: settings, the one place they are set
+END_TO_END = Eval().end_to_end  # the default head of a .pt with an NMS-free head (eval.end_to_end)
 
 VIDEO, MOT, JSONL, STATES, SUMMARY = "annotated.mp4", "mot.txt", "detections.jsonl", "states.json", "summary.json"
 
@@ -74,6 +75,7 @@ def detect(
     persistence: dict[str, Any] | None = None,
     batch: int = DEFAULTS.batch,
     device: str = DEFAULTS.device,
+    end_to_end: bool = END_TO_END,
     save_video: bool = DEFAULTS.save_video,
     single_target: bool = DEFAULTS.single_target,
     max_frames: int | None = None,
@@ -105,6 +107,8 @@ def detect(
             arguments, online: one-frame blips suppressed); needs ``tracker``. None: off.
         batch: Crops per runtime call.
         device: PyTorch device of a ``.pt`` model.
+        end_to_end: A ``.pt`` with an NMS-free head runs through its one-to-one branch, else its one-to-many branch
+            + NMS (setting ``eval.end_to_end``; an export has the head it was exported with).
         save_video: Write the annotated video.
         single_target: The stream holds at most one target: also write ``states.json``, per frame the
             highest-scoring track (or detection) or "target absent" (Anti-UAV's state layout).
@@ -122,7 +126,7 @@ def detect(
     slicing = SliceOptions(slice_size or None, overlap, full_frame, merge, merge_threshold)
     src = open_source(source)  # before the model: a bad source fails fast
     try:
-        runtime = model if isinstance(model, Runtime) else load_runtime(model, imgsz, device)
+        runtime = model if isinstance(model, Runtime) else load_runtime(model, imgsz, device, end_to_end=end_to_end)
         check_temporal_source(runtime, src)
         object_tracker = Tracker(tracker, tracker_overrides, persistence) if tracker else None
         det_conf = min(conf, object_tracker.min_score) if object_tracker else conf

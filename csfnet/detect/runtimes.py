@@ -210,13 +210,19 @@ class OpenVinoRuntime(Runtime):
 
 
 def load_runtime(
-    model: str | Path, imgsz: int | None = None, device: str = "cpu", providers: list[str] | None = None
+    model: str | Path,
+    imgsz: int | None = None,
+    device: str = "cpu",
+    providers: list[str] | None = None,
+    end_to_end: bool = True,
 ) -> Runtime:
     """The runtime for ``model``: a ``.pt``, an ``.onnx``, an OpenVINO folder/``.xml``, or a registry URI
     (``models:/name@alias``, ``models:/name/3``, ``runs:/...``) whose ONNX artifact is loaded.
 
     ``imgsz`` applies where the model allows it (a ``.pt``, or an export with a dynamic image size); ``device`` to a
-    ``.pt``, ``providers`` to ONNX (default: CUDA when available, else CPU).
+    ``.pt``, ``providers`` to ONNX (default: CUDA when available, else CPU). ``end_to_end`` (setting
+    ``eval.end_to_end``) chooses the head of a ``.pt`` with an NMS-free head: its one-to-one branch, else the
+    one-to-many branch + NMS; an export has the head it was exported with.
 
     Raises:
         InputNotFoundError: The file or registered model/alias does not exist.
@@ -234,7 +240,7 @@ def load_runtime(
     if path.suffix == ".onnx":
         return OnnxRuntime(path, imgsz, providers)
     if path.suffix in (".pt", ".pth"):
-        return TorchRuntime(path, imgsz, device)
+        return TorchRuntime(path, imgsz, device, end_to_end)
     raise CheckpointError(f"{path}: unknown model type (expected .pt, .onnx, an OpenVINO folder or models:/...)")
 
 

@@ -36,15 +36,17 @@ def sliced_vs_full(
     size_bands: Sequence[float] = tuple(EVAL.size_bands),
     batch: int = DETECT.batch,
     max_images: int | None = None,
+    end_to_end: bool = EVAL.end_to_end,
 ) -> dict[str, Any]:
     """Size-band AP50/recall (:func:`csfnet.metrics.band_metrics`) of whole-frame and sliced prediction.
 
     Returns ``{"full": bands, "sliced": bands, "slice": ..., "images": n, "objects": n, "ms_per_image": {"full",
     "sliced"}, "crops_per_image": k}`` where ``bands`` maps each band name to ``{"px", "objects", "ap50",
     "recall"}``. Use :func:`flat_metrics` for MLflow. A temporal model sees each image stacked with its stored
-    motion channels (:func:`csfnet.temporal.load_stacked`), sliced with the same grid.
+    motion channels (:func:`csfnet.temporal.load_stacked`), sliced with the same grid. ``end_to_end``: the head
+    of a ``.pt`` with an NMS-free head (:func:`~csfnet.detect.runtimes.load_runtime`).
     """
-    runtime = model if isinstance(model, Runtime) else load_runtime(model, imgsz)
+    runtime = model if isinstance(model, Runtime) else load_runtime(model, imgsz, end_to_end=end_to_end)
     images = split_images(data, split)[:max_images]
     if not images:
         raise DataError(f"{data}: the {split!r} split has no images")

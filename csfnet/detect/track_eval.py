@@ -21,7 +21,7 @@ import numpy as np
 
 from csfnet.data.formats import VIDEO_SUFFIXES
 from csfnet.detect.persistence import PersistenceRule, filter_mot
-from csfnet.detect.run import DEFAULTS, MOT, detect
+from csfnet.detect.run import DEFAULTS, END_TO_END, MOT, detect
 from csfnet.detect.runtimes import Runtime, load_runtime
 from csfnet.detect.track_metrics import (
     combined_tracking_metrics,
@@ -69,6 +69,7 @@ def evaluate_tracking(
     max_sequences: int | None = None,
     tracker_overrides: dict[str, Any] | None = None,
     persistence: dict[str, Any] | None = None,
+    end_to_end: bool = END_TO_END,
 ) -> dict[str, Any]:
     """Track every MOT sequence of ``root/split`` and score it, without and with the persistence filter.
 
@@ -79,9 +80,10 @@ def evaluate_tracking(
     (AP pools their frames). Sequences with a single target ID also get Anti-UAV's state accuracy (``SA``,
     ``SA_penalised``, ``miss_rate``) of the single-target states (per frame the best-scoring track or "absent");
     its overall figure is the mean over those sequences, as the challenge averages them. ``persistence``: the
-    filter's :class:`~csfnet.detect.persistence.PersistenceRule` arguments (default: its defaults).
+    filter's :class:`~csfnet.detect.persistence.PersistenceRule` arguments (default: its defaults). ``end_to_end``:
+    the head of a ``.pt`` with an NMS-free head (:func:`~csfnet.detect.runtimes.load_runtime`).
     """
-    runtime = model if isinstance(model, Runtime) else load_runtime(model, imgsz)
+    runtime = model if isinstance(model, Runtime) else load_runtime(model, imgsz, end_to_end=end_to_end)
     rule = PersistenceRule(**(persistence or {}))
     sequences = mot_sequences(root, split)[:max_sequences]
     scored: dict[str, list[tuple[str, np.ndarray, np.ndarray, int]]] = {"none": [], **{f: [] for f in FILTERS}}
