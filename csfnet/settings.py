@@ -357,7 +357,7 @@ BENCH = {
     "close_mosaic": 8,
     "workers": 8,
 }
-TRAINER_ARGS = ("val_last",)  # csfnet's trainer's own preset arguments (csfnet/trainer.py), not ultralytics'
+TRAINER_ARGS = {"val_last": 0, "cpu_bf16": False}  # csfnet's trainer's own preset arguments and their defaults
 RESERVED_ARGS = ("data", "model", "project", "name", "device", "resume", "pretrained", "exist_ok")
 
 
@@ -438,9 +438,11 @@ def check_ultralytics_argument(key: str, value: Any, where: str = "") -> None:
 
     if key in RESERVED_ARGS:
         raise ValueError(f"{where}{key} is set by csfnet itself (use the matching csfnet option), not by a preset")
+    if key == "val_last" and not (isinstance(value, int) and not isinstance(value, bool) and value >= 0):
+        raise ValueError(f"{where}{key}: {value!r} is not a count (an integer >= 0)")
+    if key == "cpu_bf16" and not isinstance(value, bool):
+        raise ValueError(f"{where}{key}: {value!r} is not true or false")
     if key in TRAINER_ARGS:
-        if not (isinstance(value, int) and not isinstance(value, bool) and value >= 0):
-            raise ValueError(f"{where}{key}: {value!r} is not a count (an integer >= 0)")
         return
     if key not in DEFAULT_CFG_DICT:
         raise ValueError(f"{where}{key}: not an ultralytics training argument{_suggest(key, DEFAULT_CFG_DICT)}")

@@ -1,5 +1,5 @@
-"""ultralytics' detection trainer taught to build CSF-Net configs, to start from a local YOLOv8 checkpoint and to
-train in bfloat16 mixed precision on CPUs that compute it natively."""
+"""ultralytics' detection trainer taught to build CSF-Net configs, to start from a local YOLOv8 checkpoint, to skip
+early validations and, on request, to train in bfloat16 mixed precision on CPUs that compute it natively."""
 
 from __future__ import annotations
 
@@ -26,12 +26,13 @@ RESUME_STATE = "last_state.pt"  # beside last.pt: what ultralytics' half-precisi
 
 class CSFNetTrainer(DetectionTrainer):
     """``DetectionTrainer`` whose ``get_model`` understands CSF-Net names, YAMLs and checkpoint config dicts, whose
-    resume is exact, which can skip the early epochs' validation (``val_last``) and which runs the forward pass in
-    bfloat16 on CPUs with native bf16 when ``amp`` is on (see ``_setup_train``).
+    resume is exact, which can skip the early epochs' validation (``val_last``) and can run the forward pass in
+    bfloat16 on CPUs with native bf16 (``cpu_bf16``, see ``_setup_train``).
 
     ``overrides`` are ultralytics' training arguments plus csfnet's own ``val_last``: validate only the last N
     epochs (0 = all), for recipes whose model scores nothing early (the quick preset's scores mAP 0 for its first
-    9 epochs of 18), where each validation costs about a fifth of a training epoch on CPU.
+    9 epochs of 18), where each validation costs a quarter to a third of a training epoch on CPU; and
+    ``cpu_bf16``.
 
     ``args.model`` may be a CSF-Net config (name, YAML path with ``builder: csfnet``), an ultralytics YAML such as
     ``yolov8n.yaml``, or a ``last.pt`` to resume. ``args.pretrained`` may name a local ``.pt`` whose shape-matching
@@ -56,7 +57,8 @@ class CSFNetTrainer(DetectionTrainer):
 
     def __init__(self, cfg: Any = DEFAULT_CFG, overrides: dict | None = None, _callbacks: dict | None = None) -> None:
         overrides = dict(overrides or {})
-        self.val_last = int(overrides.pop("val_last", 0))  # csfnet's own argument: ultralytics would reject it
+        self.val_last = int(overrides.pop("val_last", 0))  # csfnet's own arguments: ultralytics would reject them
+        self.cpu_bf16 = bool(overrides.pop("cpu_bf16", False))
         launch = distributed.current_launch()
         if launch.distributed and overrides and "device" in overrides:  # ultralytics makes it current: this rank's
             overrides = {**overrides, "device": distributed.device_setting(overrides["device"], launch)}
@@ -81,15 +83,17 @@ class CSFNetTrainer(DetectionTrainer):
     def _setup_train(self) -> None:
         """ultralytics' setup; on CPU ranks the model is wrapped for DDP here, since ultralytics passes CUDA ids.
 
-        With ``amp`` on and a CPU that computes bfloat16 natively, the training model's forward pass runs under
+        With ``cpu_bf16`` and a CPU that computes bfloat16 natively, the training model's forward pass runs under
         bfloat16 autocast (ultralytics' AMP is CUDA-only and leaves the CPU in float32); the loss, the optimizer,
-        the EMA and validation stay float32. It is set up after ultralytics copied the model into the EMA, so the
-        copy, and every checkpoint written from it, is a plain model.
+        the EMA and validation stay float32. Off by default: a training step is about 1.35x faster, but the one
+        quick-preset run measured with it scored mAP50 0.30 against 0.46-0.60 in float32 (benchmarks/README.md).
+        It is set up after ultralytics copied the model into the EMA, so the copy, and every checkpoint written
+        from it, is a plain model.
         """
         if self._launched_on_cpu():
             self.args.amp = False  # what check_amp decides on CPU; ranks other than 0 would skip the check
             self.world_size = 1  # skips ultralytics' CUDA-only DDP wrap; _build_train_pipeline restores it
-        bf16 = self.device.type == "cpu" and self.args.amp not in {False, "fp32"} and cpu_has_native_bf16()
+        bf16 = self.cpu_bf16 and self.device.type == "cpu" and cpu_has_native_bf16()
         super()._setup_train()
         if bf16:
             forward_in_bf16(unwrap_model(self.model))

@@ -1,4 +1,5 @@
-"""The trainer's CPU savings: bfloat16 forward pass (loss in float32) and validation of the last epochs only."""
+"""The trainer's CPU savings: validation of the last epochs only, and the opt-in bfloat16 forward pass (loss in
+float32)."""
 
 import csv
 import math
@@ -75,3 +76,9 @@ def test_val_last_is_a_preset_argument_csfnet_checks():
     assert "val_last" not in Settings().presets["bench"]  # bench keeps ultralytics' every-epoch validation
     with pytest.raises(ValueError, match="val_last: -1 is not a count"):
         Settings.model_validate({"presets": {"quick": {"val_last": -1}}})
+
+
+def test_bf16_is_opt_in_and_checked():
+    assert not any(args.get("cpu_bf16") for args in Settings().presets.values())  # accuracy not shown to hold
+    with pytest.raises(ValueError, match="cpu_bf16: 'yes' is not true or false"):
+        Settings.model_validate({"presets": {"quick": {"cpu_bf16": "yes"}}})
