@@ -357,7 +357,8 @@ BENCH = {
     "close_mosaic": 8,
     "workers": 8,
 }
-TRAINER_ARGS = {"val_last": 0, "cpu_bf16": False}  # csfnet's trainer's own preset arguments and their defaults
+# csfnet's trainer's own preset arguments and their defaults
+TRAINER_ARGS = {"val_last": 0, "cpu_bf16": False, "channels_last": False}
 RESERVED_ARGS = ("data", "model", "project", "name", "device", "resume", "pretrained", "exist_ok")
 
 
@@ -440,7 +441,7 @@ def check_ultralytics_argument(key: str, value: Any, where: str = "") -> None:
         raise ValueError(f"{where}{key} is set by csfnet itself (use the matching csfnet option), not by a preset")
     if key == "val_last" and not (isinstance(value, int) and not isinstance(value, bool) and value >= 0):
         raise ValueError(f"{where}{key}: {value!r} is not a count (an integer >= 0)")
-    if key == "cpu_bf16" and not isinstance(value, bool):
+    if key in ("cpu_bf16", "channels_last") and not isinstance(value, bool):
         raise ValueError(f"{where}{key}: {value!r} is not true or false")
     if key in TRAINER_ARGS:
         return

@@ -82,3 +82,15 @@ def test_bf16_is_opt_in_and_checked():
     assert not any(args.get("cpu_bf16") for args in Settings().presets.values())  # accuracy not shown to hold
     with pytest.raises(ValueError, match="cpu_bf16: 'yes' is not true or false"):
         Settings.model_validate({"presets": {"quick": {"cpu_bf16": "yes"}}})
+
+
+def test_channels_last_training_writes_plain_checkpoints(tiny_data, tmp_path):
+    result = train(
+        tiny_data, model="csfnet-n", out=tmp_path / "run", overrides={**TINY_TRAIN, "channels_last": True},
+        device="cpu",
+    )  # fmt: skip
+    best = torch.load(result.best, map_location="cpu", weights_only=False)["model"]
+    assert all(p.is_contiguous() for p in best.parameters())  # the EMA copy stays in the default layout
+    assert not math.isnan(result.metrics["metrics/mAP50(B)"])
+    with pytest.raises(ValueError, match="channels_last: 1 is not true or false"):
+        Settings.model_validate({"presets": {"quick": {"channels_last": 1}}})
