@@ -221,6 +221,7 @@ def _budget(settings: Tune) -> dict[str, Any]:
         "plots": False,
         "patience": 0,
         "val": True,  # every epoch scored: the pruner decides on intermediate values (whatever the preset says)
+        "val_last": 0,  # including the epochs a preset's val_last would skip
     }
 
 
