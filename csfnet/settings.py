@@ -76,6 +76,13 @@ class Extract(Section):
         return value
 
 
+def _increasing(values: list, message: str) -> list:
+    """``values`` if each is above the one before, else ValueError ``message`` naming them."""
+    if any(b <= a for a, b in itertools.pairwise(values)):
+        raise ValueError(f"{message}, got {values}")
+    return values
+
+
 class Temporal(Section):
     """Motion channels from earlier frames (issue 24): which ones, and how they are aligned to the current frame."""
 
@@ -86,9 +93,7 @@ class Temporal(Section):
     @field_validator("offsets")
     @classmethod
     def _ascending(cls, value: list[int]) -> list[int]:
-        if any(b <= a for a, b in itertools.pairwise(value)):
-            raise ValueError(f"offsets must be unique and ascending, got {value}")
-        return value
+        return _increasing(value, "offsets must be unique and ascending")
 
 
 class Train(Section):
@@ -225,9 +230,7 @@ class Eval(Section):
     @field_validator("size_bands")
     @classmethod
     def _increasing(cls, value: list[float]) -> list[float]:
-        if any(b <= a for a, b in itertools.pairwise(value)):
-            raise ValueError(f"size band edges must increase, got {value}")
-        return value
+        return _increasing(value, "size band edges must increase")
 
 
 class Robustness(Section):
