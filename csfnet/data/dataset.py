@@ -22,6 +22,16 @@ def split_images(data: str | Path, split: str = "val") -> list[Path]:
     return sorted(p for root in roots for p in Path(root).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
 
 
+def calibration_images(data: str | Path, count: int) -> list[Path]:
+    """Up to ``count`` evenly spaced training images of ``data`` (INT8 calibration); InputNotFoundError if none."""
+    from csfnet.errors import InputNotFoundError
+
+    images = split_images(data, "train")
+    if not images:
+        raise InputNotFoundError(f"{data}: no training frames to calibrate INT8 with")
+    return images[:: max(1, len(images) // count)][:count]
+
+
 def label_path(image: Path) -> Path:
     """The YOLO label file of an image: ``.../images/<split>/x.jpg`` -> ``.../labels/<split>/x.txt``."""
     parts = list(image.parts)

@@ -19,10 +19,9 @@ import onnx
 from onnx.tools.update_model_dims import update_inputs_outputs_dims
 from tqdm import tqdm
 
-from csfnet.data.dataset import split_images
+from csfnet.data.dataset import calibration_images
 from csfnet.detect.onnx_detector import preprocess
 from csfnet.detect.temporal_input import parse_spec, read_frame, spec_json
-from csfnet.errors import InputNotFoundError
 from csfnet.temporal.model_spec import MOTION_KEY
 
 
@@ -66,10 +65,7 @@ def quantize_int8(fp32: Path, out: Path, calib_data: Path, imgsz: int, frames: i
     )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    images = [str(p) for p in split_images(calib_data, "train")]
-    if not images:
-        raise InputNotFoundError(f"{calib_data}: no training frames to calibrate INT8 with")
-    images = images[:: max(1, len(images) // frames)][:frames]
+    images = [str(p) for p in calibration_images(calib_data, frames)]
     spec = parse_spec(
         {p.key: p.value for p in onnx.load(str(fp32), load_external_data=False).metadata_props}.get("motion")
     )

@@ -19,11 +19,12 @@ from typing import Any
 
 import yaml
 
-from csfnet.data.dataset import split_images
+from csfnet.data.dataset import calibration_images, split_images
 from csfnet.detect.temporal_input import parse_spec
-from csfnet.errors import InputNotFoundError, SettingsError
-from csfnet.files import replace_dir
+from csfnet.errors import SettingsError
+from csfnet.files import replace_dir, write_text
 from csfnet.temporal.model_spec import MOTION_KEY
+from csfnet.temporal.motion import MotionSpec
 
 SUFFIX = "_openvino_model"
 
@@ -50,28 +51,26 @@ def openvino_export(
     args.update(head_args(yolo.model, end_to_end))
     spec = parse_spec(yolo.model.yaml.get(MOTION_KEY), weights)
     if int8_data is None:
-        return _with_motion(Path(yolo.export(**args)), yolo.model.yaml.get(MOTION_KEY))
+        return _with_motion(Path(yolo.export(**args)), spec)
+    calibration = calibration_images(int8_data, frames)  # InputNotFoundError when the split has none
     train = split_images(int8_data, "train")
-    if not train:
-        raise InputNotFoundError(f"{int8_data}: no training frames to calibrate INT8 with")
     # every frame counts (batch 1: ultralytics' calibration loader drops an incomplete last batch)
     args.update(quantize=8, data=str(int8_data), split="train", fraction=min(1.0, frames / len(train)), batch=1)
     if spec is None:
         return Path(yolo.export(**args))
     from csfnet.export.stacked_calibration import StackedCalibrationExporter
 
-    calibration = train[:: max(1, len(train) // frames)][:frames]
     exporter = StackedCalibrationExporter(calibration, spec, overrides={**yolo.overrides, **args, "mode": "export"})
-    return _with_motion(Path(exporter(model=yolo.model)), yolo.model.yaml.get(MOTION_KEY))
+    return _with_motion(Path(exporter(model=yolo.model)), spec)
 
 
-def _with_motion(folder: Path, motion: Any) -> Path:
+def _with_motion(folder: Path, spec: MotionSpec | None) -> Path:
     """Record a temporal model's motion spec in the folder's ``metadata.yaml`` (nothing for a single-frame one)."""
-    if motion:
+    if spec is not None:
         meta_file = folder / "metadata.yaml"
         meta = yaml.safe_load(meta_file.read_text()) or {}
-        meta["motion"] = dict(motion)
-        meta_file.write_text(yaml.safe_dump(meta, sort_keys=False))
+        meta["motion"] = spec.to_dict()
+        write_text(meta_file, yaml.safe_dump(meta, sort_keys=False))
     return folder
 
 
