@@ -7,7 +7,9 @@ per-epoch validation and ``csfnet eval`` read the same arrays. ultralytics' geom
 flips, letterbox) move all channels together; its ``RandomHSV`` skips any image that has not exactly 3 channels, so
 :class:`ColourHSV` replaces it and jitters the colour alone, never the motion. ultralytics' ``Format`` reverses the
 channel order (BGR to RGB) of 3-channel images only, as its predictor does: a stacked image stays BGR + motion in
-training, validation and prediction alike.
+training, validation and prediction alike. Where ultralytics pads (the mosaic canvas, affine borders, letterbox:
+grey 114 in every channel), :class:`ClearMotionPadding` sets the motion to 0 before the colour is jittered, as the
+predictor does after its letterbox (:func:`csfnet.temporal.clear_padding`).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from ultralytics.data.augment import Compose, RandomHSV
 from ultralytics.data.utils import get_split_fraction
 from ultralytics.utils import IterableSimpleNamespace, colorstr
 
-from csfnet.temporal import dataset_motion, load_stacked, motion_path
+from csfnet.temporal import clear_padding, dataset_motion, load_stacked, motion_path
 
 
 class ColourHSV(RandomHSV):
@@ -35,6 +37,14 @@ class ColourHSV(RandomHSV):
             return super().apply_image(labels, params)
         colour = {"img": np.ascontiguousarray(img[..., :3])}
         img[..., :3] = super().apply_image(colour, params)["img"]
+        return labels
+
+
+class ClearMotionPadding:
+    """Transform: no motion (0) where ultralytics padded a stacked image (:func:`csfnet.temporal.clear_padding`)."""
+
+    def __call__(self, labels: dict[str, Any]) -> dict[str, Any]:
+        clear_padding(labels["img"])
         return labels
 
 
@@ -98,11 +108,15 @@ class StackedDataset(YOLODataset):
         return im, (h0, w0), im.shape[:2]
 
     def build_transforms(self, hyp: IterableSimpleNamespace | None = None) -> Compose:
-        """ultralytics' transforms with :class:`ColourHSV` in place of ``RandomHSV``."""
+        """ultralytics' transforms with :class:`ColourHSV` in place of ``RandomHSV`` and :class:`ClearMotionPadding`
+        after the geometric ones: before the colour jitter (which moves the padding's grey off 114), else before
+        ``Format``."""
         transforms = super().build_transforms(hyp)
-        for i, t in enumerate(transforms.transforms):
-            if type(t) is RandomHSV:
-                transforms.transforms[i] = ColourHSV(t.hgain, t.sgain, t.vgain)
+        steps = transforms.transforms
+        hsv = [i for i, t in enumerate(steps) if type(t) is RandomHSV]
+        for i in hsv:
+            steps[i] = ColourHSV(steps[i].hgain, steps[i].sgain, steps[i].vgain)
+        steps.insert(hsv[0] if hsv else len(steps) - 1, ClearMotionPadding())
         return transforms
 
 

@@ -127,15 +127,26 @@ def test_augmentations_move_all_channels_together_and_keep_channel_order(motion_
         img_path=str(motion_data.parent / "images/train"), imgsz=64, augment=True, hyp=hyp, batch_size=4, data=data
     )
     assert any(isinstance(t, ColourHSV) for t in dataset.transforms.transforms)
+    padded_pixels = 0
     for i in range(6):
         img = dataset[i]["img"]  # CHW tensor after ultralytics' Format
         assert img.shape == (5, 64, 64)
         assert img[0].float().std() > 0  # content, not only padding
         # motion d1 = B and d3 = R of the same image: equal after mosaic, affine, flips, letterbox, and Format
-        # kept the order (it reverses BGR to RGB for 3-channel images only, as the predictor does)
-        assert torch.equal(img[3], img[0]) and torch.equal(img[4], img[2])
+        # kept the order (it reverses BGR to RGB for 3-channel images only, as the predictor does); where
+        # ultralytics padded (grey 114 in every channel) the motion is 0 instead
+        padded_pixels += _assert_motion_follows_colour(img)
+    assert padded_pixels > 0  # mosaic and affine borders did pad
     val = StackedDataset(img_path=str(motion_data.parent / "images/val"), imgsz=64, augment=False, hyp=hyp, data=data)
-    assert torch.equal(val[0]["img"][3], val[0]["img"][0])
+    _assert_motion_follows_colour(val[0]["img"])
+
+
+def _assert_motion_follows_colour(img: torch.Tensor) -> int:
+    """Every pixel of a ``temporal_dataset`` sample: motion = (B, R), or padding (colour 114, motion 0); returns the
+    number of padded pixels."""
+    padded = (img[:3] == 114).all(0) & (img[3:] == 0).all(0)
+    assert torch.equal(img[3][~padded], img[0][~padded]) and torch.equal(img[4][~padded], img[2][~padded])
+    return int(padded.sum())
 
 
 def test_disk_cache_holds_the_stacked_image(tiny_data, tmp_path):

@@ -20,6 +20,7 @@ from csfnet.detect.runtimes import Runtime
 from csfnet.detect.slicing import MERGE_MODES, merge, windows
 from csfnet.detect.temporal_input import check_frame
 from csfnet.errors import SettingsError
+from csfnet.temporal import clear_padding
 
 
 @dataclass(frozen=True)
@@ -118,10 +119,11 @@ class Predictor:
 
     def preprocess(self, images: Sequence[np.ndarray]) -> np.ndarray:
         """``(N, C, S, S)`` float32 0-1 in the channel order the model was trained on (:func:`channel_order`); crops
-        already ``S`` x ``S`` go in as they are, others are letterboxed (every channel padded alike, as in
-        training). (One numpy pass per crop; measured faster than OpenCV's blobFromImages and torch here.)"""
+        already ``S`` x ``S`` go in as they are, others are letterboxed (colour padded grey, motion 0, as in
+        training: :func:`csfnet.temporal.clear_padding`). (One numpy pass per crop; measured faster than OpenCV's
+        blobFromImages and torch here.)"""
         s = self.runtime.imgsz
-        ready = [im if im.shape[:2] == (s, s) else self.letterbox(image=im) for im in images]
+        ready = [im if im.shape[:2] == (s, s) else clear_padding(self.letterbox(image=im)) for im in images]
         x = np.empty((len(ready), ready[0].shape[2] if ready else 3, s, s), np.float32)
         for i, im in enumerate(ready):
             np.divide(channel_order(im).transpose(2, 0, 1), 255.0, out=x[i], casting="unsafe")

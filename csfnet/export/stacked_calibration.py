@@ -14,11 +14,13 @@ import numpy as np
 from ultralytics.engine.exporter import Exporter
 
 from csfnet.detect.temporal_input import read_frame
+from csfnet.temporal import clear_padding
 
 
 class StackedCalibrationExporter(Exporter):
     """ultralytics' exporter whose INT8 calibration frames are stacked temporal inputs (BGR + motion channels, as
-    :func:`csfnet.temporal.load_stacked` reads them), letterboxed as in validation; everything else is ultralytics'."""
+    :func:`csfnet.temporal.load_stacked` reads them), letterboxed as in validation (motion 0 in the padding);
+    everything else is ultralytics'."""
 
     def __init__(self, images: list[Path], spec: Any, **kwargs: Any):
         super().__init__(**kwargs)
@@ -31,6 +33,6 @@ class StackedCalibrationExporter(Exporter):
         letterbox = LetterBox((max(self.imgsz), max(self.imgsz)), auto=False)
         batches = []
         for path in self.calibration_images:  # channel order as ultralytics' Format gives it (no flip for C != 3)
-            image = letterbox(image=read_frame(path, self.spec))
+            image = clear_padding(letterbox(image=read_frame(path, self.spec)))
             batches.append({"img": torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))[None]})
         return batches

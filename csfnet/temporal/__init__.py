@@ -14,12 +14,13 @@ from csfnet.temporal.dataset_files import (
     motion_path,
 )
 from csfnet.temporal.model_spec import model_motion
-from csfnet.temporal.motion import MotionBuffer, MotionSpec, motion_map, stack
+from csfnet.temporal.motion import MotionBuffer, MotionSpec, clear_padding, motion_map, stack
 
 __all__ = [
     "MotionBuffer",
     "MotionSpec",
     "check_dataset_motion",
+    "clear_padding",
     "colour_view",
     "dataset_motion",
     "load_motion",

@@ -47,6 +47,7 @@ MARGIN = 2  # px of the warped frame's border also zeroed (bilinear interpolatio
 MAX_CORNERS = 200
 MIN_INLIERS = 8
 MIN_INLIER_SHARE = 0.3
+PAD_VALUE = 114  # what ultralytics fills every channel with: mosaic canvas, affine borders, letterbox
 RANSAC_THRESHOLD = 1.0  # px at the estimation size
 RANSAC_ITERATIONS = 500  # finds a model held by 30 % of the tracks with 98 % probability (homography)
 LK_CRITERIA = (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 30, 0.01)
@@ -289,3 +290,17 @@ def stack(frame: np.ndarray, motion: np.ndarray) -> np.ndarray:
     if frame.shape[:2] != motion.shape[:2]:
         raise DataError(f"motion map {motion.shape[:2]} does not match the frame {frame.shape[:2]}")
     return np.concatenate([frame, motion], axis=2)
+
+
+def clear_padding(image: np.ndarray, colour: int = 3) -> np.ndarray:
+    """``image`` (HxWxC uint8, the colour then the motion channels) with the motion set to 0, no motion, wherever
+    every channel holds :data:`PAD_VALUE`: the pixels ultralytics' mosaic, affine borders and letterbox invent.
+
+    ultralytics pads all channels alike with grey 114; for a motion channel that reads as strong motion with sharp
+    edges along every mosaic seam and border, which no real frame has. Training, validation, prediction and INT8
+    calibration all pass their padded images through this function, so they see the same input. Changed in place
+    (the array is returned); images with no motion channels are returned as they are."""
+    if image.ndim == 3 and image.shape[2] > colour:
+        padded = (image == PAD_VALUE).all(axis=2)
+        image[padded, colour:] = 0
+    return image
