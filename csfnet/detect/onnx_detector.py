@@ -30,20 +30,6 @@ def session(path: str | Path, providers: Sequence[str] | None = None):
     return ort.InferenceSession(str(path), providers=list(providers or default))
 
 
-def preprocess(images: Sequence[np.ndarray], imgsz: int) -> np.ndarray:
-    """BGR images (or stacked temporal inputs) as the exported graph takes them: letterboxed to a square
-    (ultralytics' LetterBox; motion 0 in the padding, :func:`csfnet.temporal.clear_padding`), in the model's channel
-    order (:func:`csfnet.detect.predict.channel_order`), NCHW float32 in 0-1."""
-    from ultralytics.data.augment import LetterBox
-
-    from csfnet.detect.predict import channel_order
-    from csfnet.temporal import clear_padding
-
-    letterbox = LetterBox((imgsz, imgsz), auto=False)
-    x = np.stack([channel_order(clear_padding(letterbox(image=im))).transpose(2, 0, 1) for im in images])
-    return np.ascontiguousarray(x, dtype=np.float32) / 255.0
-
-
 class OnnxDetector:
     """Run an ultralytics-exported detection ONNX model on BGR images, whole or sliced.
 

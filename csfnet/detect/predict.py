@@ -72,9 +72,6 @@ class Predictor:
         self.runtime, self.conf, self.iou = runtime, conf, iou
         self.slicing = slicing or SliceOptions()
         self.batch, self.max_det = batch, max_det
-        from ultralytics.data.augment import LetterBox
-
-        self.letterbox = LetterBox((runtime.imgsz, runtime.imgsz), auto=False)
 
     def crops(self, frame: np.ndarray) -> list[tuple[int, int, np.ndarray]]:
         """``(x0, y0, image)`` of every crop of ``frame`` the runtime sees (the frame itself when not slicing)."""
@@ -118,20 +115,28 @@ class Predictor:
         return out
 
     def preprocess(self, images: Sequence[np.ndarray]) -> np.ndarray:
-        """``(N, C, S, S)`` float32 0-1 in the channel order the model was trained on (:func:`channel_order`); crops
-        already ``S`` x ``S`` go in as they are, others are letterboxed (colour padded grey, motion 0, as in
-        training: :func:`csfnet.temporal.clear_padding`). (One numpy pass per crop; measured faster than OpenCV's
-        blobFromImages and torch here.)"""
-        s = self.runtime.imgsz
-        ready = [im if im.shape[:2] == (s, s) else clear_padding(self.letterbox(image=im)) for im in images]
-        x = np.empty((len(ready), ready[0].shape[2] if ready else 3, s, s), np.float32)
-        for i, im in enumerate(ready):
-            np.divide(channel_order(im).transpose(2, 0, 1), 255.0, out=x[i], casting="unsafe")
-        return x
+        """The crops as the runtime takes them (:func:`letterbox_batch` at the runtime's image size)."""
+        return letterbox_batch(images, self.runtime.imgsz)
 
     def slices_per_frame(self, height: int, width: int) -> int:
         """How many crops one ``height`` x ``width`` frame becomes."""
         return len(self.crops(np.empty((height, width, 1), np.uint8)))
+
+
+def letterbox_batch(images: Sequence[np.ndarray], imgsz: int) -> np.ndarray:
+    """``(N, C, S, S)`` float32 0-1 in the channel order the model was trained on (:func:`channel_order`), for
+    prediction, export verification and INT8 calibration alike; images already ``S`` x ``S`` go in as they are,
+    others are letterboxed (ultralytics' LetterBox; colour padded grey, motion 0, as in training:
+    :func:`csfnet.temporal.clear_padding`). (One numpy pass per image; measured faster than OpenCV's
+    blobFromImages and torch here.)"""
+    from ultralytics.data.augment import LetterBox
+
+    letterbox = LetterBox((imgsz, imgsz), auto=False)
+    ready = [im if im.shape[:2] == (imgsz, imgsz) else clear_padding(letterbox(image=im)) for im in images]
+    x = np.empty((len(ready), ready[0].shape[2] if ready else 3, imgsz, imgsz), np.float32)
+    for i, im in enumerate(ready):
+        np.divide(channel_order(im).transpose(2, 0, 1), 255.0, out=x[i], casting="unsafe")
+    return x
 
 
 def channel_order(image: np.ndarray) -> np.ndarray:

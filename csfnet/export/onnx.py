@@ -20,7 +20,7 @@ from onnx.tools.update_model_dims import update_inputs_outputs_dims
 from tqdm import tqdm
 
 from csfnet.data.dataset import calibration_images
-from csfnet.detect.onnx_detector import preprocess
+from csfnet.detect.predict import letterbox_batch
 from csfnet.detect.temporal_input import parse_spec, read_frame, spec_json
 from csfnet.temporal.model_spec import MOTION_KEY
 
@@ -76,7 +76,7 @@ def quantize_int8(fp32: Path, out: Path, calib_data: Path, imgsz: int, frames: i
 
         def get_next(self) -> dict[str, np.ndarray] | None:
             path = next(self.batches, None)
-            return None if path is None else {"images": preprocess([read_frame(path, spec)], imgsz)}
+            return None if path is None else {"images": letterbox_batch([read_frame(path, spec)], imgsz)}
 
     prepared = out.with_name(f"{out.stem}-prepared.onnx")
     quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
