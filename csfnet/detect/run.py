@@ -199,8 +199,8 @@ def _run(
     frames = n_dets = 0
     track_ids: set[int] = set()
     start = time.perf_counter()
+    bar = tqdm(total=total, desc="detect", unit="frame", disable=not progress)
     try:
-        bar = tqdm(total=total, desc="detect", unit="frame", disable=not progress)
         for frame in src:
             if max_frames is not None and frames >= max_frames:
                 break
@@ -222,8 +222,8 @@ def _run(
             if states is not None:
                 states.write(rows)
             bar.update()
-        bar.close()
     finally:
+        bar.close()  # also when a frame fails: the one-line error is not printed into a half-drawn bar
         for writer in (video, mot, jsonl, states):
             if writer is not None:
                 writer.close()
