@@ -1,6 +1,8 @@
 # Two commands: `make run` (set up .venv, run the pipeline) and `make test` (set up .venv, run all tests: CI);
 # `make test-fast` skips the tests marked slow (training, whole pipelines, servers) for the edit-test loop.
-# Both run the tests on TEST_WORKERS pytest-xdist processes, one test module each at a time (tests/parallel.py).
+# Both run the tests on TEST_WORKERS pytest-xdist processes, one test module each at a time (tests/parallel.py),
+# with one torch thread each unless OMP_NUM_THREADS says otherwise (the workers already fill the cores; a training
+# alone, as in `make run`, takes every core: csfnet/threads.py).
 PYTHON ?= python3
 TEST_WORKERS ?= 2
 PARALLEL := -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
@@ -25,12 +27,12 @@ run: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/pytest $(PARALLEL)
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/pytest $(PARALLEL)
 
 test-fast: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/pytest $(PARALLEL) -m "not slow" -x
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/pytest $(PARALLEL) -m "not slow" -x
 
 lint: $(STAMP)
 	$(BIN)/ruff check --fix .

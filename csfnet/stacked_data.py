@@ -120,6 +120,14 @@ class StackedDataset(YOLODataset):
         return transforms
 
 
+def plotted(batch: dict[str, Any]) -> dict[str, Any]:
+    """``batch`` as ultralytics' ``plot_images`` should draw it: a stacked batch (BGR + motion, not flipped by
+    ``Format``) as its colour channels in RGB order (``plot_images`` keeps the first 3 channels as they are, which
+    shows a stacked image's blue as red); a 3-channel batch as it is."""
+    img = batch["img"]
+    return {**batch, "img": img[:, [2, 1, 0]]} if img.shape[1] > 3 else batch
+
+
 def _resize(im: np.ndarray, imgsz: int | tuple[int, int], rect_mode: bool, resize_short: bool) -> np.ndarray:
     """ultralytics' load-time resize: the long (or, with ``resize_short``, the short) side to ``imgsz`` keeping the
     aspect ratio, or stretched to a fixed (height, width) when not ``rect_mode``."""

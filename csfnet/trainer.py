@@ -1,5 +1,6 @@
 """ultralytics' detection trainer taught to build CSF-Net configs, to start from a local YOLOv8 checkpoint, to skip
-early validations and, on request, to train in bfloat16 mixed precision on CPUs that compute it natively."""
+early validations, to use every CPU core (:mod:`csfnet.threads`) and, on request, to train in bfloat16 mixed
+precision on CPUs that compute it natively."""
 
 from __future__ import annotations
 
@@ -21,9 +22,10 @@ from ultralytics.utils.torch_utils import get_torch_device_backend, init_seeds, 
 
 from csfnet import distributed
 from csfnet.model import build_model, is_csfnet, load_config
-from csfnet.stacked_data import build_dataset
+from csfnet.stacked_data import build_dataset, plotted
 from csfnet.temporal import dataset_motion
 from csfnet.temporal.model_spec import set_model_motion
+from csfnet.threads import use_cpu_threads
 from csfnet.validator import CSFNetValidator
 
 RESUME_STATE = "last_state.pt"  # beside last.pt: what ultralytics' half-precision checkpoint leaves out
@@ -69,6 +71,7 @@ class CSFNetTrainer(DetectionTrainer):
         if launch.distributed and overrides and "device" in overrides:  # ultralytics makes it current: this rank's
             overrides = {**overrides, "device": distributed.device_setting(overrides["device"], launch)}
         super().__init__(cfg, overrides, _callbacks)
+        use_cpu_threads()  # every core, not ultralytics' cores - 1 (csfnet.threads)
         self.launch = launch
         if self.launch.distributed:  # one process per rank, already started: never ultralytics' own DDP spawn
             self.world_size, self.ddp = self.launch.world_size, False
@@ -236,6 +239,10 @@ class CSFNetTrainer(DetectionTrainer):
         """ultralytics' dataset, or images stacked with their motion channels when data.yaml has ``motion``."""
         stride = max(int(unwrap_model(self.model).stride.max()), 32)
         return build_dataset(self.args, img_path, batch, self.data, mode=mode, rect=mode == "val", stride=stride)
+
+    def plot_training_samples(self, batch: dict[str, Any], ni: int) -> None:
+        """ultralytics' plot, with a stacked batch's colour in its true order (:func:`csfnet.stacked_data.plotted`)."""
+        super().plot_training_samples(plotted(batch), ni)
 
     def get_validator(self) -> CSFNetValidator:
         """ultralytics' validator, reading motion datasets as training does."""

@@ -18,8 +18,8 @@ PACKAGES = ("csfnet", "components", "pipelines")
 #: ``csfnet`` names only its ``__init__``, so each new top-level module has to be placed here.
 FLOORS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("leaves", (
-        "csfnet", "csfnet._offline", "csfnet.errors", "csfnet.files", "csfnet.metrics", "csfnet.reports",
-        "csfnet.nn", "csfnet.model", "csfnet.heads", "csfnet.runlog", "csfnet.trial_log",
+        "csfnet", "csfnet._offline", "csfnet.threads", "csfnet.errors", "csfnet.files", "csfnet.metrics",
+        "csfnet.reports", "csfnet.nn", "csfnet.model", "csfnet.heads", "csfnet.runlog", "csfnet.trial_log",
         "csfnet.temporal",  # motion channels: numpy/OpenCV only, used by data, training, detect and serving
     )),
     ("configuration", (

@@ -21,7 +21,7 @@ from ultralytics.data.augment import RandomHSV
 from csfnet.errors import DataError
 from csfnet.model import build_model, load_config, model_summary, unknown_config
 from csfnet.settings import load_settings
-from csfnet.stacked_data import ColourHSV, StackedDataset
+from csfnet.stacked_data import ColourHSV, StackedDataset, plotted
 from csfnet.temporal import MotionSpec, load_stacked, model_motion, motion_path
 from csfnet.trainer import transfer_weights
 
@@ -147,6 +147,17 @@ def _assert_motion_follows_colour(img: torch.Tensor) -> int:
     padded = (img[:3] == 114).all(0) & (img[3:] == 0).all(0)
     assert torch.equal(img[3][~padded], img[0][~padded]) and torch.equal(img[4][~padded], img[2][~padded])
     return int(padded.sum())
+
+
+def test_plots_show_a_stacked_batch_in_true_colour():
+    """ultralytics' plot_images keeps the first 3 channels as they are: a stacked batch (BGR + motion) goes in as
+    RGB."""
+    stacked = torch.arange(10, 60, 10, dtype=torch.uint8).view(1, 5, 1, 1).expand(2, 5, 4, 4)
+    batch = {"img": stacked, "im_file": ["a.jpg", "b.jpg"]}
+    shown = plotted(batch)
+    assert shown["img"][:, :, 0, 0].tolist() == [[30, 20, 10]] * 2 and shown["im_file"] == ["a.jpg", "b.jpg"]
+    colour = {"img": stacked[:, :3]}
+    assert plotted(colour) is colour  # 3-channel batches are flipped to RGB by Format already
 
 
 def test_disk_cache_holds_the_stacked_image(tiny_data, tmp_path):
