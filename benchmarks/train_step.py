@@ -9,8 +9,11 @@ median of ``--repeats`` steps after ``--warmup`` steps in wall time and in proce
 stays comparable on a shared machine: other processes' load stretches wall time, not CPU time), and the speed-up
 against fp32 in CPU time.
 
+First, the fp32 step at ultralytics' CPU thread count (``select_device`` leaves torch one thread less than the
+cores) against every core (what ``csfnet.threads`` gives training): a wall-time ratio, run back to back.
+
 Usage: python benchmarks/train_step.py [--model csfnet-n] [--batch 16] [--imgsz 320] [--repeats 5] [--warmup 2]
-       [--threads N] [--data data/dataset/data.yaml]
+       [--threads N] [--threads-only] [--data data/dataset/data.yaml]
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from ultralytics.utils import DEFAULT_CFG
 import csfnet  # noqa: F401  (offline defaults)
 from csfnet.model import build_model
 from csfnet.settings import TRAINER_ARGS, load_settings
+from csfnet.threads import cpu_threads
 
 
 def synthetic_batch(batch: int, imgsz: int, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -76,6 +80,21 @@ def time_train_step(
     return statistics.median(times), statistics.median(cpu_times), loss_value
 
 
+def compare_threads(model_name: str, batch: int, imgsz: int, repeats: int, warmup: int) -> None:
+    """The fp32 step at ultralytics' CPU thread count and at every core, back to back (wall time)."""
+    every = cpu_threads(None)  # the cores (this script imports ultralytics before csfnet: OMP_NUM_THREADS is 1 by then)
+    ultralytics = min(8, max(1, every - 1))
+    print(f"## fp32 step, {model_name}, batch {batch}, imgsz {imgsz}: threads")
+    print(f"{'threads':<30}{'wall s/step':>12}{'CPU s/step':>11}{'speed-up':>9}")
+    base = None
+    for label, n in ((f"{ultralytics} (ultralytics' cores - 1)", ultralytics), (f"{every} (every core)", every)):
+        torch.set_num_threads(n)
+        wall, cpu, _ = time_train_step(model_name, batch, imgsz, False, False, repeats, warmup)
+        base = base or wall
+        print(f"{label:<30}{wall:>12.2f}{cpu:>11.2f}{base / wall:>8.2f}x", flush=True)
+    print()
+
+
 def time_val_forward(model_name: str, batch: int, imgsz: int, repeats: int) -> float:
     """Median seconds per image of the evaluation forward pass (fused, inference mode)."""
     model = build_model(model_name).eval().fuse()
@@ -111,8 +130,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
+    parser.add_argument("--threads-only", action="store_true", help="only the thread-count comparison")
     parser.add_argument("--data", help="data.yaml: also time one epoch of the training loader")
     args = parser.parse_args()
+    compare_threads(args.model, args.batch, args.imgsz, args.repeats, args.warmup)
+    if args.threads_only:
+        return
     if args.threads:
         torch.set_num_threads(args.threads)
     print(f"## Training step, {args.model}, batch {args.batch}, imgsz {args.imgsz}, {torch.get_num_threads()} threads")
