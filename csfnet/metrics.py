@@ -19,7 +19,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from scipy import stats
 from ultralytics.utils.metrics import box_iou, compute_ap
 
 from csfnet.errors import DataError
@@ -239,6 +238,8 @@ def seed_interval(values: Sequence[float], confidence: float = 0.95) -> Interval
     mean = float(x.mean())
     if len(x) == 1:
         return Interval(mean, math.nan, math.nan, 1)
+    from scipy import stats  # here, not at the top: every stage imports this module, few need scipy.stats (0.7 s)
+
     half = float(stats.t.ppf((1 + confidence) / 2, len(x) - 1) * x.std(ddof=1) / math.sqrt(len(x)))
     return Interval(mean, mean - half, mean + half, len(x))
 
@@ -275,6 +276,8 @@ def paired_bootstrap(
 
     def statistic(sample: np.ndarray) -> float:
         return difference(np.bincount(sample, minlength=n))
+
+    from scipy import stats  # see seed_interval
 
     common = {"statistic": statistic, "vectorized": False, "confidence_level": confidence, "batch": 256}
     with warnings.catch_warnings(record=True) as caught:

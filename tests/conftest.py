@@ -74,6 +74,15 @@ def tiny_weights(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> P
     return shared(tmp_path_factory, "run", build)
 
 
+@pytest.fixture(scope="session")
+def micro_tiles(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """data.yaml of tests/detector_fixture's native-scale tiles of synthetic 1080p video, which every micro model
+    trains on."""
+    from . import detector_fixture
+
+    return shared(tmp_path_factory, "micro-tiles", detector_fixture.micro_tiles)
+
+
 TINY_TRAIN = {"epochs": 1, "imgsz": 64, "batch": 4, "workers": 0, "plots": False, "mosaic": 0.0}
 
 

@@ -64,20 +64,26 @@ TRAIN = {
 }
 
 
-def train_micro_detector(root: Path, model: dict | None = None) -> Path:
-    """Generate the HD training videos, tile them and train the micro model (or ``model``, a config of the same
-    kind); return its ``best.pt``."""
-    from csfnet.train import train
-
+def micro_tiles(root: Path) -> Path:
+    """Generate the HD training videos and cut them into native-scale tiles under ``root``; return the tiles'
+    ``data.yaml``. Every micro model trains on these tiles: tests build them once per run (``parallel.shared``)."""
     raw = generate(root / "raw", TRAIN_SPEC, workers=2)
     extract(raw, root / "tiles", workers=2, tiling=Tiling(TILE, 0.2, negatives=0.5, splits=("train", "val")))
+    return root / "tiles" / "data.yaml"
+
+
+def train_micro_detector(root: Path, tiles: Path, model: dict | None = None) -> Path:
+    """Train the micro model (or ``model``, a config of the same kind) on ``tiles`` (:func:`micro_tiles`' data.yaml)
+    in ``root``; return its ``best.pt``."""
+    from csfnet.train import train
+
     config = root / "micro.yaml"
     config.write_text(yaml.safe_dump(model or MODEL))
     old = Path.cwd()
     os.chdir(root)  # ultralytics writes nothing outside the run folder, but be sure
     try:
         result = train(
-            root / "tiles" / "data.yaml", model=str(config), out=root / "train", preset="quick", overrides=TRAIN,
+            tiles, model=str(config), out=root / "train", preset="quick", overrides=TRAIN,
             device="cpu",
         )  # fmt: skip
     finally:

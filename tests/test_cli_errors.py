@@ -171,6 +171,7 @@ def test_user_error_is_one_line_and_leaves_nothing(
     assert no_network == []
 
 
+@pytest.mark.slow  # starts PostgreSQL, tunes a trial
 def test_credentials_stay_out_of_logs_params_and_tags(tiny_data, tmp_path, capsys):
     """A study in a password-protected PostgreSQL: the password never reaches the output, MLflow or the JSON."""
     _params("presets: {quick: {imgsz: 64, epochs: 1, batch: 4, workers: 0, mosaic: 0.0, plots: false}}\n")
@@ -203,6 +204,7 @@ def test_credentials_stay_out_of_logs_params_and_tags(tiny_data, tmp_path, capsy
         assert SECRET not in logged
 
 
+@pytest.mark.slow  # trains
 def test_train_works_in_a_fresh_checkout_without_pipeline_outputs(tiny_data, tmp_path, capsys):
     """`csfnet train` needs no metrics/tune/best_partition.json: the config's own partition is the default."""
     assert not Path("metrics").exists()

@@ -157,13 +157,13 @@ PARITY_CONF = 0.1  # the NMS-free micro detector scores its targets 0.1-0.5 afte
 
 
 @pytest.fixture(scope="module")
-def e2e_detector(tmp_path_factory) -> tuple[Path, Path]:
+def e2e_detector(micro_tiles, tmp_path_factory) -> tuple[Path, Path]:
     """(best.pt, data.yaml) of tests/detector_fixture's micro-target detector with YOLO26's NMS-free head (reg_max 1,
     end2end), trained by ultralytics' E2E loss until it detects (20 epochs, native-scale 64 px tiles)."""
     from .detector_fixture import MODEL, train_micro_detector
 
     root = tmp_path_factory.mktemp("e2e-detector")
-    return train_micro_detector(root, {**MODEL, "reg_max": 1, "end2end": True}), root / "tiles" / "data.yaml"
+    return train_micro_detector(root, micro_tiles, {**MODEL, "reg_max": 1, "end2end": True}), micro_tiles
 
 
 @pytest.mark.slow

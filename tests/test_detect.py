@@ -343,11 +343,11 @@ def test_detect_reads_a_stream_url(onnx_models, val_video, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def micro_detector(tmp_path_factory) -> Path:
+def micro_detector(micro_tiles, tmp_path_factory) -> Path:
     """A real micro-target detector: trained on native-scale tiles of synthetic 1080p video (tests/detector_fixture)."""
     from .detector_fixture import train_micro_detector
 
-    return train_micro_detector(tmp_path_factory.mktemp("micro-detector"))
+    return train_micro_detector(tmp_path_factory.mktemp("micro-detector"), micro_tiles)
 
 
 def test_sliced_detection_finds_micro_targets_full_frames_miss(micro_detector, tmp_path):

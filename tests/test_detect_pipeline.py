@@ -77,6 +77,7 @@ def test_local_run_detects_every_video_and_resumes(tiny_raw, tiny_weights, tmp_p
     assert {"ran": [], "skipped": stems, "finished": 3, "videos": 3} in outputs
 
 
+@pytest.mark.slow  # starts an S3 server
 def test_videos_of_a_bucket_are_listed_downloaded_detected_and_skipped_once_finished(
     tiny_raw, tiny_weights, tmp_path, monkeypatch
 ):

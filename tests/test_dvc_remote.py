@@ -6,6 +6,8 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from .conftest import free_port, tool
 from .services import moto_s3
 
@@ -14,6 +16,7 @@ def _run(*cmd: str, cwd: Path, env: dict | None = None) -> str:
     return subprocess.run(cmd, cwd=cwd, env=env, check=True, capture_output=True, text=True).stdout
 
 
+@pytest.mark.slow  # starts an S3 server
 def test_dvc_push_to_s3_and_pull_restores_identical_bytes(tiny_raw, tmp_path):
     repo = tmp_path / "repo"
     repo.mkdir()

@@ -21,6 +21,7 @@ FILES = {
 }
 
 
+@pytest.mark.slow  # starts an S3 server
 def test_object_store_fingerprint_follows_object_changes(monkeypatch):
     with moto_s3(free_port()) as endpoint:
         for key, value in {

@@ -6,11 +6,14 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from .conftest import REPO
 
 GPU_CHECK = REPO / "benchmarks" / "gpu.py"
 
 
+@pytest.mark.slow  # trains and exports three tiny models
 def test_cpu_mode_measures_every_section_and_says_what_it_skipped(tmp_path):
     out = tmp_path / "report" / "gpu.json"
     proc = subprocess.run(

@@ -633,6 +633,7 @@ def test_multi_node_training_is_a_trainjob_step_and_one_node_keeps_the_ir(ir, tm
     assert bad.returncode == 2 and "--train-nodes and --extract-workers must be >= 1" in bad.stderr
 
 
+@pytest.mark.slow  # runs four pipeline steps, each through `csfnet` subprocesses
 def test_extraction_fans_out_over_shards_and_merges_to_one_extraction(tmp_path):
     """`--extract-workers 2`: a ParallelFor of shard steps, then one merge whose dataset feeds the rest; the steps,
     run as their pods run them, give the dataset the one-pod step gives, file for file."""

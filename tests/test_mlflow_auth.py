@@ -60,6 +60,7 @@ def _as(monkeypatch, url: str, user: tuple[str, str] | None) -> MlflowClient:
     return MlflowClient(tracking_uri=url, registry_uri=url)  # explicit: other tests may set a global URI
 
 
+@pytest.mark.slow  # starts a tracking server
 def test_only_the_pipeline_moves_the_champion(auth_server, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", auth_server)
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
@@ -87,6 +88,7 @@ def test_only_the_pipeline_moves_the_champion(auth_server, monkeypatch):
         _as(monkeypatch, auth_server, None).set_registered_model_alias("uav", "champion", version.version)
 
 
+@pytest.mark.slow  # starts a tracking server
 def test_users_job_is_idempotent(auth_server):
     from csfnet.kubeflow.mlflow_users import ensure_users
 

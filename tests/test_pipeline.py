@@ -212,11 +212,16 @@ def test_dvc_repro_runs_the_whole_pipeline(pipeline, monkeypatch):
     champion = mlflow.MlflowClient().get_model_version_by_alias("csfnet-uav", "champion")
     assert champion.tags["csfnet.data_hash"] == dataset_md5 and (repo / "models/csfnet-int8.onnx").is_file()
 
-    # an ablation or the baseline is one parameter away: the experiment re-runs tune (nothing to tune) and train
+    # an ablation or the baseline is one parameter away: the experiment re-runs tune (nothing to tune), train and
+    # eval (the target: the stages after it would only repeat what the first run showed)
     for cmd in (["git", "add", "-A"], ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "base"]):
         subprocess.run(cmd, cwd=repo, env=env, check=True, capture_output=True)
     subprocess.run(
-        [tool("dvc"), "exp", "run", "-S", "train.model=yolov8n"], cwd=repo, env=env, check=True, capture_output=True
+        [tool("dvc"), "exp", "run", "-S", "train.model=yolov8n", "eval"],
+        cwd=repo,
+        env=env,
+        check=True,
+        capture_output=True,
     )
     assert json.loads((repo / "metrics/tune/best_partition.json").read_text())["partition"] is None
     runs = mlflow.search_runs(experiment_names=["csfnet"], output_format="list")

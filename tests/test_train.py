@@ -131,6 +131,7 @@ def test_pretrained_checkpoint_initialises_and_reports(tiny_data, tiny_weights, 
     assert run.data.metrics["pretrained_tensors_loaded"] >= model_tensors * 0.9  # same architecture: (almost) all
 
 
+@pytest.mark.slow  # trains
 def test_yolov8n_baseline_trains_without_downloading(tiny_data, tmp_path):
     result = train(tiny_data, model="yolov8n", out=tmp_path / "base", overrides=TINY_TRAIN, device="cpu")
     assert YOLO(str(result.best)).model.yaml["backbone"][0][2] == "Conv"

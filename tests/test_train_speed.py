@@ -58,6 +58,7 @@ def test_native_bf16_is_detected_from_the_cpu_flags():
     assert cpu_has_native_bf16() == (" avx512_bf16" in flags or " amx_tile" in flags)
 
 
+@pytest.mark.slow  # trains
 def test_val_last_validates_only_the_last_epochs_and_best_pt_is_a_validated_one(tiny_data, tmp_path):
     result = train(
         tiny_data, model="csfnet-n", out=tmp_path / "run", overrides={**TINY_TRAIN, "epochs": 3, "val_last": 1},
@@ -84,6 +85,7 @@ def test_bf16_is_opt_in_and_checked():
         Settings.model_validate({"presets": {"quick": {"cpu_bf16": "yes"}}})
 
 
+@pytest.mark.slow  # trains
 def test_channels_last_training_writes_plain_checkpoints(tiny_data, tmp_path):
     result = train(
         tiny_data, model="csfnet-n", out=tmp_path / "run", overrides={**TINY_TRAIN, "channels_last": True},
