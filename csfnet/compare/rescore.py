@@ -84,7 +84,8 @@ def rescore_report(
 
 def check_cell_data(folder: Path, cell: dict[str, Any], eval_data: str | Path) -> None:
     """DataError (one line, naming the cell) unless the cell's model can be scored on ``eval_data``."""
-    from csfnet.temporal import check_dataset_motion, check_model_data_motion, model_motion
+    from csfnet.temporal import check_dataset_motion, model_motion
+    from csfnet.temporal.model_spec import check_model_data_motion
 
     weights = folder / WEIGHTS
     if not weights.is_file():
