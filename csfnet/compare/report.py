@@ -98,7 +98,7 @@ def write_report(
     c = settings.compare
     order = [name for name in c.configs if name in groups] + [name for name in groups if name not in c.configs]
     reference = order[0]
-    report_conf = loaded[0][0]["eval"]["report_conf"]
+    report_conf = (loaded[0][0].get("eval") or {}).get("report_conf", settings.eval.report_conf)  # as scored
     rows = {
         name: _row(groups[name], groups[reference] if name != reference else None, c, report_conf) for name in order
     }
