@@ -186,6 +186,14 @@ def cmd_compare_report(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_compare_rescore(args: argparse.Namespace, settings: Settings) -> int:
+    from csfnet.compare.rescore import rescore_report
+
+    result = rescore_report(args.cells, args.eval_data, args.out, args.slice, args.configured, settings=settings)
+    print(_compare_text(result, args.out))
+    return 0
+
+
 def cmd_compare_data(args: argparse.Namespace, settings: Settings) -> int:
     from csfnet.compare.data import bench_data
 
@@ -482,6 +490,12 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--configured", action="store_true", help="only the cells of compare.configs x compare.seeds")
     q.add_argument("--out", required=True, help="report folder (compare.md/json/png)")
     q.add_argument("--no-mlflow", action="store_true")
+    q = _command(actions, "rescore", cmd_compare_rescore, "the same cells scored on another dataset (sliced)")
+    q.add_argument("--cells", required=True, nargs="+", help="cell folders, or folders holding them")
+    q.add_argument("--eval-data", required=True, help="data.yaml whose val split the cells' weights are scored on")
+    q.add_argument("--slice", type=int, default=0, help="slices of this many native px (detect.* overlap, merge)")
+    q.add_argument("--configured", action="store_true", help="only the cells of compare.configs x compare.seeds")
+    q.add_argument("--out", required=True, help="report folder (compare.md/json/png)")
     q = _command(actions, "data", cmd_compare_data, "the bench data: synth benchmark at compare.synth sizes")
     q.add_argument("--out", required=True, help="folder receiving raw/ and dataset/")
     q.add_argument("--workers", type=int, help="processes (default: all cores)")

@@ -37,6 +37,7 @@ ALIASES: dict[str, dict[str, str]] = {
     },
     "compare": {"--device": "train.device"},
     "compare cell": {"--device": "train.device"},
+    "compare rescore": {"--device": "train.device"},
     "eval": {"--device": "train.device"},
     "robustness": {"--device": "train.device"},
     "detect": {

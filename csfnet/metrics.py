@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -230,6 +230,14 @@ def _ap(m: ImageMatches, weights: np.ndarray | None, columns: list[int]) -> np.n
     return np.array([average_precision_sorted(tp[:, j], n_gt) for j in range(len(columns))])
 
 
+def false_positives_per_image(m: ImageMatches, conf: float, weights: np.ndarray | None = None) -> float:
+    """Predictions scoring at least ``conf`` that match no ground truth (at IoU 0.5), per image; ``weights`` counts
+    each image as in :func:`average_precision`."""
+    fp = np.bincount(m.image[(m.conf >= conf) & ~m.tp[:, 0]], minlength=m.images)
+    w = np.ones(m.images) if weights is None else np.asarray(weights, dtype=np.float64)
+    return float((w * fp).sum() / w.sum()) if w.sum() else 0.0
+
+
 def seed_interval(values: Sequence[float], confidence: float = 0.95) -> Interval:
     """Mean over seeds with a two-sided Student-t interval; one value has no spread: nan bounds."""
     x = np.asarray(values, dtype=np.float64).reshape(-1)
@@ -247,7 +255,7 @@ def seed_interval(values: Sequence[float], confidence: float = 0.95) -> Interval
 def paired_bootstrap(
     rows: Sequence[ImageMatches],
     reference: Sequence[ImageMatches],
-    metric: str = "map50",
+    metric: str | Callable[[ImageMatches, np.ndarray | None], float] = "map50",
     resamples: int = 2000,
     confidence: float = 0.95,
     seed: int = 0,
@@ -255,23 +263,31 @@ def paired_bootstrap(
     """Difference of ``metric`` (mean over the seeds of ``rows``) - (mean over the seeds of ``reference``), with a
     bootstrap interval over validation images, both sides scored on the same resampled images.
 
-    BCa interval, percentile where BCa is undefined (a degenerate distribution); ``mean`` is the difference on all
-    images, ``n`` the number of images.
+    ``metric``: a name of :data:`METRICS`, or ``score(matches, weights)`` for any other per-image statistic (e.g.
+    :func:`false_positives_per_image`). BCa interval, percentile where BCa is undefined (a degenerate distribution);
+    ``mean`` is the difference on all images, ``n`` the number of images.
     """
-    if metric not in METRICS:
-        raise ValueError(f"metric must be one of {sorted(METRICS)}, got {metric!r}")
+    if callable(metric):
+        score = metric
+    elif metric in METRICS:
+        columns = METRICS[metric]
+
+        def score(m: ImageMatches, weights: np.ndarray | None) -> float:
+            return float(_ap(m, weights, columns).mean())
+    else:
+        raise ValueError(f"metric must be one of {sorted(METRICS)} or a function, got {metric!r}")
     rows, reference = list(rows), list(reference)
     if not rows or not reference:
         raise ValueError("paired_bootstrap needs at least one ImageMatches on each side")
     counts = [m.images for m in rows], [m.images for m in reference]
     if len(set(counts[0] + counts[1])) != 1:
         raise DataError(f"paired comparison needs the same validation images: image counts {counts[0]} vs {counts[1]}")
-    n, columns = counts[0][0], METRICS[metric]
+    n = counts[0][0]
     if n < 2:
         raise DataError(f"a bootstrap over images needs at least 2 validation images, got {n}")
 
     def difference(weights: np.ndarray | None) -> float:
-        side = [float(np.mean([_ap(m, weights, columns).mean() for m in ms])) for ms in (rows, reference)]
+        side = [float(np.mean([score(m, weights) for m in ms])) for ms in (rows, reference)]
         return side[0] - side[1]
 
     def statistic(sample: np.ndarray) -> float:

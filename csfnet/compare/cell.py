@@ -93,7 +93,7 @@ def run_cell(
     every = cell_settings(config, seed, preset, settings)
     every = every.override({"train.device": device}, "options")
     info = check_dataset(data, ("train", "val"))
-    colour_only = _single_frame_on_motion(config, data)
+    colour_only = single_frame_on_motion(config, data)
     if colour_only:  # a single-frame configuration meets temporal ones on the colour frames of the same split
         every = every.override({"temporal.offsets": []}, "comparison")
     fingerprint = _fingerprint(config, seed, every, data)
@@ -124,7 +124,9 @@ def run_cell(
     return distributed.from_main(cell)  # the other ranks wait until the cell is written
 
 
-def _single_frame_on_motion(config: str, data: str | Path) -> bool:
+def single_frame_on_motion(config: str, data: str | Path) -> bool:
+    """Whether ``config`` is a single-frame configuration and ``data`` has motion channels: it then trains and is
+    scored on the data's colour frames."""
     from csfnet.model import is_temporal
     from csfnet.temporal import dataset_motion
 

@@ -1,27 +1,30 @@
 """The comparison report: the paper's Tables 2 and 3 with intervals, from finished cells.
 
-Per configuration: mAP50, mAP50-95 and AP50 by size band as the mean and Student-t interval over seeds; parameters,
-GFLOPs, CPU latency and training time; and, for every row after the first, its difference from the first row as a
-paired bootstrap over validation images (every seed's model of both rows scored on the same resampled images).
+Per configuration: mAP50, mAP50-95, AP50 by size band and false positives per image at ``eval.report_conf`` (from
+the stored matches) as the mean and Student-t interval over seeds; parameters, GFLOPs, CPU latency and training time;
+and, for every row after the first, its difference from the first row as a paired bootstrap over validation images
+(every seed's model of both rows scored on the same resampled images).
 Written as ``compare.json`` (DVC metrics), ``compare.md`` and ``compare.png``, all or nothing.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from csfnet.compare.cell import CELL_FILE, COMPARISON_TAG, cell_settings, comparison_id, comparison_parent, load_cell
 from csfnet.errors import DataError, InputNotFoundError
 from csfnet.files import replace_dir, staging_dir
-from csfnet.metrics import ImageMatches, Interval, paired_bootstrap, seed_interval
+from csfnet.metrics import ImageMatches, Interval, false_positives_per_image, paired_bootstrap, seed_interval
 from csfnet.runlog import NullLogger, StageLogger
 from csfnet.settings import Settings, load_settings
 
 METRICS = ("map50", "map50_95")
 LABELS = {"map50": "mAP50", "map50_95": "mAP50-95"}
+FP = "fp_per_image"  # predictions at eval.report_conf matching no ground truth, per validation image
+T = TypeVar("T")
 
 
 def find_cells(paths: Sequence[str | Path]) -> list[Path]:
@@ -57,20 +60,48 @@ def report(
     settings = settings or load_settings()
     loaded = [load_cell(c) for c in find_cells(cells)]
     if configured:
-        wanted = {(c, s) for c in settings.compare.configs for s in settings.compare.seeds}
-        loaded = [(cell, m) for cell, m in loaded if (cell["config"], cell["seed"]) in wanted]
-        if not loaded:
-            raise InputNotFoundError(f"none of the cells in {', '.join(map(str, cells))} is in compare.configs x seeds")
+        loaded = select_configured(loaded, lambda item: item[0], settings, cells)
+    return write_report(loaded, out, logger=logger, comparison=comparison, settings=settings)
+
+
+def select_configured(
+    items: list[T], cell_of: Callable[[T], dict[str, Any]], settings: Settings, where: Any
+) -> list[T]:
+    """The ``items`` whose cell (``cell_of(item)``) is in ``compare.configs`` x ``compare.seeds``; InputNotFoundError
+    when none is, or none of the reference configuration (the first of ``compare.configs``)."""
+    c = settings.compare
+    wanted = {(config, seed) for config in c.configs for seed in c.seeds}
+    kept = [item for item in items if (cell_of(item)["config"], cell_of(item)["seed"]) in wanted]
+    places = ", ".join(map(str, where if isinstance(where, (list, tuple)) else [where]))
+    if not kept:
+        raise InputNotFoundError(f"none of the cells in {places} is in compare.configs x seeds")
+    if not any(cell_of(item)["config"] == c.configs[0] for item in kept):
+        raise InputNotFoundError(f"no finished cell of the reference configuration {c.configs[0]} (compare.configs)")
+    return kept
+
+
+def write_report(
+    loaded: list[tuple[dict[str, Any], ImageMatches]],
+    out: str | Path,
+    logger: StageLogger | None = None,
+    comparison: str | None = None,
+    settings: Settings | None = None,
+    scoring: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The report of already loaded ``(cell.json, matches)`` pairs (see :func:`report`); ``scoring`` describes how
+    they were re-scored (:mod:`csfnet.compare.rescore`), None for the cells' own validation split."""
+    settings = settings or load_settings()
     _check_comparable([c for c, _ in loaded])
     groups: dict[str, list[tuple[dict[str, Any], ImageMatches]]] = {}
     for cell, matches in loaded:
         groups.setdefault(cell["config"], []).append((cell, matches))
     c = settings.compare
-    if configured and c.configs[0] not in groups:
-        raise InputNotFoundError(f"no finished cell of the reference configuration {c.configs[0]} (compare.configs)")
     order = [name for name in c.configs if name in groups] + [name for name in groups if name not in c.configs]
     reference = order[0]
-    rows = {name: _row(groups[name], groups[reference] if name != reference else None, c) for name in order}
+    report_conf = (loaded[0][0].get("eval") or {}).get("report_conf", settings.eval.report_conf)  # as scored
+    rows = {
+        name: _row(groups[name], groups[reference] if name != reference else None, c, report_conf) for name in order
+    }
     first = loaded[0][0]
     result = {
         "reference": reference,
@@ -85,6 +116,8 @@ def report(
         "data_hash": first["data_hash"],
         "bands_px": first["bands_px"],
         "bands_objects": first.get("bands_objects"),  # validation objects per band (cells before it: None)
+        "report_conf": report_conf,  # operating point of the false positives per image
+        "scoring": scoring,
         "rows": rows,
     }
     out = Path(out)
@@ -121,9 +154,16 @@ def _check_comparable(cells: list[dict[str, Any]]) -> None:
         seen.add(key)
 
 
-def _row(cells: list[tuple[dict, ImageMatches]], reference: list[tuple[dict, ImageMatches]] | None, c: Any) -> dict:
+def _row(
+    cells: list[tuple[dict, ImageMatches]],
+    reference: list[tuple[dict, ImageMatches]] | None,
+    c: Any,
+    report_conf: float,
+) -> dict:
     first = cells[0][0]
     metrics = [cell["metrics"] for cell, _ in cells]
+    fp = [false_positives_per_image(m, report_conf) for _, m in cells]
+    latency = [cell["latency_ms_cpu"] for cell, _ in cells]
     row: dict[str, Any] = {
         "seeds": sorted(cell["seed"] for cell, _ in cells),
         **{m: _ap_interval([x[m] for x in metrics], c.confidence) for m in METRICS},
@@ -131,21 +171,39 @@ def _row(cells: list[tuple[dict, ImageMatches]], reference: list[tuple[dict, Ima
             band: _ap_interval([x["ap50_bands"][band] for x in metrics], c.confidence)
             for band in first["metrics"]["ap50_bands"]
         },
+        FP: _count_interval(fp, c.confidence),
         "params": first["params"],
         "gflops": first["gflops"],
-        "latency_ms_cpu": round(sum(cell["latency_ms_cpu"] for cell, _ in cells) / len(cells), 2),
+        "latency_ms_cpu": None if None in latency else round(sum(latency) / len(cells), 2),
         "train_s": round(sum(cell["train_s"] for cell, _ in cells) / len(cells), 1),
         "cpu_s": round(sum(cell["cpu_s"] for cell, _ in cells) / len(cells), 1),
         "gpu_hours": round(sum(cell["gpu_hours"] for cell, _ in cells) / len(cells), 4),
         "device": first["device"],
-        "per_seed": {str(cell["seed"]): {m: cell["metrics"][m] for m in METRICS} for cell, _ in cells},
+        "per_seed": {
+            str(cell["seed"]): {**{m: cell["metrics"][m] for m in METRICS}, FP: round(f, 5)}
+            for (cell, _), f in zip(cells, fp)
+        },
     }
     if reference is not None:
         mine, theirs = [m for _, m in cells], [m for _, m in reference]
         for m in METRICS:
             delta = paired_bootstrap(mine, theirs, metric=m, resamples=c.resamples, confidence=c.confidence)
             row[f"delta_{m}"] = {**delta.to_json(), "verdict": verdict(delta)}
+
+        def fp_score(matches: ImageMatches, weights: Any) -> float:
+            return false_positives_per_image(matches, report_conf, weights)
+
+        delta = paired_bootstrap(mine, theirs, metric=fp_score, resamples=c.resamples, confidence=c.confidence)
+        row[f"delta_{FP}"] = {**delta.to_json(), "verdict": verdict(delta, lower_is_better=True)}
     return row
+
+
+def _count_interval(values: list[float], confidence: float) -> dict[str, Any]:
+    """Student-t interval over seeds of a count per image, its lower bound clipped at 0."""
+    interval = seed_interval(values, confidence).to_json()
+    if interval["low"] is not None:
+        interval["low"] = max(interval["low"], 0.0)
+    return interval
 
 
 def _ap_interval(values: list[float], confidence: float) -> dict[str, Any]:
@@ -157,12 +215,14 @@ def _ap_interval(values: list[float], confidence: float) -> dict[str, Any]:
     return interval
 
 
-def verdict(delta: Interval) -> str:
-    """``better`` / ``worse`` when the interval of the difference excludes 0, else ``not separated``."""
+def verdict(delta: Interval, lower_is_better: bool = False) -> str:
+    """``better`` / ``worse`` when the interval of the difference excludes 0, else ``not separated``; a decrease is
+    ``better`` when ``lower_is_better`` (false positives)."""
+    up, down = ("worse", "better") if lower_is_better else ("better", "worse")
     if delta.low > 0:
-        return "better"
+        return up
     if delta.high < 0:
-        return "worse"
+        return down
     return "not separated"
 
 
@@ -187,17 +247,22 @@ def markdown(result: dict[str, Any]) -> str:
     ref, conf = result["reference"], round(result["confidence"] * 100)
     counts = result.get("bands_objects") or {}
     bands = [b for b in result["rows"][ref]["ap50_bands"] if counts.get(b, 1)]  # no column for an empty band
+    scoring = result.get("scoring")
+    fp_head = f"FP / image @{result['report_conf']:g}"
     head = ["config", "seeds", "mAP50", "mAP50-95", *[f"AP50 {band_label(result['bands_px'][b])}" for b in bands]]
-    head += [f"Δ mAP50 vs {ref}", f"Δ mAP50-95 vs {ref}", "params (M)", "GFLOPs", "CPU ms", "training / run"]
+    head += [fp_head, f"Δ mAP50 vs {ref}", f"Δ mAP50-95 vs {ref}", f"Δ {fp_head} vs {ref}"]
+    head += ["params (M)", "GFLOPs", "CPU ms / frame" if scoring else "CPU ms", "training / run"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name in result["order"]:
         r = result["rows"][name]
         cells = [name, str(len(r["seeds"])), fmt_interval(r["map50"]), fmt_interval(r["map50_95"])]
         cells += [fmt_interval(r["ap50_bands"][b]) for b in bands]
-        for m in METRICS:
+        cells.append(fmt_interval(r[FP], ".2f"))
+        for m, spec in zip((*METRICS, FP), (".3f", ".3f", ".2f")):
             d = r.get(f"delta_{m}")
-            cells.append(f"{fmt_interval(d)} {d['verdict']}" if d else "reference")
-        cells += [f"{r['params'] / 1e6:.2f}", f"{r['gflops']:.1f}", f"{r['latency_ms_cpu']:.1f}"]
+            cells.append(f"{fmt_interval(d, spec)} {d['verdict']}" if d else "reference")
+        latency = "–" if r["latency_ms_cpu"] is None else f"{r['latency_ms_cpu']:.1f}"
+        cells += [f"{r['params'] / 1e6:.2f}", f"{r['gflops']:.1f}", latency]
         gpu = f"{r['gpu_hours']:.3f} GPU-h" if r["gpu_hours"] else f"{r['cpu_s']:.0f} CPU-s"
         cells.append(f"{r['train_s']:.0f} s, {gpu} ({r['device']})")
         lines.append("| " + " | ".join(cells) + " |")
@@ -206,14 +271,33 @@ def markdown(result: dict[str, Any]) -> str:
             f"# Comparison: {len(result['order'])} configurations, preset {result['preset']} "
             f"({result['epochs']} epochs, imgsz {result['imgsz']})",
             "",
+            *([scoring_line(scoring), ""] if scoring else []),
             f"Validation: {result['images']} images, {result['objects']} objects. Values: mean over seeds "
             f"[{conf}% Student-t interval]. Δ: difference from {ref} on the same images, mean over seeds, "
             f"[{conf}% paired bootstrap interval over validation images, {result['resamples']} resamples]; "
-            "better/worse only when the interval excludes 0. GFLOPs at the training image size.",
+            "better/worse only when the interval excludes 0 (fewer false positives is better). "
+            f"{fp_head}: predictions scoring at least {result['report_conf']:g} that match no ground truth at IoU "
+            "0.5, per validation image (on the synthetic benchmark: its unannotated birds, specks and clutter). "
+            "GFLOPs at the training image size."
+            + (" CPU ms / frame: sliced prediction of one validation frame, merging included." if scoring else ""),
             "",
             *lines,
             "",
         ]
+    )
+
+
+def scoring_line(scoring: dict[str, Any]) -> str:
+    """How re-scored cells were scored: the dataset and the slicing."""
+    how = "whole frames"
+    if scoring.get("slice"):
+        how = (
+            f"{scoring['slice']} px slices (overlap {scoring['overlap']:g}, {scoring['merge']} merge"
+            f"{', + the whole frame' if scoring['full_frame'] else ''})"
+        )
+    return (
+        f"Re-scored on {scoring['data']} ({scoring['data_hash']}) with {how}, each crop at imgsz "
+        f"{scoring['imgsz']}, on {scoring['device']}: the same trained cells (data {scoring['trained_on']})."
     )
 
 
@@ -259,8 +343,8 @@ def _log(logger: StageLogger, result: dict[str, Any], out: Path, comparison: str
     parent = comparison_parent(comparison)
     with logger.stage("compare-report", params, tags, final=True, parent=parent) as run:
         for name, row in result["rows"].items():
-            flat = {m: row[m]["mean"] for m in (*METRICS,)}
-            flat.update({f"delta_{m}": row[f"delta_{m}"]["mean"] for m in METRICS if f"delta_{m}" in row})
+            flat = {m: row[m]["mean"] for m in (*METRICS, FP)}
+            flat.update({f"delta_{m}": row[f"delta_{m}"]["mean"] for m in (*METRICS, FP) if f"delta_{m}" in row})
             run.log_metrics(flat, prefix=name)
         run.log_artifacts(out, "compare")
         comparison_run = run.parent

@@ -8,6 +8,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from csfnet.data.dataset import read_labels, split_images
 from csfnet.detect.predict import Predictor, SliceOptions
 from csfnet.detect.runtimes import Runtime, load_runtime
@@ -59,19 +61,26 @@ def sliced_vs_full(
     out.update(images=len(images), objects=int(sum(len(t[0]) for t in truths)), ms_per_image={})
     for name, slicing in modes.items():
         predictor = Predictor(runtime, conf, iou, slicing, batch)
-        predictions, seconds = [], 0.0
-        for path in images:
-            frame = read_frame(path, runtime.motion)
-            start = time.perf_counter()
-            dets = predictor([frame])[0]
-            seconds += time.perf_counter() - start
-            predictions.append((dets[:, :4], dets[:, 4]))
+        predictions, seconds = predict_images(predictor, images)
         out[name] = band_metrics(truths, predictions, size_bands, report_conf)
         out["ms_per_image"][name] = round(1000 * seconds / len(images), 2)
         if name == "sliced":
             first = read_frame(images[0], None)
             out["crops_per_image"] = predictor.slices_per_frame(*first.shape[:2])
     return out
+
+
+def predict_images(predictor: Predictor, images: Sequence[Path]) -> tuple[list[tuple[np.ndarray, np.ndarray]], float]:
+    """(boxes xyxy, scores) of ``predictor`` on each dataset image, read as its model takes it
+    (:func:`~csfnet.detect.temporal_input.read_frame`), and the seconds spent predicting (reading excluded)."""
+    predictions, seconds = [], 0.0
+    for path in images:
+        frame = read_frame(path, predictor.runtime.motion)
+        start = time.perf_counter()
+        dets = predictor([frame])[0]
+        seconds += time.perf_counter() - start
+        predictions.append((dets[:, :4], dets[:, 4]))
+    return predictions, seconds
 
 
 def flat_metrics(result: dict[str, Any]) -> dict[str, float]:
