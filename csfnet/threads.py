@@ -40,5 +40,6 @@ def use_cpu_threads(*_: Any) -> None:
     ignores a trainer or validator, so that it can be an ultralytics callback."""
     import torch
 
-    if torch.get_num_threads() != cpu_threads():
-        torch.set_num_threads(cpu_threads())
+    threads = cpu_threads()
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)

@@ -26,7 +26,7 @@ from csfnet.device import resolve_device
 from csfnet.errors import InputNotFoundError
 from csfnet.files import replace_dir, staging_dir, write_json
 from csfnet.lineage import data_hash
-from csfnet.metrics import ImageMatches
+from csfnet.metrics import ImageMatches, average_precision
 from csfnet.settings import Settings, load_settings
 
 RESCORE_DIR = "rescore"
@@ -107,12 +107,10 @@ def rescored_cell(
     if (cache / CELL_FILE).is_file() and (cache / MATCHES_FILE).is_file():
         return load_cell(cache)
     matches, bands, seconds = _score(weights, eval_data, slicing, cell["imgsz"], device, settings)
-    from csfnet.metrics import average_precision
-
     rescored = {
         **cell,
         "data_hash": spec[0],
-        "eval": e.model_dump(),
+        "eval": spec[4],
         "images": matches.images,
         "objects": int(matches.n_gt.sum()),
         "metrics": {**average_precision(matches), "ap50_bands": {k: v["ap50"] for k, v in bands.items()}},
