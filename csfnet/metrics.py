@@ -72,7 +72,7 @@ def average_precision_sorted(tp: np.ndarray, n_gt: float) -> float:
     return float(compute_ap(recall, precision)[0])
 
 
-def _band_names(edges: Sequence[float]) -> list[tuple[str, float, float]]:
+def band_ranges(edges: Sequence[float]) -> list[tuple[str, float, float]]:
     """``(name, low, high)`` of the size bands that ``edges`` (sqrt of box area, px) cut; the last is open."""
     bounds = [0.0, *edges, math.inf]
     names = [BAND_NAMES[i] if i < len(BAND_NAMES) else f"band{i}" for i in range(len(bounds) - 1)]
@@ -93,31 +93,23 @@ def band_metrics(
     """AP50 (COCO-style area ranges) and recall at ``report_conf`` per size band of the ground truth.
 
     ``truths``: (boxes xyxy, classes) per image; ``predictions``: (boxes xyxy, scores) per image. A prediction
-    matched to a ground truth of another band counts in neither; an unmatched one counts where its own size falls.
+    matched to a ground truth of another band counts in neither; an unmatched one counts where its own size falls
+    (:meth:`ImageMatches.band`).
     """
-    # matching and sizes do not depend on the band: compute them once per image
-    images = [
-        (_sqrt_area(gt), _sqrt_area(pred), scores, match(gt, pred, scores)[:, 0])
-        for (gt, _), (pred, scores) in zip(truths, predictions)
-    ]
+    return bands_of(match_images([gt for gt, _ in truths], predictions), edges, report_conf)
+
+
+def bands_of(m: ImageMatches, edges: Sequence[float], report_conf: float) -> dict[str, dict[str, float]]:
+    """:func:`band_metrics` of already matched detections (with sizes: :func:`match_images`)."""
     out = {}
-    for name, lo, hi in _band_names(edges):
-        tp, conf, n_gt, hits = [], [], 0, 0
-        for gt_size, pred_size, scores, matched in images:
-            in_band = (gt_size >= lo) & (gt_size < hi)
-            n_gt += int(in_band.sum())
-            pred_in_band = (pred_size >= lo) & (pred_size < hi)
-            for i, j in enumerate(matched):
-                if j >= 0 and in_band[j]:
-                    tp.append(1), conf.append(scores[i])
-                    hits += scores[i] >= report_conf
-                elif j < 0 and pred_in_band[i]:
-                    tp.append(0), conf.append(scores[i])
-        order = np.argsort(-np.array(conf), kind="stable")
+    for name, lo, hi in band_ranges(edges):
+        band = m.band(lo, hi)
+        n_gt = int(band.n_gt.sum())
+        hits = int((band.tp[:, 0] & (band.conf >= report_conf)).sum())
         out[name] = {
             "px": [lo, hi if math.isfinite(hi) else None],  # sqrt of box area in source pixels, [lo, hi)
             "objects": n_gt,
-            "ap50": average_precision_sorted(np.array(tp, dtype=bool)[order], n_gt),
+            "ap50": average_precision(band)["map50"],
             "recall": hits / n_gt if n_gt else 0.0,
         }
     return out
@@ -144,12 +136,19 @@ def _round(x: float) -> float | None:
 @dataclass(eq=False)
 class ImageMatches:
     """Detections of one model on one validation split, matched to ground truth per image (single class, like
-    ultralytics' detect validator)."""
+    ultralytics' detect validator).
+
+    ``size``, ``gt_image`` and ``gt_size`` place detections and targets in size bands (:meth:`band`); matches
+    saved before they existed load with None there.
+    """
 
     image: np.ndarray  # (P,) int: image index of each prediction
     conf: np.ndarray  # (P,) float
     tp: np.ndarray  # (P, 10) bool: true positive at IoU 0.50, 0.55 ... 0.95
     n_gt: np.ndarray  # (N,) int: ground-truth boxes per image (N = images)
+    size: np.ndarray | None = None  # (P,) float: sqrt area of the target matched at IoU 0.5, else the prediction's
+    gt_image: np.ndarray | None = None  # (G,) int: image index of each ground-truth box
+    gt_size: np.ndarray | None = None  # (G,) float: sqrt area of each ground-truth box
 
     def __post_init__(self) -> None:
         self.image = np.asarray(self.image, dtype=np.int64).reshape(-1)
@@ -160,11 +159,42 @@ class ImageMatches:
             raise ValueError(f"image, conf and tp lengths differ: {len(self.image)}, {len(self.conf)}, {len(self.tp)}")
         if len(self.image) and (self.image.min() < 0 or self.image.max() >= len(self.n_gt)):
             raise ValueError(f"image indices must lie in [0, {len(self.n_gt)})")
+        if (self.size is None) != (self.gt_size is None) or (self.gt_size is None) != (self.gt_image is None):
+            raise ValueError("size, gt_image and gt_size come together")
+        if self.size is not None:
+            self.size = np.asarray(self.size, dtype=np.float64).reshape(-1)
+            self.gt_image = np.asarray(self.gt_image, dtype=np.int64).reshape(-1)
+            self.gt_size = np.asarray(self.gt_size, dtype=np.float64).reshape(-1)
+            if len(self.size) != len(self.image) or len(self.gt_size) != len(self.gt_image):
+                raise ValueError("one size per prediction and one gt_size per gt_image")
+            if not np.array_equal(np.bincount(self.gt_image, minlength=len(self.n_gt)), self.n_gt):
+                raise ValueError("gt_image does not count n_gt ground-truth boxes per image")
 
     @property
     def images(self) -> int:
         """Number of validation images."""
         return len(self.n_gt)
+
+    @property
+    def sized(self) -> bool:
+        """Whether the matches carry the sizes :meth:`band` needs."""
+        return self.size is not None
+
+    def band(self, lo: float, hi: float) -> ImageMatches:
+        """The matches of one size band ``[lo, hi)`` (sqrt of box area, px), COCO's area-range rule: its targets;
+        predictions matched at IoU 0.5 to one of them, or matched to none and themselves of that size. AP50 of the
+        result is the band's AP50 (the band is decided at IoU 0.5; the stricter columns are kept as matched).
+
+        Raises:
+            DataError: The matches carry no sizes (saved before they were stored): score the model again.
+        """
+        if not self.sized:
+            raise DataError("these matches carry no box sizes (saved by an older csfnet): score the model again")
+        keep = (self.size >= lo) & (self.size < hi)
+        in_band = (self.gt_size >= lo) & (self.gt_size < hi)
+        gt_image, gt_size = self.gt_image[in_band], self.gt_size[in_band]
+        n_gt = np.bincount(gt_image, minlength=self.images)
+        return ImageMatches(self.image[keep], self.conf[keep], self.tp[keep], n_gt, self.size[keep], gt_image, gt_size)
 
     @functools.cached_property
     def _sorted(self) -> tuple[np.ndarray, np.ndarray]:
@@ -173,36 +203,48 @@ class ImageMatches:
         return self.image[order], self.tp[order]
 
     def save(self, path: str | Path) -> Path:
-        """Write ``path`` (.npz), all or nothing."""
+        """Write ``path`` (.npz, compressed), all or nothing."""
         path = Path(path)
+        arrays = {k: getattr(self, k) for k in _FIELDS if getattr(self, k) is not None}
         with atomic_path(path) as tmp, open(tmp, "wb") as f:  # a file object: numpy adds no .npz suffix
-            np.savez(f, image=self.image, conf=self.conf, tp=self.tp, n_gt=self.n_gt)
+            np.savez_compressed(f, **arrays)
         return path
 
     @classmethod
     def load(cls, path: str | Path) -> ImageMatches:
-        """Read what :meth:`save` wrote."""
+        """Read what :meth:`save` wrote (older files without sizes too)."""
         with np.load(Path(path), allow_pickle=False) as f:
-            return cls(image=f["image"], conf=f["conf"], tp=f["tp"], n_gt=f["n_gt"])
+            return cls(**{k: f[k] for k in _FIELDS if k in f.files})
+
+
+_FIELDS = ("image", "conf", "tp", "n_gt", "size", "gt_image", "gt_size")
 
 
 def match_images(truths: Sequence[np.ndarray], predictions: Sequence[tuple[np.ndarray, np.ndarray]]) -> ImageMatches:
     """Match each image's predictions (boxes xyxy, scores) to its ground truth (xyxy) at the 10 IoU thresholds of
-    mAP50-95 (:func:`match`)."""
+    mAP50-95 (:func:`match`), with the sizes that place them in size bands."""
     if len(truths) != len(predictions):
         raise ValueError(f"{len(truths)} ground-truth images but {len(predictions)} prediction images")
-    images, confs, tps = [], [], []
+    images, confs, tps, sizes, gt_images, gt_sizes = [], [], [], [], [], []
     for i, (gt, (boxes, scores)) in enumerate(zip(truths, predictions)):
+        gt = np.asarray(gt, dtype=np.float32).reshape(-1, 4)
         boxes, scores = np.asarray(boxes, dtype=np.float32).reshape(-1, 4), np.asarray(scores).reshape(-1)
         order = np.argsort(-scores, kind="stable")
         boxes, scores = boxes[order], scores[order]
-        tp = match(gt, boxes, scores, IOU_THRESHOLDS) >= 0
-        images.append(np.full(len(scores), i)), confs.append(scores), tps.append(tp)
+        matched = match(gt, boxes, scores, IOU_THRESHOLDS)
+        gt_size, taken = _sqrt_area(gt), matched[:, 0]
+        size = np.where(taken >= 0, gt_size[np.maximum(taken, 0)] if len(gt) else 0.0, _sqrt_area(boxes))
+        images.append(np.full(len(scores), i)), confs.append(scores), tps.append(matched >= 0), sizes.append(size)
+        gt_images.append(np.full(len(gt), i)), gt_sizes.append(gt_size)
+    empty = np.zeros(0)
     return ImageMatches(
         image=np.concatenate(images) if images else np.zeros(0, np.int64),
-        conf=np.concatenate(confs) if confs else np.zeros(0),
+        conf=np.concatenate(confs) if confs else empty,
         tp=np.concatenate(tps) if tps else np.zeros((0, len(IOU_THRESHOLDS)), bool),
-        n_gt=np.array([len(np.asarray(gt).reshape(-1, 4)) for gt in truths], dtype=np.int64),
+        n_gt=np.array([len(g) for g in gt_images], dtype=np.int64),
+        size=np.concatenate(sizes) if sizes else empty,
+        gt_image=np.concatenate(gt_images) if gt_images else np.zeros(0, np.int64),
+        gt_size=np.concatenate(gt_sizes) if gt_sizes else empty,
     )
 
 

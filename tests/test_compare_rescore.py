@@ -15,7 +15,7 @@ from csfnet.compare.cell import CELL_FILE, MATCHES_FILE
 from csfnet.compare.rescore import RESCORE_DIR
 from csfnet.data.extract import extract_with_settings
 from csfnet.data.synth import SynthSpec, generate
-from csfnet.metrics import IOU_THRESHOLDS, ImageMatches
+from csfnet.metrics import IOU_THRESHOLDS, ImageMatches, average_precision, match_images
 from csfnet.settings import load_settings
 from tests.conftest import TINY_TRAIN
 
@@ -27,10 +27,20 @@ def _tp(at_50: bool, at_75: bool = False) -> list[bool]:
     return [at_50 and (t < 0.5 + 1e-6 or (at_75 and t < 0.75 + 1e-6)) for t in IOU_THRESHOLDS]
 
 
-def _cell(folder: Path, config: str, seed: int, predictions: list[tuple[int, float, bool]], n_gt: list[int]) -> None:
-    """A finished cell folder written by hand: ``predictions`` as (image, confidence, matched at IoU 0.5)."""
-    image, conf, tp = zip(*predictions)
-    matches = ImageMatches(image=image, conf=conf, tp=[_tp(t, at_75=i % 2 == 0) for i, t in enumerate(tp)], n_gt=n_gt)
+def _cell(
+    folder: Path,
+    config: str,
+    seed: int,
+    predictions: list[tuple[int, float, bool]],
+    n_gt: list[int],
+    matches: ImageMatches | None = None,
+) -> None:
+    """A finished cell folder written by hand: ``predictions`` as (image, confidence, matched at IoU 0.5), saved
+    without sizes as older cells were, or ``matches`` as given."""
+    if matches is None:
+        image, conf, tp = zip(*predictions)
+        tp = [_tp(t, at_75=i % 2 == 0) for i, t in enumerate(tp)]
+        matches = ImageMatches(image=image, conf=conf, tp=tp, n_gt=n_gt)
     folder.mkdir(parents=True)
     matches.save(folder / MATCHES_FILE)
     cell = {
@@ -75,6 +85,34 @@ def test_false_positives_per_image_equal_a_hand_count(tmp_path: Path) -> None:
     assert delta["verdict"] == {True: "worse", False: "not separated"}[delta["low"] > 0]  # more FPs is never better
     table = Path("report/compare.md").read_text()
     assert "FP / image @0.25" in table and "| yolov8n | 2 |" in table and "0.58 [" in table
+    assert "delta_ap50_bands" not in other and "Δ AP50" not in table  # matches saved without sizes: no band Δ
+
+
+def test_band_difference_is_a_paired_bootstrap_of_that_band(tmp_path: Path) -> None:
+    """Twelve frames, each a 5 px and a 20 px target: the reference finds all; the other finds every 20 px target
+    but only the 5 px targets of the first four frames. Its Δ AP50 below 8 px is the difference of the two bands'
+    AP50 with a paired interval below 0, its 16-32 px Δ is 0."""
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"compare": {"configs": ["csfnet-n", "yolov8n"]}}))
+    gt = [np.array([[10.0, 10, 15, 15], [40, 40, 60, 60]])] * 12
+    conf = np.linspace(0.9, 0.5, 12)
+    ref = match_images(gt, [(g, np.array([c, c])) for g, c in zip(gt, conf)])
+    found = [
+        (g if i < 4 else g[1:], np.array([c, c]) if i < 4 else np.array([c])) for i, (g, c) in enumerate(zip(gt, conf))
+    ]
+    other = match_images(gt, found)
+    for config, matches in (("csfnet-n", ref), ("yolov8n", other)):
+        _cell(tmp_path / "cells" / config, config, 0, [], [2] * 12, matches=matches)
+
+    assert main(["compare", "report", "--cells", "cells", "--out", "report", "--no-mlflow"]) == 0
+    deltas = json.loads(Path("report/compare.json").read_text())["rows"]["yolov8n"]["delta_ap50_bands"]
+    assert set(deltas) == set(BANDS_PX)  # every band holds objects in the hand-written cell.json
+    hand = average_precision(other.band(0, 8))["map50"] - average_precision(ref.band(0, 8))["map50"]
+    assert hand == pytest.approx(1 / 3 - 1, abs=0.01)  # recall 4/12 at precision 1, against all found
+    assert deltas["very_tiny"]["mean"] == pytest.approx(hand, abs=1e-5)
+    assert deltas["very_tiny"]["high"] < 0 and deltas["very_tiny"]["verdict"] == "worse"
+    assert deltas["small"]["mean"] == 0 and deltas["small"]["verdict"] == "not separated"
+    table = Path("report/compare.md").read_text()
+    assert "Δ AP50 <8 px vs csfnet-n" in table and "worse |" in table.splitlines()[-1]
 
 
 @pytest.fixture(scope="module")

@@ -180,6 +180,34 @@ def test_band_metrics_by_hand() -> None:
     assert bands["medium"] == {"px": [32, None], "objects": 0, "ap50": 0.0, "recall": 0.0}
 
 
+def test_band_matches_by_hand_and_older_files_without_sizes(tmp_path) -> None:
+    """The scene above as matches: each band keeps its targets, the detections matched to them and the unmatched
+    detections of its size; a file saved without sizes loads, and asking it for a band is a clear error."""
+    gt = np.array([[0, 0, 5, 5], [50, 50, 70, 70]], float)
+    boxes = np.array([[0, 0, 5, 5], [100, 100, 120, 120], [50, 50, 70, 70], [0, 0, 5, 6]], float)
+    m = match_images([gt], [(boxes, np.array([0.9, 0.8, 0.3, 0.2]))])
+    assert m.sized and m.gt_size.tolist() == [5.0, 20.0]
+    tiny = m.band(0, 8)  # the hit at 0.9 and the duplicate at 0.2 (5x6 px, unmatched)
+    assert tiny.conf.tolist() == pytest.approx([0.9, 0.2]) and tiny.tp[:, 0].tolist() == [True, False]
+    assert tiny.n_gt.tolist() == [1] and tiny.gt_size.tolist() == [5.0]
+    small = m.band(16, 32)  # the 20 px false positive at 0.8, then the hit at 0.3
+    assert small.conf.tolist() == pytest.approx([0.8, 0.3]) and small.tp[:, 0].tolist() == [False, True]
+    empty = m.band(8, 16)
+    assert empty.n_gt.tolist() == [0] and not len(empty.conf) and average_precision(empty)["map50"] == 0.0
+
+    back = ImageMatches.load(m.save(tmp_path / "m.npz"))
+    for field in ("size", "gt_image", "gt_size"):
+        np.testing.assert_array_equal(getattr(back, field), getattr(m, field))
+    old = tmp_path / "old.npz"
+    np.savez(old, image=m.image, conf=m.conf, tp=m.tp, n_gt=m.n_gt)  # what csfnet saved before sizes
+    older = ImageMatches.load(old)
+    assert not older.sized and average_precision(older) == average_precision(m)
+    with pytest.raises(DataError, match="no box sizes"):
+        older.band(0, 8)
+    with pytest.raises(ValueError, match="gt_image does not count"):
+        ImageMatches(m.image, m.conf, m.tp, [3], m.size, m.gt_image, m.gt_size)
+
+
 def test_paired_bootstrap_known_answers() -> None:
     rng = np.random.default_rng(4)
     truths = _scene(rng, 20)

@@ -222,11 +222,11 @@ def _score(
 ) -> tuple[ImageMatches, dict[str, dict[str, Any]], float]:
     """Matches on every validation image, AP50 by size band, and the median CPU latency at batch 1 (ms)."""
     from csfnet.compare.predictions import scored_split
-    from csfnet.metrics import band_metrics
+    from csfnet.metrics import bands_of
 
     e = every.eval
-    images, predictions, truths, matches = scored_split(weights, data, imgsz, e.conf, e.iou, device)
-    bands = band_metrics(truths, predictions, e.size_bands, e.report_conf)
+    images, _, _, matches = scored_split(weights, data, imgsz, e.conf, e.iou, device)
+    bands = bands_of(matches, e.size_bands, e.report_conf)
     return matches, bands, cpu_latency(weights, images[: every.compare.latency_images], imgsz)
 
 

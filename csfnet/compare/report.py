@@ -2,14 +2,16 @@
 
 Per configuration: mAP50, mAP50-95, AP50 by size band and false positives per image at ``eval.report_conf`` (from
 the stored matches) as the mean and Student-t interval over seeds; parameters, GFLOPs, CPU latency and training time;
-and, for every row after the first, its difference from the first row as a paired bootstrap over validation images
-(every seed's model of both rows scored on the same resampled images).
+and, for every row after the first, its difference from the first row (mAP50, mAP50-95, false positives and AP50
+per size band) as a paired bootstrap over validation images (every seed's model of both rows scored on the same
+resampled images).
 Written as ``compare.json`` (DVC metrics), ``compare.md`` and ``compare.png``, all or nothing.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -195,7 +197,22 @@ def _row(
 
         delta = paired_bootstrap(mine, theirs, metric=fp_score, resamples=c.resamples, confidence=c.confidence)
         row[f"delta_{FP}"] = {**delta.to_json(), "verdict": verdict(delta, lower_is_better=True)}
+        if all(m.sized for m in mine + theirs):  # matches saved before sizes were stored have no band bootstrap
+            row["delta_ap50_bands"] = _band_deltas(mine, theirs, first, c)
     return row
+
+
+def _band_deltas(mine: list[ImageMatches], theirs: list[ImageMatches], cell: dict, c: Any) -> dict[str, dict]:
+    """Paired-bootstrap difference of AP50 per size band that holds validation objects."""
+    out = {}
+    for band, (lo, hi) in cell["bands_px"].items():
+        if (cell.get("bands_objects") or {}).get(band, 1) == 0:
+            continue
+        hi = math.inf if hi is None else hi
+        ours, ref = [m.band(lo, hi) for m in mine], [m.band(lo, hi) for m in theirs]
+        delta = paired_bootstrap(ours, ref, metric="map50", resamples=c.resamples, confidence=c.confidence)
+        out[band] = {**delta.to_json(), "verdict": verdict(delta)}
+    return out
 
 
 def _count_interval(values: list[float], confidence: float) -> dict[str, Any]:
@@ -251,6 +268,9 @@ def markdown(result: dict[str, Any]) -> str:
     fp_head = f"FP / image @{result['report_conf']:g}"
     head = ["config", "seeds", "mAP50", "mAP50-95", *[f"AP50 {band_label(result['bands_px'][b])}" for b in bands]]
     head += [fp_head, f"Δ mAP50 vs {ref}", f"Δ mAP50-95 vs {ref}", f"Δ {fp_head} vs {ref}"]
+    smallest = bands[0] if bands and any("delta_ap50_bands" in r for r in result["rows"].values()) else None
+    if smallest:  # the band this project exists for, paired like the rest
+        head.append(f"Δ AP50 {band_label(result['bands_px'][smallest])} vs {ref}")
     head += ["params (M)", "GFLOPs", "CPU ms / frame" if scoring else "CPU ms", "training / run"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name in result["order"]:
@@ -261,6 +281,9 @@ def markdown(result: dict[str, Any]) -> str:
         for m, spec in zip((*METRICS, FP), (".3f", ".3f", ".2f")):
             d = r.get(f"delta_{m}")
             cells.append(f"{fmt_interval(d, spec)} {d['verdict']}" if d else "reference")
+        if smallest:
+            d = r.get("delta_ap50_bands", {}).get(smallest)
+            cells.append(f"{fmt_interval(d)} {d['verdict']}" if d else "reference" if name == ref else "–")
         latency = "–" if r["latency_ms_cpu"] is None else f"{r['latency_ms_cpu']:.1f}"
         cells += [f"{r['params'] / 1e6:.2f}", f"{r['gflops']:.1f}", latency]
         gpu = f"{r['gpu_hours']:.3f} GPU-h" if r["gpu_hours"] else f"{r['cpu_s']:.0f} CPU-s"
@@ -278,7 +301,12 @@ def markdown(result: dict[str, Any]) -> str:
             "better/worse only when the interval excludes 0 (fewer false positives is better). "
             f"{fp_head}: predictions scoring at least {result['report_conf']:g} that match no ground truth at IoU "
             "0.5, per validation image (on the synthetic benchmark: its unannotated birds, specks and clutter). "
-            "GFLOPs at the training image size."
+            + (
+                "Δ AP50 of a size band: the same paired bootstrap on that band's targets and detections. "
+                if smallest
+                else ""
+            )
+            + "GFLOPs at the training image size."
             + (" CPU ms / frame: sliced prediction of one validation frame, merging included." if scoring else ""),
             "",
             *lines,

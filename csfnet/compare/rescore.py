@@ -134,15 +134,15 @@ def _score(
     from csfnet.detect.predict import Predictor
     from csfnet.detect.runtimes import load_runtime
     from csfnet.detect.sliced_eval import predict_images
-    from csfnet.metrics import band_metrics, match_images
+    from csfnet.metrics import bands_of, match_images
 
     e = settings.eval
     runtime = load_runtime(weights, imgsz, device=device, end_to_end=e.end_to_end)
     images = split_images(data, "val")
     truths = [read_labels(p) for p in images]
     predictions, seconds = predict_images(Predictor(runtime, e.conf, e.iou, slicing, settings.detect.batch), images)
-    bands = band_metrics(truths, predictions, e.size_bands, e.report_conf)
-    return match_images([t[0] for t in truths], predictions), bands, seconds
+    matches = match_images([t[0] for t in truths], predictions)
+    return matches, bands_of(matches, e.size_bands, e.report_conf), seconds
 
 
 def _slicing_spec(slicing: Any) -> dict[str, Any]:
