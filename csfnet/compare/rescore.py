@@ -105,7 +105,9 @@ def rescored_cell(
     spec = [data_hash(eval_data), _file_hash(weights), _slicing_spec(slicing), cell["imgsz"], e.model_dump()]
     cache = folder / RESCORE_DIR / hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
     if (cache / CELL_FILE).is_file() and (cache / MATCHES_FILE).is_file():
-        return load_cell(cache)
+        cached = load_cell(cache)
+        if cached[1].sized:  # one written before matches carried box sizes is scored again
+            return cached
     matches, bands, seconds = _score(weights, eval_data, slicing, cell["imgsz"], device, settings)
     rescored = {
         **cell,
