@@ -227,7 +227,7 @@ def match_images(truths: Sequence[np.ndarray], predictions: Sequence[tuple[np.nd
         raise ValueError(f"{len(truths)} ground-truth images but {len(predictions)} prediction images")
     images, confs, tps, sizes, gt_images, gt_sizes = [], [], [], [], [], []
     for i, (gt, (boxes, scores)) in enumerate(zip(truths, predictions)):
-        gt = np.asarray(gt, dtype=np.float32).reshape(-1, 4)
+        gt = np.asarray(gt, dtype=np.float64).reshape(-1, 4)  # sizes at label precision: a box of exactly 8 px is 8
         boxes, scores = np.asarray(boxes, dtype=np.float32).reshape(-1, 4), np.asarray(scores).reshape(-1)
         order = np.argsort(-scores, kind="stable")
         boxes, scores = boxes[order], scores[order]

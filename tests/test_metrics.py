@@ -192,6 +192,8 @@ def test_band_matches_by_hand_and_older_files_without_sizes(tmp_path) -> None:
     assert tiny.n_gt.tolist() == [1] and tiny.gt_size.tolist() == [5.0]
     small = m.band(16, 32)  # the 20 px false positive at 0.8, then the hit at 0.3
     assert small.conf.tolist() == pytest.approx([0.8, 0.3]) and small.tp[:, 0].tolist() == [False, True]
+    edge = match_images([np.array([[0.4, 0.4, 8.4, 8.4]])], [(np.zeros((0, 4)), np.zeros(0))])
+    assert edge.band(8, 16).n_gt.tolist() == [1]  # exactly 8 px at label precision (7.9999995 in float32): tiny
     empty = m.band(8, 16)
     assert empty.n_gt.tolist() == [0] and not len(empty.conf) and average_precision(empty)["map50"] == 0.0
 
