@@ -86,6 +86,14 @@ def test_false_positives_per_image_equal_a_hand_count(tmp_path: Path) -> None:
     table = Path("report/compare.md").read_text()
     assert "FP / image @0.25" in table and "| yolov8n | 2 |" in table and "0.58 [" in table
     assert "delta_ap50_bands" not in other and "Δ AP50" not in table  # matches saved without sizes: no band Δ
+    assert _png_width(Path("report/compare.png")) == 2 * 660  # two panels: mAP50 and its Δ
+
+
+def _png_width(path: Path) -> int:
+    """Pixel width from a PNG's header (IHDR)."""
+    data = path.read_bytes()
+    assert data[:4] == b"\x89PNG"
+    return int.from_bytes(data[16:20], "big")
 
 
 def test_band_difference_is_a_paired_bootstrap_of_that_band(tmp_path: Path) -> None:
@@ -113,6 +121,7 @@ def test_band_difference_is_a_paired_bootstrap_of_that_band(tmp_path: Path) -> N
     assert deltas["small"]["mean"] == 0 and deltas["small"]["verdict"] == "not separated"
     table = Path("report/compare.md").read_text()
     assert "Δ AP50 <8 px vs csfnet-n" in table and "worse |" in table.splitlines()[-1]
+    assert _png_width(Path("report/compare.png")) == 3 * 660  # a third panel: the <8 px Δ
 
 
 @pytest.fixture(scope="module")

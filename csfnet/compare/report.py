@@ -330,28 +330,39 @@ def scoring_line(scoring: dict[str, Any]) -> str:
 
 
 def plot(result: dict[str, Any], path: Path) -> None:
-    """mAP50 per configuration (mean, interval, every seed) and the paired difference from the reference."""
+    """mAP50 per configuration (mean, interval, every seed) and the paired difference from the reference; with band
+    differences, also the paired difference in AP50 of the smallest band holding objects."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     order, rows = result["order"], result["rows"]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 0.5 * len(order) + 2), sharey=True)
+    counts = result.get("bands_objects") or {}
+    smallest = next((b for b in rows[result["reference"]]["ap50_bands"] if counts.get(b, 1)), None)
+    band_deltas = smallest and any(smallest in r.get("delta_ap50_bands", {}) for r in rows.values())
+    panels = 3 if band_deltas else 2
+    fig, axes = plt.subplots(1, panels, figsize=(5.5 * panels, 0.5 * len(order) + 2), sharey=True)
+    left, deltas = axes[0], [("delta_map50", axes[1])]
+    if band_deltas:
+        deltas.append((smallest, axes[2]))
     for y, name in enumerate(order):
         r = rows[name]
         left.errorbar(r["map50"]["mean"], y, xerr=_err(r["map50"]), fmt="o", color="C0", capsize=4)
         left.scatter([s["map50"] for s in r["per_seed"].values()], [y] * len(r["per_seed"]), color="C0", alpha=0.35)
-        d = r.get("delta_map50")
-        if d:
-            color = {"better": "C2", "worse": "C3"}.get(d["verdict"], "C7")
-            right.errorbar(d["mean"], y, xerr=_err(d), fmt="s", color=color, capsize=4)
-    right.axvline(0, color="k", lw=0.8)
+        for key, ax in deltas:
+            d = r.get(key) if key == "delta_map50" else r.get("delta_ap50_bands", {}).get(key)
+            if d:
+                color = {"better": "C2", "worse": "C3"}.get(d["verdict"], "C7")
+                ax.errorbar(d["mean"], y, xerr=_err(d), fmt="s", color=color, capsize=4)
     left.set_yticks(range(len(order)), order)
     left.invert_yaxis()
-    conf = round(result["confidence"] * 100)
+    conf, ref = round(result["confidence"] * 100), result["reference"]
     left.set_xlabel(f"mAP50 (mean, {conf}% interval over seeds; dots: seeds)")
-    right.set_xlabel(f"Δ mAP50 vs {result['reference']} ({conf}% paired bootstrap)")
+    for key, ax in deltas:
+        ax.axvline(0, color="k", lw=0.8)
+        what = "mAP50" if key == "delta_map50" else f"AP50 {band_label(result['bands_px'][key])}"
+        ax.set_xlabel(f"Δ {what} vs {ref} ({conf}% paired bootstrap)")
     fig.suptitle(f"preset {result['preset']}: {result['images']} validation images, {result['objects']} objects")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
