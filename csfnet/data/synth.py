@@ -122,8 +122,23 @@ def _write_anti_uav(path: Path, boxes: list[list[tuple[int, float, float, float,
 # --- rendering -------------------------------------------------------------------------------------------------------
 
 
-def _render(rng: np.random.Generator, spec: SynthSpec, n_targets: int) -> Iterator[tuple[np.ndarray, list]]:
-    """Yield (BGR frame, [(target id, x, y, w, h), ...]) for every frame of one sequence."""
+def distractors(spec: SynthSpec, split: str, index: int) -> list[list[tuple[str, float, float, float, float]]]:
+    """The unannotated distractors of one generated sequence, per frame: ``(kind, x, y, w, h)`` with kind ``bird``
+    (the box of its drawn 'V') or ``speck`` (one pixel). Replays the sequence's random stream, so it describes
+    exactly the video :func:`generate` wrote with ``spec`` (its ``synth.json``)."""
+    rng = np.random.default_rng([spec.seed, 0 if split == "train" else 1, index])
+    n_targets = 1 if spec.format == "anti-uav" else int(rng.integers(1, 4))
+    found: list[list[tuple[str, float, float, float, float]]] = []
+    for _ in _render(rng, spec, n_targets, found):
+        pass
+    return found
+
+
+def _render(
+    rng: np.random.Generator, spec: SynthSpec, n_targets: int, distractors: list | None = None
+) -> Iterator[tuple[np.ndarray, list]]:
+    """Yield (BGR frame, [(target id, x, y, w, h), ...]) for every frame of one sequence; append each frame's
+    distractors to ``distractors`` when given (the random stream is the same either way)."""
     scene = SCENES[int(rng.integers(len(SCENES)))]
     margin = 48
     canvas = _background(rng, scene, spec.width + 2 * margin, spec.height + 2 * margin)
@@ -136,10 +151,13 @@ def _render(rng: np.random.Generator, spec: SynthSpec, n_targets: int) -> Iterat
         cam = np.clip(margin + pan * t + rng.normal(0, 0.7, 2), 0, 2 * margin)
         x0, y0 = int(np.rint(cam[0])), int(np.rint(cam[1]))
         frame = canvas[y0 : y0 + spec.height, x0 : x0 + spec.width].astype(np.float32)
+        drawn = []
         for bird in birds:
             _step(rng, bird)
-            _draw_bird(frame, bird, t, cam - margin)
-        _draw_specks(rng, frame, scene)
+            drawn.append(("bird", *_draw_bird(frame, bird, t, cam - margin)))
+        drawn += [("speck", x, y, 1.0, 1.0) for x, y in _draw_specks(rng, frame, scene)]
+        if distractors is not None:
+            distractors.append(drawn)
         frame_boxes = []
         for tid, target in enumerate(targets):
             _step(rng, target)
@@ -312,18 +330,24 @@ def _draw_target(frame: np.ndarray, t: _Target, cam: np.ndarray, scene: str) -> 
     return x, y, float(xs.max()) + 1 - x, float(ys.max()) + 1 - y
 
 
-def _draw_bird(frame: np.ndarray, bird: _Target, t: int, cam: np.ndarray) -> None:
-    """Flapping 'V' distractor, not annotated."""
+def _draw_bird(frame: np.ndarray, bird: _Target, t: int, cam: np.ndarray) -> tuple[float, float, float, float]:
+    """Flapping 'V' distractor, not annotated; returns the box (x, y, w, h) of the drawn 'V' (maybe off-frame)."""
     cx, cy = bird.pos - cam
     span = max(2.0, bird.size * 0.5)
     lift = span * (0.5 if (t // 3) % 2 else -0.2)
     pts = np.array([[cx - span, cy - lift], [cx, cy], [cx + span, cy - lift]], np.int32)
     cv2.polylines(frame, [pts], False, (40, 40, 40), 1, cv2.LINE_AA)
+    (x0, y0), (x1, y1) = pts.min(0), pts.max(0)
+    return float(x0) - 1, float(y0) - 1, float(x1 - x0) + 3, float(y1 - y0) + 3  # anti-aliasing: 1 px around
 
 
-def _draw_specks(rng: np.random.Generator, frame: np.ndarray, scene: str) -> None:
-    """Flickering 1-px specks (dust, hot pixels, insects), not annotated."""
+def _draw_specks(rng: np.random.Generator, frame: np.ndarray, scene: str) -> list[tuple[float, float]]:
+    """Flickering 1-px specks (dust, hot pixels, insects), not annotated; returns their (x, y)."""
     h, w = frame.shape[:2]
+    drawn = []
     for _ in range(int(rng.integers(0, 6))):
         v = 255.0 if scene == "night" else float(rng.uniform(30, 90))
-        frame[int(rng.integers(h)), int(rng.integers(w))] = v
+        y, x = int(rng.integers(h)), int(rng.integers(w))
+        frame[y, x] = v
+        drawn.append((float(x), float(y)))
+    return drawn
