@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from csfnet.errors import DataError, InputNotFoundError
-from csfnet.metrics import ImageMatches, false_positives_per_image, match, paired_bootstrap, seed_interval
+from csfnet.metrics import ImageMatches, false_positives_per_image, match, paired_bootstrap
 
 KINDS = ("bird", "speck", "other")
 BIRD_IOU = 0.1
@@ -116,6 +116,8 @@ def distractor_report(
     resamples: int = 2000,
 ) -> dict[str, Any]:
     """Rows per configuration (``order``, the first the reference) of ``(cell.json, false positives by kind)``."""
+    from csfnet.compare.report import count_interval
+
     groups: dict[str, list[dict[str, ImageMatches]]] = {}
     for cell, kinds in cells:
         groups.setdefault(cell["config"], []).append(kinds)
@@ -132,7 +134,7 @@ def distractor_report(
         row: dict[str, Any] = {"seeds": len(groups[name])}
         for kind in KINDS:
             values = [per_frame(k[kind], None) for k in groups[name]]
-            row[kind] = seed_interval(values, confidence).to_json()
+            row[kind] = count_interval(values, confidence)
             if name != order[0]:
                 mine, theirs = [k[kind] for k in groups[name]], [k[kind] for k in reference]
                 delta = paired_bootstrap(mine, theirs, per_frame, resamples, confidence)

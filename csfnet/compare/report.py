@@ -173,7 +173,7 @@ def _row(
             band: _ap_interval([x["ap50_bands"][band] for x in metrics], c.confidence)
             for band in first["metrics"]["ap50_bands"]
         },
-        FP: _count_interval(fp, c.confidence),
+        FP: count_interval(fp, c.confidence),
         "params": first["params"],
         "gflops": first["gflops"],
         "latency_ms_cpu": None if None in latency else round(sum(latency) / len(cells), 2),
@@ -215,7 +215,7 @@ def _band_deltas(mine: list[ImageMatches], theirs: list[ImageMatches], cell: dic
     return out
 
 
-def _count_interval(values: list[float], confidence: float) -> dict[str, Any]:
+def count_interval(values: list[float], confidence: float) -> dict[str, Any]:
     """Student-t interval over seeds of a count per image, its lower bound clipped at 0."""
     interval = seed_interval(values, confidence).to_json()
     if interval["low"] is not None:
