@@ -199,10 +199,13 @@ def test_detect_on_a_video_stacks_motion_like_extraction(temporal, tmp_path):
     from csfnet.temporal import load_motion
 
     weights, data, raw = temporal
-    written, lenient = 0, {"track_high_thresh": CONF, "new_track_thresh": CONF}  # tracks of low-scoring boxes
+    low = CONF / 2  # the tiny model's sliced scores sit near CONF, and where exactly depends on the CPU's arithmetic
+    # tracks of low-scoring boxes: with fuse_score the cost 1 - IoU * score of a 0.1-0.3 box never reaches ByteTrack's
+    # confirmation threshold, so no track would be confirmed (seen on an AMD EPYC VM at one thread)
+    written, lenient = 0, {"track_high_thresh": low, "new_track_thresh": low, "fuse_score": False}
     for k, video in enumerate(sorted((raw / "val").rglob("*.mp4"))):  # the tiny model finds little: every video
         out = tmp_path / f"sliced{k}"
-        result = detect(weights, video, out, conf=CONF, slice_size=48, tracker="bytetrack", save_video=False,
+        result = detect(weights, video, out, conf=low, slice_size=48, tracker="bytetrack", save_video=False,
                         tracker_overrides=lenient, progress=False)  # fmt: skip
         rows = np.loadtxt(out / "mot.txt", delimiter=",", ndmin=2)
         assert result.frames == 16 and result.crops_per_frame > 1 and len(rows) == result.detections
