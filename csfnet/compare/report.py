@@ -268,7 +268,7 @@ def markdown(result: dict[str, Any]) -> str:
     fp_head = f"FP / image @{result['report_conf']:g}"
     head = ["config", "seeds", "mAP50", "mAP50-95", *[f"AP50 {band_label(result['bands_px'][b])}" for b in bands]]
     head += [fp_head, f"Δ mAP50 vs {ref}", f"Δ mAP50-95 vs {ref}", f"Δ {fp_head} vs {ref}"]
-    smallest = bands[0] if bands and any("delta_ap50_bands" in r for r in result["rows"].values()) else None
+    smallest = delta_band(result)
     if smallest:  # the band this project exists for, paired like the rest
         head.append(f"Δ AP50 {band_label(result['bands_px'][smallest])} vs {ref}")
     head += ["params (M)", "GFLOPs", "CPU ms / frame" if scoring else "CPU ms", "training / run"]
@@ -315,6 +315,14 @@ def markdown(result: dict[str, Any]) -> str:
     )
 
 
+def delta_band(result: dict[str, Any]) -> str | None:
+    """The smallest size band holding validation objects when the rows carry its paired AP50 difference (the table's
+    column and the plot's third panel), else None (matches saved without sizes)."""
+    counts, rows = result.get("bands_objects") or {}, result["rows"]
+    smallest = next((b for b in rows[result["reference"]]["ap50_bands"] if counts.get(b, 1)), None)
+    return smallest if smallest and any(smallest in r.get("delta_ap50_bands", {}) for r in rows.values()) else None
+
+
 def scoring_line(scoring: dict[str, Any]) -> str:
     """How re-scored cells were scored: the dataset and the slicing."""
     how = "whole frames"
@@ -338,13 +346,11 @@ def plot(result: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     order, rows = result["order"], result["rows"]
-    counts = result.get("bands_objects") or {}
-    smallest = next((b for b in rows[result["reference"]]["ap50_bands"] if counts.get(b, 1)), None)
-    band_deltas = smallest and any(smallest in r.get("delta_ap50_bands", {}) for r in rows.values())
-    panels = 3 if band_deltas else 2
+    smallest = delta_band(result)
+    panels = 3 if smallest else 2
     fig, axes = plt.subplots(1, panels, figsize=(5.5 * panels, 0.5 * len(order) + 2), sharey=True)
     left, deltas = axes[0], [("delta_map50", axes[1])]
-    if band_deltas:
+    if smallest:
         deltas.append((smallest, axes[2]))
     for y, name in enumerate(order):
         r = rows[name]
