@@ -47,7 +47,8 @@ def _stage_logger(args: argparse.Namespace) -> StageLogger:
 
 
 def cmd_model_info(args: argparse.Namespace, settings: Settings) -> int:
-    from csfnet.model import ALL_CONFIGS, model_summary
+    from csfnet.config_names import ALL_CONFIGS
+    from csfnet.model import model_summary
 
     rows = [model_summary(name, imgsz=args.imgsz, nc=args.nc) for name in (args.configs or ALL_CONFIGS)]
     if args.json:

@@ -2,87 +2,28 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from copy import deepcopy
 from pathlib import Path
 from typing import Any
 
 import torch
-import ultralytics
 import yaml
 from ultralytics.nn.modules import Detect
 from ultralytics.nn.tasks import DetectionModel, yaml_model_load
 from ultralytics.utils.torch_utils import get_flops, initialize_weights
 
+from csfnet.config_names import csfnet_file, ultralytics_yaml, unknown_config
 from csfnet.nn.builder import build_layers
 
-CONFIG_DIR = Path(__file__).parent / "cfg" / "models"
-ULTRALYTICS_CONFIG_DIR = Path(ultralytics.__file__).parent / "cfg" / "models"
-CSFNET_CONFIGS = (
-    "csfnet-n",  # the paper's model: YOLOv8 blocks
-    "csfnet-s",
-    "csfnet-m",
-    "csfnet-no-cswitch",
-    "csfnet-no-dfuse",
-    "csfnet-no-cretonext",
-    "csfnet26-n",  # the same idea on YOLO26's blocks and NMS-free head
-    "csfnet26-n-p2",
-    "csfnet-t-n",  # temporal: colour + motion channels in, motion to the shallow backbone only (issue 24)
-    "csfnet-t-n-both",  # its ablation: motion to both backbones
-)
-# ultralytics detectors shown by default; any scale of yolov8/yolo11/yolo12/yolo26 (and -p2/-p6 where ultralytics
-# ships it) is accepted too. -p2: the P2-head tiny-object variant; yolo26: NMS-free (end-to-end) head.
-BASELINES = ("yolov8n", "yolov8n-p2", "yolov8s", "yolo11n", "yolo26n", "yolo26n-p2")
-ALL_CONFIGS = CSFNET_CONFIGS + BASELINES
-# csfnet[26][-t][-no-X][-scale][-p2|-both] -> file <base><variant>.yaml at that scale (csfnet-t-n-both: csfnet-t-both)
-_NAME = re.compile(r"^(?P<base>csfnet(?:26)?(?:-t)?(?:-no-[a-z]+)?)(?:-(?P<scale>[nsm]))?(?P<variant>-p2|-both)?$")
 DEFAULT_MOTION_CHANNELS = 2  # k of a temporal config whose YAML does not say, when no dataset gives it
-_ULTRALYTICS_NAME = re.compile(r"^(?P<family>yolov8|yolo11|yolo12|yolo26)(?P<scale>[nsmlx])(?P<variant>-p[26])?$")
-
-
-def _csfnet_file(name: str) -> tuple[Path, str] | None:
-    """The CSF-Net YAML and scale a config name stands for, or None if no such file ships."""
-    match = _NAME.match(name)
-    if not match:
-        return None
-    path = CONFIG_DIR / f"{match['base']}{match['variant'] or ''}.yaml"
-    return (path, match["scale"] or "n") if path.is_file() else None
-
-
-def ultralytics_yaml(name: str) -> Path | None:
-    """ultralytics' own YAML behind a detector name (``yolo26n-p2`` -> ``cfg/models/26/yolo26-p2.yaml``), or None."""
-    match = _ULTRALYTICS_NAME.match(name)
-    if not match:
-        return None
-    family = match["family"]
-    folder = "v8" if family == "yolov8" else family.removeprefix("yolo")
-    path = ULTRALYTICS_CONFIG_DIR / folder / f"{family}{match['variant'] or ''}.yaml"
-    return path if path.is_file() else None
-
-
-def is_known_config(name: str) -> bool:
-    """Whether ``name`` is a CSF-Net config name or an ultralytics detector name this installation ships."""
-    return _csfnet_file(name) is not None or ultralytics_yaml(name) is not None
-
-
-def unknown_config(name: str) -> str:
-    """The error message for an unknown config name, with the closest known name."""
-    import difflib
-
-    close = difflib.get_close_matches(name, ALL_CONFIGS, n=1, cutoff=0.6)
-    hint = f"did you mean {close[0]!r}? " if close else ""
-    return (
-        f"unknown model config {name!r} ({hint}known: {', '.join(ALL_CONFIGS)}, any yolov8/yolo11/yolo12/yolo26 "
-        "scale n-x, or a YAML path)"
-    )
 
 
 def is_csfnet(name: str | Path | dict) -> bool:
     """Whether ``name`` is a CSF-Net config name, or a YAML file or dict marked ``builder: csfnet``."""
     if isinstance(name, dict):
         return name.get("builder") == "csfnet"
-    if _csfnet_file(str(name)):
+    if csfnet_file(str(name)):
         return True
     return str(name).endswith((".yaml", ".yml")) and Path(name).is_file() and _read(name).get("builder") == "csfnet"
 
@@ -120,7 +61,7 @@ def load_config(name: str | Path, nc: int | None = None, partition: Sequence[int
         nc: Number of classes, overriding the YAML's.
         partition: Absolute CSwitch channels per fusion stage (e.g. from tuning), overriding the width-scaled default.
     """
-    known = _csfnet_file(str(name))
+    known = csfnet_file(str(name))
     if known:
         path, scale = known
     elif Path(name).is_file():

@@ -18,6 +18,8 @@ from .parallel import heaviest_first, shared, worker
 REPO = Path(__file__).resolve().parents[1]
 ARTIFACTS = REPO / "test-artifacts"  # screenshots and other outputs worth keeping after a run
 TINY = SynthSpec(train_videos=2, val_videos=1, frames=8, width=96, height=64, seed=3)
+# the repositories tests `dvc init` lack the project's `core.analytics = false`: no analytics daemon per dvc command
+os.environ["DVC_NO_ANALYTICS"] = "1"
 
 
 @pytest.fixture(autouse=True)

@@ -20,6 +20,7 @@ FLOORS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("leaves", (
         "csfnet", "csfnet._offline", "csfnet.threads", "csfnet.errors", "csfnet.files", "csfnet.metrics",
         "csfnet.reports", "csfnet.nn", "csfnet.model", "csfnet.heads", "csfnet.runlog", "csfnet.trial_log",
+        "csfnet.config_names", "csfnet.ultralytics_files",  # light: settings validation reads them in every process
         "csfnet.temporal",  # motion channels: numpy/OpenCV only, used by data, training, detect and serving
     )),
     ("configuration", (

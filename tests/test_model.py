@@ -8,7 +8,8 @@ import pytest
 import torch
 from ultralytics.nn.tasks import DetectionModel
 
-from csfnet.model import ALL_CONFIGS, build_model, load_config, model_summary
+from csfnet.config_names import ALL_CONFIGS
+from csfnet.model import build_model, load_config, model_summary
 from csfnet.nn import CReToNeXt, CSwitch, DFuse
 from csfnet.trainer import transfer_weights
 

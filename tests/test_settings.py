@@ -3,6 +3,8 @@ the service probes answer quickly and mask credentials."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -12,6 +14,7 @@ import yaml
 from csfnet.errors import ServiceError, SettingsError
 from csfnet.services import mask, probe_database, probe_s3, probe_tracking
 from csfnet.settings import Settings, load_settings
+from csfnet.ultralytics_files import default_args, key_sets
 
 from .conftest import REPO, free_port
 
@@ -48,6 +51,28 @@ def test_no_defaults_outside_params_yaml_and_the_schema():
     for pipeline in ("csfnet", "compare"):
         inputs = build(pipeline, secrets=False).component_spec.inputs
         assert set(inputs) == {"settings", "source_uri"}, pipeline
+
+
+def test_validating_params_yaml_reads_ultralytics_declarations_without_importing_torch():
+    """Every csfnet process validates params.yaml: doing it must not cost the torch import (about 2 CPU-s), and the
+    argument names and types read from ultralytics' files must be the ones ultralytics itself declares."""
+    code = (
+        "import sys; from csfnet.settings import load_settings; s = load_settings('params.yaml');"
+        "s.override({'detect.track_args': {'track_buffer': 60}, 'args.epochs': 3});"
+        "print(sorted(m for m in ('torch', 'ultralytics', 'mlflow') if m in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]", done.stdout + done.stderr
+
+    import ultralytics.cfg
+    from ultralytics.utils import DEFAULT_CFG_DICT
+
+    assert key_sets() == {name: getattr(ultralytics.cfg, name) for name in key_sets()}
+    assert default_args() == DEFAULT_CFG_DICT
+    with pytest.raises(SettingsError, match=r"presets\.quick\.epoch: not an ultralytics training argument"):
+        Settings().override({"presets.quick.epoch": 3})
+    with pytest.raises(SettingsError, match="'trak_buffer' is not a tracker setting"):
+        Settings().override({"detect.track_args": {"trak_buffer": 3}})
 
 
 def test_missing_keys_take_the_schema_defaults(tmp_path):

@@ -18,8 +18,9 @@ import yaml
 from ultralytics.cfg import get_cfg
 from ultralytics.data.augment import RandomHSV
 
+from csfnet.config_names import unknown_config
 from csfnet.errors import DataError
-from csfnet.model import build_model, load_config, model_summary, unknown_config
+from csfnet.model import build_model, load_config, model_summary
 from csfnet.settings import load_settings
 from csfnet.stacked_data import ColourHSV, StackedDataset, plotted
 from csfnet.temporal import MotionSpec, load_stacked, model_motion, motion_path
