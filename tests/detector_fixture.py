@@ -45,6 +45,7 @@ TRAIN = {
     "imgsz": TILE,
     "epochs": 20,
     "batch": 8,
+    "nbs": 64,  # ultralytics' default, which this recipe was tuned with (the quick preset's is 16)
     "optimizer": "AdamW",
     "lr0": 0.01,
     "lrf": 0.1,
