@@ -122,7 +122,7 @@ def test_every_stage_runs(trained, tiny_data, tiny_raw, tmp_path):
     assert tracked.frames > 0
 
     image = split_images(tiny_data, "val")[0]
-    served = _pyfunc(onnx_result.fp32, image, tmp_path)
+    served = _pyfunc(onnx_result.fp32, image)
     own = Predictor(load_runtime(onnx_result.fp32), CONF)([cv2.imread(str(image))])[0]
     assert len(served) == len(own) and np.allclose(served[["x1", "y1", "x2", "y2"]].to_numpy(), own[:, :4], atol=0.01)
 
@@ -131,25 +131,13 @@ def _index(module: str) -> int:
     return int(module.split(".")[1])
 
 
-def _pyfunc(model: Path, image: Path, tmp_path: Path) -> pd.DataFrame:
-    from mlflow.models import infer_signature
+def _pyfunc(model: Path, image: Path) -> pd.DataFrame:
+    """What the registered pyfunc (logged as `csfnet register` logs it) answers for ``image``."""
+    from csfnet.registry import encode_image, log_detector
 
-    import csfnet
-    from csfnet.detect.onnx_detector import COLUMNS
-    from csfnet.detect.serving import PARAMS
-    from csfnet.registry import encode_image
-
-    package = Path(csfnet.__file__).parent
-    frame = pd.DataFrame({"image": [encode_image(image)]})
-    output = pd.DataFrame([[0, 0.0, 0.0, 1.0, 1.0, 0.5, 0, "uav"]], columns=list(COLUMNS))
     with mlflow.start_run():
-        info = mlflow.pyfunc.log_model(
-            name="model",
-            python_model=str(package / "mlflow_model.py"),
-            artifacts={"onnx": str(model)},
-            signature=infer_signature(frame, output, params=PARAMS),
-            code_paths=[str(package)],
-        )
+        info = log_detector(model, image)
+    frame = pd.DataFrame({"image": [encode_image(image)]})
     return mlflow.pyfunc.load_model(info.model_uri).predict(frame, params={"conf": CONF})
 
 

@@ -14,7 +14,6 @@ import pytest
 
 from csfnet.data.dataset import split_images
 from csfnet.detect import Predictor, SliceOptions, detect, load_runtime
-from csfnet.detect.onnx_detector import COLUMNS
 from csfnet.detect.run import JSONL, MOT, SUMMARY, VIDEO
 from csfnet.detect.slicing import merge, windows
 from csfnet.errors import CheckpointError, DataError, InputNotFoundError, SettingsError
@@ -260,25 +259,14 @@ def test_served_model_with_slicing_equals_detect_and_registry_uri_loads(onnx_mod
     import mlflow
     import pandas as pd
     from mlflow import MlflowClient
-    from mlflow.models import infer_signature
 
-    import csfnet
-    from csfnet.detect.serving import PARAMS
-    from csfnet.registry import encode_image
+    from csfnet.registry import encode_image, log_detector
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'registry.db'}")
     image = split_images(tiny_data, "val")[0]
     example = pd.DataFrame({"image": [encode_image(image)]})
-    output = pd.DataFrame([[0, 0.0, 0.0, 1.0, 1.0, 0.5, 0, "uav"]], columns=list(COLUMNS))
-    package = Path(csfnet.__file__).parent
     with mlflow.start_run():
-        info = mlflow.pyfunc.log_model(
-            name="model",
-            python_model=str(package / "mlflow_model.py"),
-            artifacts={"onnx": str(onnx_models[0])},
-            signature=infer_signature(example, output, params=PARAMS),
-            code_paths=[str(package)],
-        )
+        info = log_detector(onnx_models[0], image)
     version = mlflow.register_model(info.model_uri, "csfnet-uav")
     MlflowClient().set_registered_model_alias("csfnet-uav", "champion", version.version)
 
