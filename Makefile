@@ -1,6 +1,8 @@
-# Two commands: `make run` (set up .venv, run the pipeline) and `make test` (set up .venv, run all tests: CI);
+# Two commands: `make run` (set up .venv, run the pipeline) and `make test` (set up .venv, run ruff and every test
+# but the end-to-end ones). `make test-e2e` runs those (marked e2e: whole pipelines under dvc repro or kfp's local
+# runner, two-node torchrun launches); CI runs `make test` then `make test-e2e`, i.e. everything.
 # `make test-fast` skips the tests marked slow (training, whole pipelines, servers) for the edit-test loop.
-# Both run the tests on TEST_WORKERS pytest-xdist processes, one test module each at a time (tests/parallel.py),
+# All three run the tests on TEST_WORKERS pytest-xdist processes, one test module each at a time (tests/parallel.py),
 # with one torch thread each unless OMP_NUM_THREADS says otherwise (the workers already fill the cores; a training
 # alone, as in `make run`, takes every core: csfnet/threads.py).
 PYTHON ?= python3
@@ -10,7 +12,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-fast lint format benchmark gpu-check clean
+.PHONY: run test test-e2e test-fast lint format benchmark gpu-check clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,7 +29,10 @@ run: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/pytest $(PARALLEL)
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/pytest $(PARALLEL) -m "not e2e"
+
+test-e2e: $(STAMP)
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/pytest $(PARALLEL) -m e2e
 
 test-fast: $(STAMP)
 	$(BIN)/ruff check .

@@ -119,6 +119,7 @@ def test_a_single_process_leads_alone():
 
 
 @pytest.mark.slow
+@pytest.mark.e2e
 def test_two_nodes_train_like_one_process_and_only_rank_0_writes(tiny_data, tmp_path, two_nodes):
     _params(tmp_path, epochs=2)
     out = tmp_path / "runs" / "torchrun"
@@ -154,6 +155,7 @@ def _norm(tensors: dict[str, torch.Tensor]) -> float:
 
 
 @pytest.mark.slow
+@pytest.mark.e2e
 def test_a_node_killed_mid_epoch_resumes_from_the_shared_checkpoint(tiny_data, tmp_path, two_nodes):
     _params(tmp_path, epochs=3)
     out = tmp_path / "runs" / "torchrun"
@@ -214,6 +216,7 @@ def _trial_epochs(study: optuna.Study, root: Path) -> list[tuple[str, list[int],
 
 
 @pytest.mark.slow
+@pytest.mark.e2e
 def test_two_nodes_tune_one_study_led_by_rank_0(tiny_data, tmp_path, two_nodes):
     from csfnet.tune import tune
 
@@ -249,6 +252,7 @@ def test_two_nodes_tune_one_study_led_by_rank_0(tiny_data, tmp_path, two_nodes):
 
 
 @pytest.mark.slow
+@pytest.mark.e2e
 def test_two_nodes_revalidate_the_winner_of_a_complete_study(tiny_data, tmp_path, two_nodes):
     from optuna.distributions import IntDistribution
 
@@ -276,6 +280,7 @@ def test_two_nodes_revalidate_the_winner_of_a_complete_study(tiny_data, tmp_path
 
 
 @pytest.mark.slow
+@pytest.mark.e2e
 def test_two_nodes_compare_cells_written_once_by_rank_0(tiny_data, tmp_path, two_nodes):
     _led_params(tmp_path)
     clock = time.monotonic()
@@ -308,6 +313,7 @@ def test_two_nodes_compare_cells_written_once_by_rank_0(tiny_data, tmp_path, two
 
 
 @pytest.mark.slow
+@pytest.mark.e2e
 def test_a_node_killed_mid_trial_fails_the_tuning_launch(tiny_data, tmp_path, two_nodes):
     _led_params(tmp_path, pruner={"type": "none"}, epochs=3)
     node0, node1 = two_nodes("tune", "--data", tiny_data, "--no-revalidate")
@@ -326,6 +332,7 @@ def test_a_node_killed_mid_trial_fails_the_tuning_launch(tiny_data, tmp_path, tw
 
 
 @pytest.mark.slow
+@pytest.mark.e2e
 def test_rank_0_killed_mid_cell_fails_the_comparison_launch(tiny_data, tmp_path, two_nodes):
     _led_params(tmp_path, cell_epochs=3)
     node0, node1 = two_nodes("compare", "--data", tiny_data, "--no-mlflow")

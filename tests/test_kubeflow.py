@@ -350,6 +350,7 @@ def test_credentials_come_from_secrets_only(ir):
 
 
 @pytest.mark.slow
+@pytest.mark.e2e
 def test_local_run_ends_with_a_registered_model(tmp_path):
     params = {
         "synth": {"train_videos": 2, "val_videos": 1, "frames": 6, "width": 96, "height": 64, "seed": 3},
@@ -419,6 +420,7 @@ def test_local_run_ends_with_a_registered_model(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.e2e
 def test_local_comparison_fans_out_and_reports(tmp_path):
     """The comparison pipeline run here end to end: cells from the parameters, bench data at compare.synth sizes,
     each cell a nested MLflow run under one comparison parent, the report step's table as the run's output."""

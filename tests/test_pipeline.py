@@ -143,6 +143,7 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, 
 
 
 @pytest.mark.slow
+@pytest.mark.e2e
 def test_dvc_repro_runs_the_whole_pipeline(pipeline, monkeypatch):
     repo, env, _ = pipeline
     params = yaml.safe_load((repo / "params.yaml").read_text())
@@ -257,6 +258,7 @@ def _kill_inside(repo: Path, env: dict[str, str], point: str, timeout: float = 6
 
 
 @pytest.mark.slow
+@pytest.mark.e2e
 def test_killed_repro_resumes_to_the_uninterrupted_result(pipeline, tmp_path, monkeypatch):
     expected = pipeline[2]
 
