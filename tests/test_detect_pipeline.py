@@ -37,6 +37,7 @@ def test_ir_fans_detection_out_over_shards_on_the_shared_claim(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.e2e
 def test_local_run_detects_every_video_and_resumes(tiny_raw, tiny_weights, tmp_path):
     videos = tmp_path / "videos"
     videos.mkdir()
