@@ -11,6 +11,7 @@ PARALLEL := -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+PYTEST := OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/pytest $(PARALLEL)
 
 .PHONY: run test test-e2e test-fast lint format benchmark gpu-check clean
 
@@ -29,15 +30,15 @@ run: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/pytest $(PARALLEL) -m "not e2e"
+	$(PYTEST) -m "not e2e"
 
 test-e2e: $(STAMP)
-	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/pytest $(PARALLEL) -m e2e
+	$(PYTEST) -m e2e
 
 test-fast: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/pytest $(PARALLEL) -m "not slow" -x
+	$(PYTEST) -m "not slow" -x
 
 lint: $(STAMP)
 	$(BIN)/ruff check --fix .
